@@ -1,0 +1,1 @@
+"""Input pipeline: tfds -> multi-crop views -> global batches (imports tensorflow)."""

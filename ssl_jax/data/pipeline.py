@@ -1,0 +1,135 @@
+"""tfds -> per-process shard -> multi-crop views -> per-process numpy batches.
+
+Every training batch is a pure function of (seed, step): epoch e is the split in
+the order of a shuffle seeded by (seed, e); a run that starts at step s skips to
+its position inside its epoch *before* decoding (cheap: the records are still
+encoded bytes), and each example's augmentation seed is derived from
+(seed, process, epoch, index in epoch) with stateless TF random ops. So a resumed
+run sees exactly the batches the uninterrupted run would have seen, and nothing
+but the step has to be checkpointed for the data.
+
+This module imports tensorflow; the train step does not.
+"""
+from __future__ import annotations
+
+import os
+from typing import Iterator
+
+import jax
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from ssl_jax.data import augment
+
+# Keep TensorFlow off any accelerator: it only feeds the host.
+tf.config.set_visible_devices([], "GPU")
+
+
+def data_dir(dataset_cfg) -> str | None:
+    """config.dataset.data_dir, else $TFDS_DATA_DIR, else tfds' default (~/tensorflow_datasets)."""
+    return dataset_cfg.get("data_dir") or os.environ.get("TFDS_DATA_DIR") or None
+
+
+def get_builder(dataset_cfg):
+    """The tfds builder of config.dataset.name, with a clear error if it is not prepared."""
+    directory = data_dir(dataset_cfg)
+    try:
+        builder = tfds.builder(dataset_cfg.name, data_dir=directory)
+    except tfds.core.registered.DatasetNotFoundError as e:
+        raise ValueError(f"unknown tfds dataset name {dataset_cfg.name!r} (config.dataset.name): {e}") from None
+    if not tf.io.gfile.exists(os.path.join(builder.data_dir, "dataset_info.json")):
+        where = directory or "tfds' default ~/tensorflow_datasets"
+        raise FileNotFoundError(
+            f"dataset {dataset_cfg.name!r} is not prepared in {where}. Point tfds at a directory that "
+            f"holds {dataset_cfg.name}/<version>/ with TFDS_DATA_DIR=/path/to/tfds or "
+            f"--config.dataset.data_dir=/path/to/tfds (or download it once with tfds.builder(...).download_and_prepare()).")
+    return builder
+
+
+def num_examples(dataset_cfg, split: str) -> int:
+    """Number of examples in a split (all processes together)."""
+    return get_builder(dataset_cfg).info.splits[split].num_examples
+
+
+def _decode(image_bytes: tf.Tensor) -> tf.Tensor:
+    """Encoded image -> uint8 [H, W, 3] (grayscale and RGBA become RGB)."""
+    return tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
+
+
+def _encoded_split(builder, split: str, image_key: str) -> tf.data.Dataset:
+    """This process's shard of `split`, in a fixed order, images left encoded."""
+    return builder.as_dataset(
+        split=tfds.split_for_jax_process(split), shuffle_files=False,
+        decoders={image_key: tfds.decode.SkipDecoding()},
+        read_config=tfds.ReadConfig(try_autocache=False))
+
+
+def train_batches(config, start_step: int, steps_per_epoch: int, local_batch: int) -> Iterator[dict]:
+    """Yields per-process batches {'views': {'global': [b, G, S, S, 3], 'local': [b, L, s, s, 3]}}.
+
+    The batch for step i depends only on (config.seed, i): see the module docstring.
+    """
+    dataset_cfg = config.dataset
+    builder = get_builder(dataset_cfg)
+    base = _encoded_split(builder, dataset_cfg.train_split, dataset_cfg.image_key)
+    examples_per_epoch = steps_per_epoch * local_batch
+    process = jax.process_index()
+
+    def epoch_dataset(epoch):
+        epoch = tf.cast(epoch, tf.int64)
+        ds = base.shuffle(dataset_cfg.shuffle_buffer, seed=config.seed * 1_000_003 + epoch,
+                          reshuffle_each_iteration=False)
+        ds = ds.take(examples_per_epoch).enumerate()
+        return ds.map(lambda index, ex: (tf.stack([epoch, index]), ex[dataset_cfg.image_key]))
+
+    def make_views(epoch_and_index, image_bytes):
+        key = tf.stack([tf.constant(config.seed, tf.int64), tf.constant(process, tf.int64)])
+        key = tf.random.experimental.stateless_fold_in(key, epoch_and_index[0])
+        key = tf.random.experimental.stateless_fold_in(key, epoch_and_index[1])
+        views, _ = augment.multi_crop(_decode(image_bytes), key, config.augment)
+        return {"views": views}
+
+    first_epoch, offset = divmod(start_step, steps_per_epoch)
+    ds = epoch_dataset(first_epoch).skip(offset * local_batch)
+    ds = ds.concatenate(tf.data.Dataset.range(first_epoch + 1, np.iinfo(np.int64).max).flat_map(epoch_dataset))
+    ds = ds.map(make_views, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.batch(local_batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+    return iter(tfds.as_numpy(ds))
+
+
+def eval_preprocess(image: tf.Tensor, eval_cfg, augment_cfg) -> tf.Tensor:
+    """uint8 [H, W, 3] -> normalised float32 [crop, crop, 3]: bicubic resize of the
+    short side to `eval.resize`, then a central crop of `eval.crop` (DINO's kNN eval:
+    Resize(256, bicubic) + CenterCrop(224) at ImageNet scale)."""
+    image = tf.image.convert_image_dtype(image, tf.float32)
+    shape = tf.cast(tf.shape(image)[:2], tf.float32)
+    scale = eval_cfg.resize / tf.reduce_min(shape)
+    new_shape = tf.cast(tf.round(shape * scale), tf.int32)
+    image = tf.clip_by_value(tf.image.resize(image, new_shape, method="bicubic"), 0.0, 1.0)
+    image = tf.image.resize_with_crop_or_pad(image, eval_cfg.crop, eval_cfg.crop)
+    return (image - tf.constant(augment_cfg.mean)) / tf.constant(augment_cfg.std)
+
+
+def eval_batches(config, split: str, local_batch: int, num_batches: int, raw: bool = False) -> Iterator[dict]:
+    """Yields exactly `num_batches` per-process batches {'image', 'label', 'mask'} over `split`.
+
+    The last batches are padded (mask 0) so every process yields the same count.
+    With raw=True images stay uint8 at their stored size (for the raw-pixel baseline).
+    """
+    dataset_cfg = config.dataset
+    builder = get_builder(dataset_cfg)
+    ds = builder.as_dataset(split=tfds.split_for_jax_process(split), shuffle_files=False,
+                            read_config=tfds.ReadConfig(try_autocache=False))
+
+    def prepare(ex):
+        image = ex[dataset_cfg.image_key]
+        if not raw:
+            image = eval_preprocess(image, config.eval, config.augment)
+        return {"image": image, "label": tf.cast(ex[dataset_cfg.label_key], tf.int32), "mask": tf.constant(1, tf.int32)}
+
+    ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
+    padding = ds.take(1).map(lambda ex: tf.nest.map_structure(tf.zeros_like, ex)).repeat()
+    ds = ds.concatenate(padding).take(num_batches * local_batch)
+    ds = ds.batch(local_batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+    return iter(tfds.as_numpy(ds))

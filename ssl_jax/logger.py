@@ -1,0 +1,60 @@
+"""Metrics to TensorBoard event files, a JSON-lines file and a readable line per log step."""
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import jax
+
+
+class MetricLogger:
+    """Writes under WORKDIR/metrics: TensorBoard events and metrics.jsonl. Process 0 only."""
+
+    def __init__(self, workdir: str):
+        self.enabled = jax.process_index() == 0
+        if not self.enabled:
+            return
+        from tensorboardX import SummaryWriter  # light: no tensorflow needed
+
+        directory = os.path.join(workdir, "metrics")
+        os.makedirs(directory, exist_ok=True)
+        self.writer = SummaryWriter(directory)
+        self.jsonl = open(os.path.join(directory, "metrics.jsonl"), "a")
+
+    def write(self, step: int, scalars: dict, prefix: str = "train") -> None:
+        if not self.enabled:
+            return
+        for name, value in scalars.items():
+            self.writer.add_scalar(f"{prefix}/{name}", float(value), step)
+        self.writer.flush()
+        record = {"step": step, "split": prefix, "time": time.time(), **{k: float(v) for k, v in scalars.items()}}
+        self.jsonl.write(json.dumps(record) + "\n")
+        self.jsonl.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            self.writer.close()
+            self.jsonl.close()
+
+
+def format_duration(seconds: float) -> str:
+    """'1h02m', '3m05s' or '12s'."""
+    seconds = int(seconds)
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    if seconds >= 60:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds}s"
+
+
+def progress_line(step: int, total: int, scalars: dict, eta_seconds: float) -> str:
+    """One human-readable line: step, percent, ETA and the metrics."""
+    shown = " ".join(f"{k}={v:.4g}" for k, v in scalars.items())
+    return f"step {step}/{total} ({100 * step / total:.1f}%) eta {format_duration(eta_seconds)} | {shown}"
+
+
+def log_line(line: str) -> None:
+    """Prints a line from process 0."""
+    if jax.process_index() == 0:
+        print(line, flush=True)

@@ -1,0 +1,170 @@
+"""Vision Transformer as in DINO's `vision_transformer.py` (itself DeiT/timm).
+
+Pre-norm blocks (LayerNorm eps 1e-6), qkv with bias, MLP ratio 4 with exact GELU,
+stochastic depth rising linearly over depth, a [CLS] token, learned position
+embeddings that are interpolated (bicubic) when the input resolution differs from
+the one the model was built for, so that 224 px global and 96 px local crops share
+one set of weights. Linear layers use truncated-normal(0.02) init with zero bias,
+as `VisionTransformer._init_weights` does.
+
+Parameter names follow the timm/DINO state-dict names where it costs nothing
+(`cls_token`, `pos_embed`, `patch_embed`, `blocks_i`, `norm`) so that loading an
+official checkpoint is a documented renaming.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+trunc_normal = nn.initializers.truncated_normal(stddev=0.02)
+# torch.nn.Conv2d's default init (kaiming_uniform with a=sqrt(5)), which DINO keeps
+# for the patch projection.
+torch_conv_kernel_init = nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform")
+
+VIT_SIZES = {
+    # name: (embed_dim, depth, num_heads), as in DINO's vit_tiny/small/base.
+    "tiny": (192, 12, 3),
+    "small": (384, 12, 6),
+    "base": (768, 12, 12),
+    "large": (1024, 24, 16),
+}
+
+
+def interpolate_pos_embed(pos_embed: jax.Array, grid_hw: tuple[int, int]) -> jax.Array:
+    """Resizes patch position embeddings to a new patch grid.
+
+    pos_embed: [1, 1 + N, D] with the [CLS] embedding first and N = g*g patches.
+    grid_hw: the (h, w) patch grid of the current input.
+    Returns [1, 1 + h*w, D]. Bicubic, like DINO's `interpolate_pos_encoding`;
+    a no-op when the grid is unchanged.
+    """
+    cls_pos, patch_pos = pos_embed[:, :1], pos_embed[:, 1:]
+    num_patches, dim = patch_pos.shape[1], patch_pos.shape[2]
+    side = int(math.isqrt(num_patches))
+    if side * side != num_patches:
+        raise ValueError(f"pos_embed has {num_patches} patches, not a square grid")
+    if (side, side) == tuple(grid_hw):
+        return pos_embed
+    grid = patch_pos.reshape(1, side, side, dim)
+    grid = jax.image.resize(grid, (1, grid_hw[0], grid_hw[1], dim), method="bicubic", antialias=False)
+    return jnp.concatenate([cls_pos, grid.reshape(1, grid_hw[0] * grid_hw[1], dim)], axis=1)
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: drops the whole residual branch per sample, rescales the rest."""
+
+    rate: float
+
+    @nn.compact
+    def __call__(self, x: jax.Array, deterministic: bool) -> jax.Array:
+        if deterministic or self.rate == 0.0:
+            return x
+        keep = 1.0 - self.rate
+        mask = jax.random.bernoulli(self.make_rng("drop_path"), keep, (x.shape[0],) + (1,) * (x.ndim - 1))
+        return jnp.where(mask, x / keep, jnp.zeros_like(x))
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention; also returns the attention weights [B, H, N, N]."""
+
+    num_heads: int
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+        batch, tokens, dim = x.shape
+        head_dim = dim // self.num_heads
+        qkv = nn.Dense(3 * dim, kernel_init=trunc_normal, name="qkv")(x)
+        qkv = qkv.reshape(batch, tokens, 3, self.num_heads, head_dim)
+        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # [B, N, H, d]
+        logits = jnp.einsum("bqhd,bkhd->bhqk", q * head_dim**-0.5, k)
+        attn = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(v.dtype)
+        out = jnp.einsum("bhqk,bkhd->bqhd", attn, v).reshape(batch, tokens, dim)
+        return nn.Dense(dim, kernel_init=trunc_normal, name="proj")(out), attn
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: x + DropPath(Attn(LN(x))), x + DropPath(MLP(LN(x)))."""
+
+    num_heads: int
+    mlp_ratio: float = 4.0
+    drop_path: float = 0.0
+
+    @nn.compact
+    def __call__(self, x: jax.Array, deterministic: bool) -> tuple[jax.Array, jax.Array]:
+        dim = x.shape[-1]
+        y, attn = Attention(self.num_heads, name="attn")(nn.LayerNorm(1e-6, name="norm1")(x))
+        x = x + DropPath(self.drop_path)(y, deterministic)
+        y = nn.LayerNorm(1e-6, name="norm2")(x)
+        y = nn.Dense(int(dim * self.mlp_ratio), kernel_init=trunc_normal, name="fc1")(y)
+        y = nn.gelu(y, approximate=False)
+        y = nn.Dense(dim, kernel_init=trunc_normal, name="fc2")(y)
+        return x + DropPath(self.drop_path)(y, deterministic), attn
+
+
+class VisionTransformer(nn.Module):
+    """ViT backbone. Input images [B, H, W, 3]; returns the normed [CLS] token [B, D].
+
+    `img_size` fixes the position-embedding grid (img_size // patch_size squared);
+    other input sizes are handled by interpolating it. With `return_all=True` the
+    call returns a dict with the [CLS] output, every block's output tokens before the
+    final norm (`tokens`: [L, B, 1+N, D]) and attention weights (`attn`: [L, B, H, 1+N, 1+N]) for analyses.
+    """
+
+    img_size: int = 224
+    patch_size: int = 16
+    embed_dim: int = 384
+    depth: int = 12
+    num_heads: int = 6
+    mlp_ratio: float = 4.0
+    drop_path_rate: float = 0.0
+
+    @nn.compact
+    def __call__(self, images: jax.Array, train: bool = False, return_all: bool = False):
+        batch, height, width, channels = images.shape
+        p = self.patch_size
+        if height % p or width % p:
+            raise ValueError(f"image size {height}x{width} is not a multiple of patch_size={p}")
+        grid = (height // p, width // p)
+        # Patchify then one matmul: the same map as DINO's Conv2d(k=p, stride=p), faster on CPU.
+        patches = images.reshape(batch, grid[0], p, grid[1], p, channels)
+        patches = patches.transpose(0, 1, 3, 2, 4, 5).reshape(batch, grid[0] * grid[1], p * p * channels)
+        x = nn.Dense(self.embed_dim, kernel_init=torch_conv_kernel_init, name="patch_embed")(patches)
+
+        cls_token = self.param("cls_token", trunc_normal, (1, 1, self.embed_dim))
+        num_patches = (self.img_size // p) ** 2
+        pos_embed = self.param("pos_embed", trunc_normal, (1, 1 + num_patches, self.embed_dim))
+        x = jnp.concatenate([jnp.broadcast_to(cls_token, (batch, 1, self.embed_dim)), x], axis=1)
+        x = x + interpolate_pos_embed(pos_embed, grid).astype(x.dtype)
+
+        drop_rates = np.linspace(0.0, self.drop_path_rate, self.depth).tolist()
+        norm = nn.LayerNorm(1e-6, name="norm")
+        all_tokens, all_attn = [], []
+        for i in range(self.depth):
+            x, attn = Block(self.num_heads, self.mlp_ratio, drop_rates[i], name=f"blocks_{i}")(x, not train)
+            if return_all:
+                all_tokens.append(x)
+                all_attn.append(attn)
+        x = norm(x)
+        if return_all:
+            return {"cls": x[:, 0], "tokens": jnp.stack(all_tokens), "attn": jnp.stack(all_attn)}
+        return x[:, 0]
+
+
+def vit(size: str, *, img_size: int, patch_size: int, drop_path_rate: float = 0.0,
+        embed_dim: Optional[int] = None, depth: Optional[int] = None, num_heads: Optional[int] = None) -> VisionTransformer:
+    """Builds a named ViT (`tiny|small|base|large`) or a custom one when size='custom'."""
+    if size == "custom":
+        if None in (embed_dim, depth, num_heads):
+            raise ValueError("model.size='custom' needs model.embed_dim, model.depth and model.num_heads")
+        dims = (embed_dim, depth, num_heads)
+    elif size in VIT_SIZES:
+        dims = VIT_SIZES[size]
+    else:
+        raise ValueError(f"unknown ViT size {size!r}; choose one of {sorted(VIT_SIZES)} or 'custom'")
+    return VisionTransformer(img_size=img_size, patch_size=patch_size, embed_dim=dims[0], depth=dims[1],
+                             num_heads=dims[2], drop_path_rate=drop_path_rate)

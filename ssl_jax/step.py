@@ -1,0 +1,60 @@
+"""The one train step every method shares, and its jit over a device mesh.
+
+    state, metrics = train_step(state, batch)
+
+split rng -> value_and_grad of `method.loss` w.r.t. params (the teacher is a plain
+argument, so it receives no gradient by construction) -> optax update -> EMA
+teacher update with the scheduled momentum -> new method/model state returned by
+the loss. Nothing method-specific happens here. Importable without tensorflow.
+"""
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from ssl_jax.optim import Schedules
+from ssl_jax.state import TrainState, ema_update, tree_global_norm
+
+
+def train_step(state: TrainState, batch: dict, *, method, tx: optax.GradientTransformation,
+               schedules: Schedules) -> tuple[TrainState, dict]:
+    """One optimisation step on a global batch. Pure: returns the new state and scalar metrics."""
+    rng, step_rng = jax.random.split(state.rng)
+    grad_fn = jax.value_and_grad(method.loss, has_aux=True)
+    (loss, aux), grads = grad_fn(state.params, state.teacher, state.method_state, state.model_state, batch,
+                                 step_rng, state.step)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+
+    metrics = dict(aux.metrics, loss=loss, grad_norm=tree_global_norm(grads),
+                   learning_rate=schedules.learning_rate(state.step),
+                   weight_decay=schedules.weight_decay(state.step))
+    teacher = state.teacher
+    if schedules.teacher_momentum is not None:
+        momentum = schedules.teacher_momentum(state.step)
+        teacher = ema_update(teacher, method.teacher_targets(params), momentum)
+        metrics["teacher_momentum"] = momentum
+    new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state, teacher=teacher,
+                              method_state=aux.method_state, model_state=aux.model_state, rng=rng)
+    return new_state, jax.tree.map(lambda m: jnp.asarray(m, jnp.float32), metrics)
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    """Sharding of a value copied on every device (the state, by default)."""
+    return NamedSharding(mesh, P())
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    """Sharding of a batch: the leading (example) axis split over the mesh's `data` axis."""
+    return NamedSharding(mesh, P("data"))
+
+
+def jit_train_step(method, tx, schedules: Schedules, mesh: Mesh):
+    """`train_step` jitted over `mesh`: state replicated and donated, batch on `data`."""
+    step = functools.partial(train_step, method=method, tx=tx, schedules=schedules)
+    return jax.jit(step, in_shardings=(replicated(mesh), batch_sharding(mesh)),
+                   out_shardings=(replicated(mesh), replicated(mesh)), donate_argnums=0)

@@ -1,0 +1,187 @@
+"""The training loop: mesh, state, data, step, log, evaluate, checkpoint.
+
+Read top to bottom; everything method-specific is behind `ssl_jax.methods`.
+Restarting with the same workdir resumes from the latest checkpoint and, since
+batches are a pure function of (seed, step), continues the very same run.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from typing import NamedTuple
+
+import jax
+import numpy as np
+
+from ssl_jax import sharding
+from ssl_jax.batch import example_batch
+from ssl_jax.checkpoint import Checkpointer, abstract_like
+from ssl_jax.logger import MetricLogger, log_line, progress_line
+from ssl_jax.methods import build_method
+from ssl_jax.optim import build_optimizer, build_schedules
+from ssl_jax.state import TrainState
+from ssl_jax.step import jit_train_step, replicated
+
+
+class Run(NamedTuple):
+    """Everything derived from the config that the loop and the evaluators need."""
+
+    method: object
+    tx: object
+    schedules: object
+    mesh: object
+    steps_per_epoch: int
+    total_steps: int
+    local_batch: int
+
+
+def steps_per_epoch_of(config) -> int:
+    """config.steps_per_epoch if set, else len(train split) // batch_size (drop_last, as DINO)."""
+    if config.get("steps_per_epoch"):
+        return config.steps_per_epoch
+    from ssl_jax.data import pipeline  # tensorflow only when the dataset is read
+
+    steps = pipeline.num_examples(config.dataset, config.dataset.train_split) // config.batch_size
+    if steps == 0:
+        raise ValueError(f"batch_size={config.batch_size} is larger than the train split; lower --config.batch_size")
+    return steps
+
+
+def setup(config, steps_per_epoch: int | None = None) -> Run:
+    """Builds mesh, method, schedules and optimiser (no arrays yet)."""
+    mesh = sharding.make_mesh()
+    local_batch = sharding.check_global_batch(config.batch_size, mesh)
+    steps_per_epoch = steps_per_epoch or steps_per_epoch_of(config)
+    total_steps = config.num_epochs * steps_per_epoch
+    method = build_method(config, steps_per_epoch)
+    schedules = build_schedules(config.optim, total_steps, steps_per_epoch, config.batch_size)
+    abstract = jax.eval_shape(method.init, jax.random.key(0), example_batch(config.augment, 1))
+    tx = build_optimizer(config.optim, schedules, abstract.params, steps_per_epoch)
+    return Run(method, tx, schedules, mesh, steps_per_epoch, total_steps, local_batch)
+
+
+def create_state(config, run: Run) -> TrainState:
+    """A fresh TrainState, initialised under jit and replicated over the mesh."""
+
+    def init(rng):
+        init_rng, state_rng = jax.random.split(rng)
+        variables = run.method.init(init_rng, example_batch(config.augment, 1))
+        return TrainState(step=jax.numpy.zeros((), jax.numpy.int32), params=variables.params,
+                          opt_state=run.tx.init(variables.params), teacher=variables.teacher,
+                          method_state=variables.method_state, model_state=variables.model_state, rng=state_rng)
+
+    return jax.jit(init, out_shardings=replicated(run.mesh))(jax.random.key(config.seed))
+
+
+def restore_or_create(config, run: Run, checkpointer: Checkpointer, step: int | None = None) -> TrainState:
+    """The state at `step` (default: the latest checkpoint), or a fresh one if there is none."""
+    state = create_state(config, run)
+    step = checkpointer.latest_step() if step is None else step
+    if step is None:
+        return state
+    return checkpointer.restore(step, abstract_like(state))
+
+
+def write_config(config, workdir: str) -> None:
+    if jax.process_index() == 0:
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+
+
+def check_finite(step: int, scalars: dict) -> None:
+    """Stops the run with a clear message when a logged metric is NaN or infinite."""
+    bad = [k for k, v in scalars.items() if not math.isfinite(v)]
+    if bad:
+        raise FloatingPointError(
+            f"non-finite {', '.join(bad)} at step {step} (first seen at this log step); the last good "
+            f"checkpoint is kept. Lower --config.optim.lr or check the input data.")
+
+
+def evaluate(config, run: Run, state: TrainState, logger: MetricLogger, step: int) -> dict:
+    """kNN on the eval split, logged and printed."""
+    from ssl_jax.eval.knn_eval import evaluate_knn  # imports tensorflow
+
+    start = time.time()
+    results = evaluate_knn(config, run.method, state, run.mesh)
+    logger.write(step, results, prefix="eval")
+    log_line(f"eval step {step}: " + " ".join(f"{k}={100 * v:.2f}%" for k, v in results.items())
+             + f" ({time.time() - start:.0f}s)")
+    return results
+
+
+def train_and_evaluate(config, workdir: str) -> dict:
+    """Trains config.num_epochs epochs (resuming from workdir), evaluating on the way.
+
+    Returns the last logged training metrics and the last evaluation results.
+    """
+    from ssl_jax.data import pipeline
+
+    os.makedirs(workdir, exist_ok=True)
+    sharding.maybe_initialize_distributed(config)
+    run = setup(config)
+    write_config(config, workdir)
+    checkpointer = Checkpointer(workdir, config.checkpoint.every_steps, config.checkpoint.max_to_keep,
+                                config.checkpoint.get("keep_period") or None)
+    logger = MetricLogger(workdir)
+    state = restore_or_create(config, run, checkpointer)
+    start_step = int(state.step)
+    log_line(f"{config.method.name}: {run.total_steps} steps ({config.num_epochs} epochs x {run.steps_per_epoch}), "
+             f"global batch {config.batch_size} on {run.mesh.devices.size} device(s), "
+             + (f"resuming from step {start_step}" if start_step else "starting from scratch") + f"; workdir {workdir}")
+
+    batches = pipeline.train_batches(config, start_step, run.steps_per_epoch, run.local_batch)
+    train_step = jit_train_step(run.method, run.tx, run.schedules, run.mesh)
+    pending, last_scalars, results = [], {}, {}
+    train_seconds, interval_start, interval_steps = 0.0, None, 0
+    for step in range(start_step, run.total_steps):
+        batch = sharding.to_global_batch(next(batches), run.mesh)
+        if step == start_step:
+            compile_start = time.time()
+            train_step = train_step.lower(state, batch).compile()
+            log_line(f"compiled train step in {time.time() - compile_start:.1f}s")
+            interval_start = time.time()
+        state, metrics = train_step(state, batch)
+        pending.append(metrics)
+        interval_steps += 1
+        done = step + 1
+        if done % config.log_every_steps == 0 or done == run.total_steps:
+            scalars = {k: float(np.mean(v)) for k, v in jax.tree.map(lambda *m: np.stack(m), *jax.device_get(pending)).items()}
+            check_finite(done, scalars)
+            seconds = time.time() - interval_start
+            train_seconds += seconds
+            scalars.update(step_time=seconds / interval_steps, images_per_sec=interval_steps * config.batch_size / seconds,
+                           epoch=done / run.steps_per_epoch, train_seconds=train_seconds)
+            logger.write(done, scalars)
+            eta = (run.total_steps - done) * scalars["step_time"]
+            log_line(progress_line(done, run.total_steps, scalars, eta))
+            pending, last_scalars, interval_steps = [], scalars, 0
+            interval_start = time.time()
+        checkpointer.save(done, state, force=done == run.total_steps)
+        every = config.eval.every_steps
+        if done == run.total_steps or (every and done % every == 0):
+            results = evaluate(config, run, state, logger, done)
+            interval_start = time.time()  # evaluation time is not training time
+    checkpointer.wait()
+    checkpointer.close()
+    logger.close()
+    return {**last_scalars, **results}
+
+
+def evaluate_checkpoint(config, workdir: str, step: int | None = None) -> dict:
+    """kNN of a saved checkpoint (latest by default); writes eval_<step>.json next to it."""
+    sharding.maybe_initialize_distributed(config)
+    run = setup(config)
+    checkpointer = Checkpointer(workdir, config.checkpoint.every_steps, config.checkpoint.max_to_keep)
+    step = checkpointer.latest_step() if step is None else step
+    if step is None:
+        raise FileNotFoundError(f"no checkpoint in {checkpointer.directory}; train first or pass the right --workdir")
+    state = restore_or_create(config, run, checkpointer, step)
+    logger = MetricLogger(workdir)
+    results = evaluate(config, run, state, logger, step)
+    logger.close()
+    if jax.process_index() == 0:
+        with open(os.path.join(checkpointer.directory, f"eval_{step}.json"), "w") as f:
+            json.dump({"step": step, **results}, f, indent=2)
+    return results
