@@ -114,7 +114,9 @@ def random_resized_crop(image: tf.Tensor, seed: tf.Tensor, *, size: int,
     shape = tf.shape(image)
     top, left, h, w = _crop_box(shape[0], shape[1], seed, scale, ratio)
     crop = tf.slice(image, tf.stack([top, left, 0]), tf.stack([h, w, -1]))
-    resized = tf.image.resize(crop, [size, size], method="bicubic", antialias=False)
+    # antialias: PIL's bicubic resize (what the reference's torchvision transform runs)
+    # low-pass filters when it shrinks; without it 224 px crops of large images alias.
+    resized = tf.image.resize(crop, [size, size], method="bicubic", antialias=True)
     return tf.clip_by_value(resized, 0.0, 1.0)
 
 
@@ -334,7 +336,7 @@ def multi_crop(image: tf.Tensor, seed: tf.Tensor,
     counts = {"global": cfg.global_crops.number, "local": cfg.local_crops.number}
     seed = tf.convert_to_tensor(seed)
     views, applied = {}, {}
-    for group_seed, (group, number) in zip(_split(seed, 1) * 2, counts.items()):
+    for group_seed, (group, number) in zip(_split(seed, 2), counts.items()):
         if number == 0:
             continue
         outs = [augment_view(image, tf.random.experimental.stateless_fold_in(group_seed, i),

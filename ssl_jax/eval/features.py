@@ -11,18 +11,21 @@ from ssl_jax.data import pipeline
 from ssl_jax.step import batch_sharding, replicated
 
 
-def extract_features(config, method, variables, model_state, split: str, mesh) -> tuple[np.ndarray, np.ndarray]:
-    """Features [N, D] and labels [N] of every example of `split` (all processes)."""
+def extract_features(config, features_fn, variables, split: str, mesh) -> tuple[np.ndarray, np.ndarray]:
+    """Features [N, D] and labels [N] of every example of `split` (all processes).
+
+    features_fn(variables, images [b, H, W, 3]) -> [b, D] runs jitted over the mesh
+    on images preprocessed as config.eval says.
+    """
     global_batch = config.eval.batch_size
     local_batch = sharding.check_global_batch(global_batch, mesh)
     num_batches = math.ceil(pipeline.num_examples(config.dataset, split) / global_batch)
-    features_fn = jax.jit(lambda v, s, images: method.features(v, s, images),
-                          in_shardings=(replicated(mesh), replicated(mesh), batch_sharding(mesh)),
-                          out_shardings=replicated(mesh))
+    jitted = jax.jit(features_fn, in_shardings=(replicated(mesh), batch_sharding(mesh)),
+                     out_shardings=replicated(mesh))
     features, labels = [], []
     for batch in pipeline.eval_batches(config, split, local_batch, num_batches):
         batch = sharding.to_global_batch(batch, mesh)
-        out = features_fn(variables, model_state, batch["image"])
+        out = jitted(variables, batch["image"])
         mask = np.asarray(jax.device_get(_replicate(batch["mask"], mesh))).astype(bool)
         features.append(np.asarray(jax.device_get(out))[mask])
         labels.append(np.asarray(jax.device_get(_replicate(batch["label"], mesh)))[mask])

@@ -1,0 +1,309 @@
+"""Tests for ssl_jax.optim: DINO's schedules, per-tensor gradient clipping, the weight-decay
+mask and the AdamW optimiser with the frozen-last-layer start.
+
+References are written here from facebookresearch/dino's definitions:
+`utils.cosine_scheduler` (numpy), the teacher-temperature schedule of `DINOLoss`,
+`utils.clip_gradients`, `utils.get_params_groups`, `utils.cancel_gradients_last_layer`
+and torch.optim.AdamW's update rule, all in float64 numpy.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import pytest
+
+from configs.dino_small import get_config
+from ssl_jax import optim
+from ssl_jax.models.heads import DINOHead
+from ssl_jax.models.vit import VisionTransformer
+
+
+# ----------------------------------------------------------------------------- numpy references
+
+def np_cosine_scheduler(base_value, final_value, epochs, niter_per_ep, warmup_epochs=0, start_warmup_value=0.0):
+    """dino/utils.py cosine_scheduler."""
+    warmup_schedule = np.array([])
+    warmup_iters = warmup_epochs * niter_per_ep
+    if warmup_epochs > 0:
+        warmup_schedule = np.linspace(start_warmup_value, base_value, warmup_iters)
+    iters = np.arange(epochs * niter_per_ep - warmup_iters)
+    schedule = final_value + 0.5 * (base_value - final_value) * (1 + np.cos(np.pi * iters / len(iters)))
+    schedule = np.concatenate((warmup_schedule, schedule))
+    assert len(schedule) == epochs * niter_per_ep
+    return schedule
+
+
+def evaluate(schedule, num_steps: int) -> np.ndarray:
+    """The schedule at int32 steps 0..num_steps-1, as optax calls it with its step count."""
+    fn = jax.jit(schedule)
+    return np.array([float(fn(jnp.asarray(i, jnp.int32))) for i in range(num_steps)])
+
+
+# ----------------------------------------------------------------------------- cosine_schedule
+
+@pytest.mark.parametrize("base,final,epochs,niter,warmup_epochs,warmup_start", [
+    (1.0, 0.1, 5, 7, 2, 0.0),
+    (0.3, 1e-3, 5, 7, 0, 0.0),
+    (2.0, 0.5, 4, 3, 1, 0.25),
+    (0.996, 1.0, 6, 5, 0, 0.0),  # increasing (teacher momentum)
+    (1.0, 0.0, 4, 1, 1, 0.5),  # a one-step warm-up: linspace(start, base, 1) == [start]
+])
+def test_cosine_schedule_equals_dino_cosine_scheduler_at_every_step(base, final, epochs, niter, warmup_epochs,
+                                                                      warmup_start):
+    sched = optim.cosine_schedule(base, final, epochs * niter, warmup_epochs * niter, warmup_start)
+    want = np_cosine_scheduler(base, final, epochs, niter, warmup_epochs, warmup_start)
+    np.testing.assert_allclose(evaluate(sched, epochs * niter), want, rtol=1e-6, atol=1e-9)
+
+
+def test_cosine_schedule_closed_form_values():
+    epochs, niter, warmup_epochs, base, final = 5, 7, 2, 1.0, 0.1
+    total, warmup = epochs * niter, warmup_epochs * niter
+    with_warmup = evaluate(optim.cosine_schedule(base, final, total, warmup), total)
+    assert with_warmup[0] == 0.0
+    np.testing.assert_allclose(with_warmup[warmup - 1], base, rtol=1e-6)  # linspace is inclusive
+    np.testing.assert_allclose(with_warmup[warmup], base, rtol=1e-6)  # cosine starts at base
+    n = total - warmup
+    np.testing.assert_allclose(with_warmup[-1], final + 0.5 * (base - final) * (1 + np.cos(np.pi * (n - 1) / n)),
+                               rtol=1e-6)
+    assert np.all(np.diff(with_warmup[:warmup]) > 0) and np.all(np.diff(with_warmup[warmup:]) < 0)
+
+    without = evaluate(optim.cosine_schedule(base, final, total), total)
+    np.testing.assert_allclose(without[0], base, rtol=1e-6)
+    np.testing.assert_allclose(without[-1], final + 0.5 * (base - final) * (1 + np.cos(np.pi * (total - 1) / total)),
+                               rtol=1e-6)
+
+
+# ----------------------------------------------------------------------------- build_schedules
+
+def test_build_schedules_follow_the_imagenet_recipe():
+    cfg = get_config("")
+    batch, steps_per_epoch, epochs = 512, 10, 100
+    total = epochs * steps_per_epoch
+    warmup = 10 * steps_per_epoch  # --warmup_epochs 10
+    s = optim.build_schedules(cfg.optim, total, steps_per_epoch, batch)
+    lr, wd, mom = (jax.jit(f) for f in (s.learning_rate, s.weight_decay, s.teacher_momentum))
+    at = lambda f, i: float(f(jnp.asarray(i, jnp.int32)))  # noqa: E731
+
+    peak = 0.0005 * batch / 256  # linear scaling rule of main_dino.py
+    assert at(lr, 0) == 0.0
+    np.testing.assert_allclose(at(lr, warmup - 1), peak, rtol=1e-6)
+    np.testing.assert_allclose(at(lr, warmup // 2), peak * (warmup // 2) / (warmup - 1), rtol=1e-5)
+    np.testing.assert_allclose(at(lr, total - 1), 1e-6, rtol=1e-2)  # approaches --min_lr 1e-6
+    assert at(lr, total - 1) > 1e-6
+
+    np.testing.assert_allclose(at(wd, 0), 0.04, rtol=1e-6)
+    np.testing.assert_allclose(at(wd, total - 1), 0.4, rtol=1e-4)
+    np.testing.assert_allclose(at(wd, total // 2), 0.22, rtol=1e-5)  # cosine midpoint
+
+    np.testing.assert_allclose(at(mom, 0), 0.996, rtol=1e-7)
+    np.testing.assert_allclose(at(mom, total - 1), 1.0, atol=1e-6)
+    np.testing.assert_allclose(at(mom, total // 2), 0.998, rtol=1e-6)
+
+    want_lr = np_cosine_scheduler(peak, 1e-6, epochs, steps_per_epoch, 10)
+    got_lr = np.asarray(jax.vmap(lr)(jnp.arange(total, dtype=jnp.int32)))
+    np.testing.assert_allclose(got_lr, want_lr, rtol=1e-5, atol=1e-10)
+
+
+# ----------------------------------------------------------------------------- teacher temperature
+
+@pytest.mark.parametrize("warmup_epochs", [0, 1, 3])
+def test_per_epoch_linear_warmup_equals_dino_teacher_temp_schedule(warmup_epochs):
+    epochs, steps_per_epoch = 6, 4
+    reference = np.concatenate((np.linspace(0.04, 0.07, warmup_epochs), np.ones(epochs - warmup_epochs) * 0.07))
+    sched = optim.per_epoch_linear_warmup(0.04, 0.07, warmup_epochs, steps_per_epoch)
+    got = evaluate(sched, epochs * steps_per_epoch)
+    want = reference[np.arange(epochs * steps_per_epoch) // steps_per_epoch]
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
+# ----------------------------------------------------------------------------- clipping
+
+def _np_clip_per_tensor(tree, max_norm):
+    """utils.clip_gradients: clip_coef = max / (norm + 1e-6), applied when < 1."""
+    out = {}
+    for name, g in tree.items():
+        g = np.asarray(g, np.float64)
+        coef = max_norm / (np.linalg.norm(g) + 1e-6)
+        out[name] = g * coef if coef < 1 else g
+    return out
+
+
+def test_clip_by_norm_per_tensor_matches_dino_clip_gradients_and_is_not_global():
+    rng = np.random.RandomState(0)
+    grads = {"big": (10.0 * rng.randn(3, 4)).astype(np.float32), "small": (0.1 * rng.randn(5)).astype(np.float32)}
+    tx = optim.clip_by_norm_per_tensor(3.0)
+    got, _ = tx.update(jax.tree.map(jnp.asarray, grads), tx.init(grads))
+    want = _np_clip_per_tensor(grads, 3.0)
+    for name in grads:
+        np.testing.assert_allclose(np.asarray(got[name]), want[name], rtol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(np.asarray(got["big"])), 3.0, rtol=1e-5)
+    np.testing.assert_array_equal(np.asarray(got["small"]), grads["small"])  # below the threshold: untouched
+
+    global_tx = optax.clip_by_global_norm(3.0)
+    global_clipped, _ = global_tx.update(jax.tree.map(jnp.asarray, grads), global_tx.init(grads))
+    assert not np.allclose(np.asarray(global_clipped["small"]), np.asarray(got["small"]), rtol=1e-3)
+
+
+# ----------------------------------------------------------------------------- decay mask
+
+def test_decay_mask_excludes_one_dimensional_params_like_get_params_groups():
+    """Built on real model trees: a tiny ViT and a DINO head."""
+    vit = VisionTransformer(img_size=16, patch_size=8, embed_dim=16, depth=1, num_heads=2)
+    backbone = jax.eval_shape(vit.init, jax.random.key(0), jnp.zeros((1, 16, 16, 3)))["params"]
+    head = jax.eval_shape(DINOHead(32, 16, 8, 3).init, jax.random.key(0), jnp.zeros((1, 16)))["params"]
+    params = {"backbone": backbone, "head": head}
+    mask = optim.decay_mask(params)
+
+    flat = {"/".join(str(k.key) for k in path): (leaf, m) for (path, leaf), m in zip(
+        jax.tree_util.tree_flatten_with_path(params)[0], jax.tree.leaves(mask))}
+    for name, (leaf, decayed) in flat.items():
+        # get_params_groups: not regularised when the name ends with .bias or the tensor is 1-D.
+        reference_decayed = not (name.endswith("bias") or len(leaf.shape) == 1)
+        assert bool(decayed) == reference_decayed, name
+    assert flat["backbone/cls_token"][1] and flat["backbone/pos_embed"][1]
+    assert flat["backbone/patch_embed/kernel"][1] and flat["head/last_layer/v"][1]
+    assert not flat["backbone/patch_embed/bias"][1]
+    assert not flat["backbone/norm/scale"][1] and not flat["backbone/blocks_0/norm1/bias"][1]
+    assert flat["backbone/blocks_0/attn/qkv/kernel"][1] and not flat["backbone/blocks_0/attn/qkv/bias"][1]
+
+
+# ----------------------------------------------------------------------------- build_optimizer
+
+def _optim_cfg(**overrides) -> ml_collections.ConfigDict:
+    cfg = get_config("smoke").optim
+    cfg.lr = 0.05  # large enough that every update is visible in float32
+    cfg.min_lr = 1e-3
+    cfg.warmup_epochs = 1
+    cfg.update(overrides)
+    return cfg
+
+
+def _tiny_params(rng: np.random.RandomState) -> dict:
+    return {
+        "backbone": {
+            "cls_token": rng.randn(1, 1, 4).astype(np.float32),
+            "fc": {"kernel": rng.randn(4, 3).astype(np.float32), "bias": rng.randn(3).astype(np.float32)},
+            "norm": {"scale": (1.0 + 0.1 * rng.randn(4)).astype(np.float32)},
+        },
+        "head": {
+            "last_layer": {"v": rng.randn(4, 5).astype(np.float32)},
+            "mlp": {"mlp_0": {"kernel": rng.randn(4, 4).astype(np.float32), "bias": rng.randn(4).astype(np.float32)}},
+        },
+    }
+
+
+def _path(path) -> str:
+    return "/".join(str(k.key) for k in path)
+
+
+class NumpyAdamW:
+    """torch.optim.AdamW + utils.clip_gradients + cancel_gradients_last_layer, float64.
+
+    A parameter whose grad is None (the last layer during the frozen epochs) is skipped
+    entirely by torch: no decay, no moment update, its `step` does not advance.
+    """
+
+    def __init__(self, params, cfg, lr, wd, freeze_steps, decayed):
+        self.p = {k: np.asarray(v, np.float64) for k, v in params.items()}
+        self.m = {k: np.zeros_like(v) for k, v in self.p.items()}
+        self.v = {k: np.zeros_like(v) for k, v in self.p.items()}
+        self.t = {k: 0 for k in self.p}
+        self.cfg, self.lr, self.wd, self.freeze_steps, self.decayed = cfg, lr, wd, freeze_steps, decayed
+
+    def step(self, it, grads):
+        cfg = self.cfg
+        grads = _np_clip_per_tensor(grads, cfg.clip_grad)
+        for k, g in grads.items():
+            if "last_layer" in k and it < self.freeze_steps:
+                continue
+            lr, wd = self.lr[it], (self.wd[it] if self.decayed[k] else 0.0)
+            self.t[k] += 1
+            self.p[k] = self.p[k] * (1 - lr * wd)
+            self.m[k] = cfg.b1 * self.m[k] + (1 - cfg.b1) * g
+            self.v[k] = cfg.b2 * self.v[k] + (1 - cfg.b2) * g * g
+            m_hat = self.m[k] / (1 - cfg.b1 ** self.t[k])
+            v_hat = self.v[k] / (1 - cfg.b2 ** self.t[k])
+            self.p[k] = self.p[k] - lr * m_hat / (np.sqrt(v_hat) + cfg.eps)
+
+
+def _run_build_optimizer(num_steps, steps_per_epoch=3, epochs=4):
+    cfg = _optim_cfg()
+    rng = np.random.RandomState(0)
+    params = jax.tree.map(jnp.asarray, _tiny_params(rng))
+    # Gradients differ every step and some exceed clip_grad=3, so clipping, moments and
+    # bias corrections all matter.
+    grads = [jax.tree.map(lambda p: jnp.asarray((rng.uniform(0.2, 4.0) * rng.randn(*p.shape)).astype(np.float32)),
+                          params) for _ in range(num_steps)]
+    total = epochs * steps_per_epoch
+    schedules = optim.build_schedules(cfg, total, steps_per_epoch, global_batch=256)
+    tx = optim.build_optimizer(cfg, schedules, params, steps_per_epoch)
+    state = tx.init(params)
+
+    @jax.jit
+    def update(params, state, g):
+        updates, state = tx.update(g, state, params)
+        return optax.apply_updates(params, updates), state
+
+    history = [params]
+    for g in grads:
+        params, state = update(params, state, g)
+        history.append(params)
+    lr = np_cosine_scheduler(cfg.lr, cfg.min_lr, epochs, steps_per_epoch, cfg.warmup_epochs)
+    wd = np_cosine_scheduler(cfg.weight_decay, cfg.weight_decay_end, epochs, steps_per_epoch)
+    return cfg, history, grads, lr, wd
+
+
+@pytest.fixture(scope="module")
+def optimizer_run():
+    return _run_build_optimizer(num_steps=6)
+
+
+def test_build_optimizer_freezes_last_layer_completely_during_first_epoch(optimizer_run):
+    _, history, _, lr, _ = optimizer_run
+    assert lr[0] == 0.0 and lr[1] > 0 and lr[2] > 0  # warm-up: nothing moves at step 0
+    for step in range(3):
+        before, after = history[step], history[step + 1]
+        # No update at all, not even weight decay (which would shrink v since lr*wd > 0).
+        np.testing.assert_array_equal(np.asarray(after["head"]["last_layer"]["v"]),
+                                      np.asarray(before["head"]["last_layer"]["v"]))
+        if step > 0:
+            for leaf_before, leaf_after in zip(jax.tree.leaves(before["backbone"]) + jax.tree.leaves(before["head"]["mlp"]),
+                                               jax.tree.leaves(after["backbone"]) + jax.tree.leaves(after["head"]["mlp"])):
+                assert not np.allclose(np.asarray(leaf_before), np.asarray(leaf_after), rtol=0, atol=1e-6)
+    for step in range(3, 6):
+        assert not np.allclose(np.asarray(history[step + 1]["head"]["last_layer"]["v"]),
+                               np.asarray(history[step]["head"]["last_layer"]["v"]), rtol=0, atol=1e-6)
+
+
+def test_build_optimizer_last_layer_first_update_is_a_fresh_adamw_step(optimizer_run):
+    """At step 3 the last layer's Adam moments start from zero with step count 1:
+    m_hat = g, v_hat = g^2, so p <- p (1 - lr wd) - lr g / (|g| + eps)."""
+    cfg, history, grads, lr, wd = optimizer_run
+    p = np.asarray(history[3]["head"]["last_layer"]["v"], np.float64)
+    g = _np_clip_per_tensor({"v": grads[3]["head"]["last_layer"]["v"]}, cfg.clip_grad)["v"]
+    want = p * (1 - lr[3] * wd[3]) - lr[3] * g / (np.abs(g) + cfg.eps)
+    np.testing.assert_allclose(np.asarray(history[4]["head"]["last_layer"]["v"]), want, rtol=1e-5, atol=1e-6)
+
+
+def test_build_optimizer_matches_numpy_torch_adamw_with_clipping_decay_mask_and_freezing(optimizer_run):
+    cfg, history, grads, lr, wd = optimizer_run
+    flat = lambda tree: {_path(k): np.asarray(v) for k, v in jax.tree_util.tree_flatten_with_path(tree)[0]}  # noqa: E731
+    init = flat(history[0])
+    decayed = {k: v.ndim > 1 for k, v in init.items()}  # get_params_groups (checked in its own test)
+    reference = NumpyAdamW(init, cfg, lr, wd, freeze_steps=3, decayed=decayed)
+    for step, g in enumerate(grads):
+        reference.step(step, flat(g))
+        got = flat(history[step + 1])
+        for name in init:
+            np.testing.assert_allclose(got[name], reference.p[name], rtol=1e-5, atol=1e-6,
+                                       err_msg=f"{name} after step {step}")
+
+
+def test_build_optimizer_rejects_unknown_optimizer():
+    cfg = _optim_cfg(name="lars")
+    params = {"w": jnp.zeros((2, 2))}
+    with pytest.raises(ValueError, match="adamw"):
+        optim.build_optimizer(cfg, optim.build_schedules(cfg, 10, 2, 256), params, 2)
