@@ -84,6 +84,13 @@ def restore_or_create(config, run: Run, checkpointer: Checkpointer, step: int | 
     return checkpointer.restore(step, abstract_like(state))
 
 
+def step_flops(compiled) -> float:
+    """FLOPs of one call of a compiled function, from XLA's cost analysis (0 if unavailable)."""
+    analysis = compiled.cost_analysis()
+    analysis = analysis[0] if isinstance(analysis, (list, tuple)) else analysis
+    return float((analysis or {}).get("flops", 0.0))
+
+
 def write_config(config, workdir: str) -> None:
     if jax.process_index() == 0:
         with open(os.path.join(workdir, "config.json"), "w") as f:
@@ -140,7 +147,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
         if step == start_step:
             compile_start = time.time()
             train_step = train_step.lower(state, batch).compile()
-            log_line(f"compiled train step in {time.time() - compile_start:.1f}s")
+            log_line(f"compiled train step in {time.time() - compile_start:.1f}s "
+                     f"({step_flops(train_step) / 1e9:.1f} GFLOP per step by XLA's cost analysis)")
             interval_start = time.time()
         state, metrics = train_step(state, batch)
         pending.append(metrics)

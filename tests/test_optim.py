@@ -1,5 +1,6 @@
 """Tests for ssl_jax.optim: DINO's schedules, per-tensor gradient clipping, the weight-decay
-mask and the AdamW optimiser with the frozen-last-layer start.
+mask and the AdamW optimiser with the frozen-last-layer start (plus ssl_jax.state.ema_update,
+the teacher update those momentum schedules drive).
 
 References are written here from facebookresearch/dino's definitions:
 `utils.cosine_scheduler` (numpy), the teacher-temperature schedule of `DINOLoss`,
@@ -7,6 +8,8 @@ References are written here from facebookresearch/dino's definitions:
 and torch.optim.AdamW's update rule, all in float64 numpy.
 """
 from __future__ import annotations
+
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -19,6 +22,13 @@ from configs.dino_small import get_config
 from ssl_jax import optim
 from ssl_jax.models.heads import DINOHead
 from ssl_jax.models.vit import VisionTransformer
+from ssl_jax.state import ema_update
+
+
+# Cheaper XLA CPU compiles for these tiny shapes (2 shared cores); local to the functions jitted here.
+FAST = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True,
+        "xla_cpu_use_fusion_emitters": False}
+fast_jit = functools.partial(jax.jit, compiler_options=FAST)
 
 
 # ----------------------------------------------------------------------------- numpy references
@@ -38,7 +48,7 @@ def np_cosine_scheduler(base_value, final_value, epochs, niter_per_ep, warmup_ep
 
 def evaluate(schedule, num_steps: int) -> np.ndarray:
     """The schedule at int32 steps 0..num_steps-1, as optax calls it with its step count."""
-    fn = jax.jit(schedule)
+    fn = fast_jit(schedule)
     return np.array([float(fn(jnp.asarray(i, jnp.int32))) for i in range(num_steps)])
 
 
@@ -84,7 +94,7 @@ def test_build_schedules_follow_the_imagenet_recipe():
     total = epochs * steps_per_epoch
     warmup = 10 * steps_per_epoch  # --warmup_epochs 10
     s = optim.build_schedules(cfg.optim, total, steps_per_epoch, batch)
-    lr, wd, mom = (jax.jit(f) for f in (s.learning_rate, s.weight_decay, s.teacher_momentum))
+    lr, wd, mom = (fast_jit(f) for f in (s.learning_rate, s.weight_decay, s.teacher_momentum))
     at = lambda f, i: float(f(jnp.asarray(i, jnp.int32)))  # noqa: E731
 
     peak = 0.0005 * batch / 256  # linear scaling rule of main_dino.py
@@ -119,6 +129,20 @@ def test_per_epoch_linear_warmup_equals_dino_teacher_temp_schedule(warmup_epochs
     np.testing.assert_allclose(got, want, rtol=1e-6)
 
 
+def test_ema_update_is_momentum_average_leaf_by_leaf():
+    """ssl_jax.state.ema_update, DINO's teacher update: t <- m t + (1 - m) s, per parameter."""
+    rng = np.random.RandomState(5)
+    teacher = {"a": rng.randn(3, 4).astype(np.float32), "b": {"c": rng.randn(5).astype(np.float32)}}
+    student = {"a": rng.randn(3, 4).astype(np.float32), "b": {"c": rng.randn(5).astype(np.float32)}}
+    for m in (0.996, 0.5, 1.0):
+        got = ema_update(jax.tree.map(jnp.asarray, teacher), jax.tree.map(jnp.asarray, student), jnp.float32(m))
+        for path in (("a",), ("b", "c")):
+            t, s_, g = teacher, student, got
+            for k in path:
+                t, s_, g = t[k], s_[k], g[k]
+            np.testing.assert_allclose(np.asarray(g), m * t.astype(np.float64) + (1 - m) * s_, rtol=1e-5, atol=1e-6)
+
+
 # ----------------------------------------------------------------------------- clipping
 
 def _np_clip_per_tensor(tree, max_norm):
@@ -150,10 +174,11 @@ def test_clip_by_norm_per_tensor_matches_dino_clip_gradients_and_is_not_global()
 # ----------------------------------------------------------------------------- decay mask
 
 def test_decay_mask_excludes_one_dimensional_params_like_get_params_groups():
-    """Built on real model trees: a tiny ViT and a DINO head."""
+    """Built on real model trees: a tiny ViT and a DINO head with a trainable weight-norm scale."""
     vit = VisionTransformer(img_size=16, patch_size=8, embed_dim=16, depth=1, num_heads=2)
     backbone = jax.eval_shape(vit.init, jax.random.key(0), jnp.zeros((1, 16, 16, 3)))["params"]
-    head = jax.eval_shape(DINOHead(32, 16, 8, 3).init, jax.random.key(0), jnp.zeros((1, 16)))["params"]
+    head = jax.eval_shape(DINOHead(32, 16, 8, 3, norm_last_layer=False).init, jax.random.key(0),
+                          jnp.zeros((1, 16)))["params"]
     params = {"backbone": backbone, "head": head}
     mask = optim.decay_mask(params)
 
@@ -165,6 +190,7 @@ def test_decay_mask_excludes_one_dimensional_params_like_get_params_groups():
         assert bool(decayed) == reference_decayed, name
     assert flat["backbone/cls_token"][1] and flat["backbone/pos_embed"][1]
     assert flat["backbone/patch_embed/kernel"][1] and flat["head/last_layer/v"][1]
+    assert flat["head/last_layer/g"][1]  # torch's weight_g is [out_dim, 1]: 2-D, decayed
     assert not flat["backbone/patch_embed/bias"][1]
     assert not flat["backbone/norm/scale"][1] and not flat["backbone/blocks_0/norm1/bias"][1]
     assert flat["backbone/blocks_0/attn/qkv/kernel"][1] and not flat["backbone/blocks_0/attn/qkv/bias"][1]
@@ -242,7 +268,7 @@ def _run_build_optimizer(num_steps, steps_per_epoch=3, epochs=4):
     tx = optim.build_optimizer(cfg, schedules, params, steps_per_epoch)
     state = tx.init(params)
 
-    @jax.jit
+    @fast_jit
     def update(params, state, g):
         updates, state = tx.update(g, state, params)
         return optax.apply_updates(params, updates), state
@@ -269,9 +295,9 @@ def test_build_optimizer_freezes_last_layer_completely_during_first_epoch(optimi
         # No update at all, not even weight decay (which would shrink v since lr*wd > 0).
         np.testing.assert_array_equal(np.asarray(after["head"]["last_layer"]["v"]),
                                       np.asarray(before["head"]["last_layer"]["v"]))
-        if step > 0:
-            for leaf_before, leaf_after in zip(jax.tree.leaves(before["backbone"]) + jax.tree.leaves(before["head"]["mlp"]),
-                                               jax.tree.leaves(after["backbone"]) + jax.tree.leaves(after["head"]["mlp"])):
+        if step > 0:  # every other parameter (decayed or not) moves
+            others = lambda tree: jax.tree.leaves(tree["backbone"]) + jax.tree.leaves(tree["head"]["mlp"])  # noqa: E731
+            for leaf_before, leaf_after in zip(others(before), others(after)):
                 assert not np.allclose(np.asarray(leaf_before), np.asarray(leaf_after), rtol=0, atol=1e-6)
     for step in range(3, 6):
         assert not np.allclose(np.asarray(history[step + 1]["head"]["last_layer"]["v"]),
@@ -290,7 +316,9 @@ def test_build_optimizer_last_layer_first_update_is_a_fresh_adamw_step(optimizer
 
 def test_build_optimizer_matches_numpy_torch_adamw_with_clipping_decay_mask_and_freezing(optimizer_run):
     cfg, history, grads, lr, wd = optimizer_run
-    flat = lambda tree: {_path(k): np.asarray(v) for k, v in jax.tree_util.tree_flatten_with_path(tree)[0]}  # noqa: E731
+    def flat(tree):
+        return {_path(k): np.asarray(v) for k, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
     init = flat(history[0])
     decayed = {k: v.ndim > 1 for k, v in init.items()}  # get_params_groups (checked in its own test)
     reference = NumpyAdamW(init, cfg, lr, wd, freeze_steps=3, decayed=decayed)

@@ -90,6 +90,9 @@ def test_sharded_step_equals_single_device(sharded):
     step1 = jit_train_step(run1.method, run1.tx, run1.schedules, mesh1)
     state = train.create_state(config, run1)
     assert len(state.params["head"]["last_layer"]["v"].sharding.device_set) == 1
+    initial = _snapshot(state)
+    for key in ("params", "teacher", "method_state", "opt_state", "rng"):  # init does not depend on the mesh
+        _assert_trees_equal(initial[key], sharded["snapshots"][0][key], what=f"initial {key}")
     metrics1 = []
     for step in range(3):
         state, m = step1(state, sharding.to_global_batch(_batch(config, step), mesh1))

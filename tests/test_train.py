@@ -11,12 +11,14 @@ import json
 import math
 import os
 import shutil
+import subprocess
+import warnings
 
 import jax
 import numpy as np
 import pytest
 
-from conftest import NUM_DEVICES, make_smoke_config, run_main
+from conftest import NUM_DEVICES, finish, start_main
 
 TOTAL_STEPS = 6  # smoke: 2 epochs x 3 steps
 RESUME_AT = 3
@@ -55,12 +57,56 @@ def _one_line_error(proc) -> str:
     return lines[starts[0]]
 
 
+# Independent subprocesses start together (module fixture `launched`) and each test waits for
+# its own: on 2 cores, most of each process is importing tensorflow/jax, which overlaps well.
+BAD_INPUTS = {
+    "unknown_field": ["--config.optim.lrr=1"],
+    "batch": ["--config.batch_size=12"],
+    "eval_batch": ["--config.eval.batch_size=250"],
+    "data_dir": ["--config.dataset.data_dir=/nonexistent"],
+    "dataset_name": ["--config.dataset.name=cifar11"],
+}
+
+
 @pytest.fixture(scope="module")
-def smoke_run(tfds_data_dir, tmp_path_factory):
-    """One uninterrupted tiny smoke run in a subprocess: (workdir, CompletedProcess)."""
-    workdir = tmp_path_factory.mktemp("smoke_run")
-    proc = run_main(workdir)
-    return workdir, proc
+def launched(tmp_path_factory):
+    """{name: (workdir, Popen)}: the uninterrupted smoke run and every bad-input run, started at once."""
+    runs = {}
+    for name, args in {"smoke": [], **BAD_INPUTS}.items():
+        workdir = tmp_path_factory.mktemp(name)
+        runs[name] = (workdir, start_main(workdir, *args))
+    yield runs
+    for _, proc in runs.values():
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tfds_data_dir, launched):
+    """One uninterrupted tiny smoke run (6 steps, checkpoints at 3 and 6): (workdir, CompletedProcess)."""
+    workdir, proc = launched["smoke"]
+    return workdir, finish(proc)
+
+
+@pytest.fixture(scope="module")
+def followups(smoke_run, tmp_path_factory):
+    """Started together once the smoke run is done:
+    'eval': --mode=eval on a copy of the finished run;
+    'resume': a fresh training process on a workdir holding only the run's step-3 checkpoint,
+    i.e. the run as it is when killed after writing that checkpoint."""
+    trained, proc = smoke_run
+    assert proc.returncode == 0, _describe(proc)
+    eval_dir = tmp_path_factory.mktemp("eval") / "run"
+    shutil.copytree(trained, eval_dir)
+    resume_dir = tmp_path_factory.mktemp("resume")
+    shutil.copytree(trained / "checkpoints" / str(RESUME_AT), resume_dir / "checkpoints" / str(RESUME_AT))
+    runs = {"eval": (eval_dir, start_main(eval_dir, "--mode=eval")), "resume": (resume_dir, start_main(resume_dir))}
+    yield runs
+    for _, p in runs.values():
+        if p.poll() is None:
+            p.kill()
+            p.communicate()
 
 
 def test_smoke_main_end_to_end(smoke_run):
@@ -72,9 +118,11 @@ def test_smoke_main_end_to_end(smoke_run):
     assert f"step {TOTAL_STEPS}/{TOTAL_STEPS}" in proc.stdout
 
     checkpoints = os.path.join(workdir, "checkpoints")
-    steps = sorted(int(d) for d in os.listdir(checkpoints) if d.isdigit())
-    assert steps and steps[-1] == TOTAL_STEPS, f"checkpoints/ holds steps {steps}"
-    assert steps == [RESUME_AT, TOTAL_STEPS]  # every 3 steps, max_to_keep=2
+    entries = os.listdir(checkpoints)
+    steps = sorted(int(d) for d in entries if d.isdigit())
+    assert steps and steps[-1] == TOTAL_STEPS, f"checkpoints/ holds {entries}"
+    assert RESUME_AT in steps, f"checkpoint.every_steps=3 should have saved step 3: {entries}"
+    assert not [d for d in entries if "tmp" in d], f"unfinished checkpoint left: {entries}"
 
     rows = _read_metrics(workdir)
     train_rows = [r for r in rows if r["split"] == "train"]
@@ -93,14 +141,12 @@ def test_smoke_main_end_to_end(smoke_run):
     assert glob.glob(os.path.join(workdir, "metrics", "events.out.tfevents*")), os.listdir(os.path.join(workdir, "metrics"))
 
 
-def test_eval_mode_reads_checkpoint(smoke_run, tmp_path):
+def test_eval_mode_reads_checkpoint(smoke_run, followups):
     """--mode=eval evaluates the latest checkpoint: prints the kNN accuracy the run ended with
     (same teacher weights, same eval data) and writes checkpoints/eval_<step>.json."""
-    trained, proc = smoke_run
-    assert proc.returncode == 0, _describe(proc)
-    workdir = tmp_path / "run"
-    shutil.copytree(trained, workdir)
-    proc = run_main(workdir, "--mode=eval")
+    trained, _ = smoke_run
+    workdir, proc = followups["eval"]
+    proc = finish(proc)
     assert proc.returncode == 0, _describe(proc)
 
     final = [r for r in _read_metrics(trained) if r["split"] == "eval"][-1]["knn_top1@20"]
@@ -112,116 +158,96 @@ def test_eval_mode_reads_checkpoint(smoke_run, tmp_path):
     assert written["knn_top1@20"] == pytest.approx(final, abs=1e-9)
 
 
-def _train_first_steps(config, workdir, num_steps):
-    """The first `num_steps` of a run through the public pieces the loop uses, saved as a checkpoint
-    (stands in for a run killed after its step-`num_steps` checkpoint)."""
-    from ssl_jax import sharding, train
-    from ssl_jax.checkpoint import Checkpointer
-    from ssl_jax.data import pipeline
-    from ssl_jax.step import jit_train_step
+def _restore_raw(workdir, step) -> dict:
+    """A checkpoint as saved (nested dicts of arrays), without building the model."""
+    import orbax.checkpoint as ocp
 
-    run = train.setup(config)
-    assert run.total_steps == TOTAL_STEPS  # the schedules are those of the full 6-step run
-    checkpointer = Checkpointer(str(workdir), config.checkpoint.every_steps, config.checkpoint.max_to_keep)
-    state = train.restore_or_create(config, run, checkpointer)
-    assert int(state.step) == 0
-    batches = pipeline.train_batches(config, 0, run.steps_per_epoch, run.local_batch)
-    step_fn = jit_train_step(run.method, run.tx, run.schedules, run.mesh)
-    metrics = []
-    for _ in range(num_steps):
-        state, m = step_fn(state, sharding.to_global_batch(next(batches), run.mesh))
-        metrics.append({k: float(v) for k, v in jax.device_get(m).items()})
-    assert checkpointer.save(num_steps, state, force=True)
-    checkpointer.wait()
-    checkpointer.close()
-    return run, state, metrics
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "Sharding info not provided when restoring"
+        return jax.device_get(ocp.PyTreeCheckpointer().restore(os.path.join(workdir, "checkpoints", str(step), "default")))
 
 
-def _restore_params(config, run, workdir, step, like):
-    from ssl_jax.checkpoint import Checkpointer, abstract_like
-
-    checkpointer = Checkpointer(str(workdir), config.checkpoint.every_steps, config.checkpoint.max_to_keep)
-    try:
-        return jax.device_get(checkpointer.restore(step, abstract_like(like)))
-    finally:
-        checkpointer.close()
-
-
-def test_resume_matches_uninterrupted_run(smoke_run, tmp_path):
-    """3 steps, checkpoint, then a fresh `python -m ssl_jax.main` on the same workdir finishes the
-    run: its losses at steps 4-6 and final weights equal the uninterrupted run's. Checks the data
-    order, the augmentation rng, the schedules and the restored state (params, teacher, centre,
-    Adam moments, freezing counters, rng)."""
-    straight_dir, proc = smoke_run
-    assert proc.returncode == 0, _describe(proc)
-    straight = _train_rows(straight_dir)
-
-    config = make_smoke_config()
-    workdir = tmp_path / "resumed"
-    run, state, first = _train_first_steps(config, workdir, RESUME_AT)
-    for step, m in enumerate(first, start=1):  # the in-process steps are the run's first steps
-        for key in DETERMINISTIC_METRICS:
-            np.testing.assert_allclose(m[key], straight[step][key], rtol=1e-5, err_msg=f"step {step} {key}")
-
-    proc = run_main(workdir)
+def test_resume_matches_uninterrupted_run(smoke_run, followups):
+    """A fresh `python -m ssl_jax.main` given only the step-3 checkpoint finishes the run exactly as
+    the uninterrupted run did: same losses (and every other computed metric) at steps 4-6 and same
+    final state. Checks the data order and augmentation rng after a restart, the schedules, and the
+    restored state (params, teacher, centre, Adam moments, freezing counters, rng)."""
+    straight_dir, _ = smoke_run
+    workdir, proc = followups["resume"]
+    proc = finish(proc)
     assert proc.returncode == 0, _describe(proc)
     assert f"resuming from step {RESUME_AT}" in proc.stdout, proc.stdout
-    resumed = _train_rows(workdir)
+
+    straight, resumed = _train_rows(straight_dir), _train_rows(workdir)
     assert sorted(resumed) == list(range(RESUME_AT + 1, TOTAL_STEPS + 1)), "the resumed run must log steps 4-6 only"
     for step in resumed:
         for key in DETERMINISTIC_METRICS:
             np.testing.assert_allclose(resumed[step][key], straight[step][key], rtol=1e-5,
                                        err_msg=f"step {step} {key}: resumed vs uninterrupted")
 
-    final_resumed = _restore_params(config, run, workdir, TOTAL_STEPS, state)
-    final_straight = _restore_params(config, run, straight_dir, TOTAL_STEPS, state)
-    assert int(final_resumed.step) == int(final_straight.step) == TOTAL_STEPS
+    final_resumed, final_straight = _restore_raw(workdir, TOTAL_STEPS), _restore_raw(straight_dir, TOTAL_STEPS)
+    assert int(final_resumed["step"]) == int(final_straight["step"]) == TOTAL_STEPS
+    np.testing.assert_array_equal(jax.random.key_data(final_resumed["rng"]), jax.random.key_data(final_straight["rng"]))
     for field in ("params", "teacher", "method_state", "opt_state"):
-        got, want = getattr(final_resumed, field), getattr(final_straight, field)
+        got, want = final_resumed[field], final_straight[field]
+        assert jax.tree.structure(got) == jax.tree.structure(want), field
         for (path, a), b in zip(jax.tree_util.tree_flatten_with_path(got)[0], jax.tree.leaves(want)):
             np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6, err_msg=f"{field}{jax.tree_util.keystr(path)}")
-    np.testing.assert_array_equal(jax.random.key_data(final_resumed.rng), jax.random.key_data(final_straight.rng))
 
 
 # --- bad input: a non-zero exit and one clear line on stderr -------------------------------------
 
 
-def test_unknown_config_field_is_a_one_line_error(tmp_path):
-    """A typo in an override names the field (and the likely intended one), without a traceback."""
-    proc = run_main(tmp_path, "--config.optim.lrr=1")
+def _bad_input(launched, name) -> tuple[object, subprocess.CompletedProcess]:
+    workdir, proc = launched[name]
+    return workdir, finish(proc)
+
+
+def test_unknown_config_field_is_a_one_line_error(launched):
+    """A typo in an override (--config.optim.lrr=1) names the field and the likely intended one,
+    without a traceback."""
+    _, proc = _bad_input(launched, "unknown_field")
     message = _one_line_error(proc)
     assert "lrr" in message
     assert "did you mean" in message.lower() and '"lr"' in message.replace("'", '"'), message
 
 
-def test_batch_not_divisible_by_device_count(tfds_data_dir, tmp_path):
-    proc = run_main(tmp_path, "--config.batch_size=12")
+def test_batch_not_divisible_by_device_count(launched):
+    """--config.batch_size=12 on 8 devices stops before any work, saying what to set."""
+    workdir, proc = _bad_input(launched, "batch")
     message = _one_line_error(proc)
     assert "batch_size=12" in message and f"({NUM_DEVICES})" in message, message
     assert f"--config.batch_size to a multiple of {NUM_DEVICES}" in message, message
-    assert not os.path.exists(tmp_path / "checkpoints") or not os.listdir(tmp_path / "checkpoints")
+    assert not (workdir / "checkpoints").exists() or not os.listdir(workdir / "checkpoints")
 
 
-def test_eval_batch_not_divisible_by_device_count_fails_before_training(tfds_data_dir, tmp_path):
-    """An eval batch that does not split over the devices must be reported up front, naming
-    --config.eval.batch_size, not after the whole training run."""
-    proc = run_main(tmp_path, "--config.eval.batch_size=250")
+def test_eval_batch_not_divisible_by_device_count_names_eval_batch_size_and_loses_no_checkpoint(
+        tfds_data_dir, launched):
+    """--config.eval.batch_size=250 on 8 devices: a one-line error naming --config.eval.batch_size.
+    Best reported before training; if training did run, its final checkpoint must be on disk
+    (not left as an unfinished *.orbax-checkpoint-tmp)."""
+    workdir, proc = _bad_input(launched, "eval_batch")
     message = _one_line_error(proc)
     assert "eval.batch_size" in message, f"the message should name --config.eval.batch_size: {message}"
-    checkpoints = tmp_path / "checkpoints"
-    assert not checkpoints.exists() or not os.listdir(checkpoints), \
-        f"training ran before the error: checkpoints {os.listdir(checkpoints)}"
+    checkpoints = workdir / "checkpoints"
+    entries = sorted(os.listdir(checkpoints)) if checkpoints.exists() else []
+    assert not [e for e in entries if "tmp" in e], f"unfinished checkpoint left behind: {entries}"
+    steps = [int(e) for e in entries if e.isdigit()]
+    assert not steps or max(steps) == TOTAL_STEPS, f"training ran but its final checkpoint is missing: {entries}"
 
 
-def test_dataset_not_found_names_tfds_data_dir(tmp_path):
-    proc = run_main(tmp_path, "--config.dataset.data_dir=/nonexistent")
+def test_dataset_not_found_names_tfds_data_dir(launched):
+    """--config.dataset.data_dir=/nonexistent: says where it looked and how to point tfds elsewhere."""
+    _, proc = _bad_input(launched, "data_dir")
     message = _one_line_error(proc)
     assert "/nonexistent" in message and "cifar10" in message, message
     assert "TFDS_DATA_DIR" in message and "--config.dataset.data_dir" in message, message
 
 
-def test_unknown_dataset_name_is_a_one_line_error(tmp_path):
-    proc = run_main(tmp_path, "--config.dataset.name=cifar11")
+def test_unknown_dataset_name_is_a_one_line_error(launched):
+    """--config.dataset.name=cifar11: one line naming the name and the config field (not tfds'
+    list of every registered dataset)."""
+    _, proc = _bad_input(launched, "dataset_name")
     message = _one_line_error(proc)
     assert "cifar11" in message and "config.dataset.name" in message, message
     assert len(message) < 500, f"message of {len(message)} characters"

@@ -32,18 +32,32 @@ def data_dir(dataset_cfg) -> str | None:
 
 
 def get_builder(dataset_cfg):
-    """The tfds builder of config.dataset.name, with a clear error if it is not prepared."""
+    """The tfds builder of config.dataset.name, prepared (downloading it if allowed).
+
+    With config.dataset.download (default) a dataset tfds can fetch itself (CIFAR-10)
+    is downloaded and prepared once into the data dir; offline, or for datasets that
+    need a manual download (ImageNet), the error says how to point tfds at a copy.
+    """
     directory = data_dir(dataset_cfg)
     try:
         builder = tfds.builder(dataset_cfg.name, data_dir=directory)
-    except tfds.core.registered.DatasetNotFoundError as e:
-        raise ValueError(f"unknown tfds dataset name {dataset_cfg.name!r} (config.dataset.name): {e}") from None
-    if not tf.io.gfile.exists(os.path.join(builder.data_dir, "dataset_info.json")):
-        where = directory or "tfds' default ~/tensorflow_datasets"
-        raise FileNotFoundError(
-            f"dataset {dataset_cfg.name!r} is not prepared in {where}. Point tfds at a directory that "
-            f"holds {dataset_cfg.name}/<version>/ with TFDS_DATA_DIR=/path/to/tfds or "
-            f"--config.dataset.data_dir=/path/to/tfds (or download it once with tfds.builder(...).download_and_prepare()).")
+    except tfds.core.registered.DatasetNotFoundError:
+        raise ValueError(f"unknown tfds dataset name {dataset_cfg.name!r} (config.dataset.name); "
+                         f"see `tfds.list_builders()` for the registered names") from None
+    if tf.io.gfile.exists(os.path.join(builder.data_dir, "dataset_info.json")):
+        return builder
+    where = directory or "tfds' default ~/tensorflow_datasets"
+    fix = (f"Point tfds at a directory that holds {dataset_cfg.name}/<version>/ with "
+           f"TFDS_DATA_DIR=/path/to/tfds or --config.dataset.data_dir=/path/to/tfds")
+    if not dataset_cfg.get("download", True):
+        raise FileNotFoundError(f"dataset {dataset_cfg.name!r} is not prepared in {where} and "
+                                f"config.dataset.download is off. {fix}.")
+    try:
+        builder.download_and_prepare()
+    except Exception as e:  # network errors, manual-download datasets, ...
+        raise FileNotFoundError(f"dataset {dataset_cfg.name!r} is not prepared in {where} and could not be "
+                                f"downloaded ({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}). "
+                                f"{fix}.") from None
     return builder
 
 

@@ -26,8 +26,9 @@ def l2_normalize(x: jax.Array, axis: int = -1, eps: float = 1e-12) -> jax.Array:
 class WeightNormDense(nn.Module):
     """Bias-free weight-normalised linear layer, `torch.nn.utils.weight_norm(Linear)`.
 
-    Params: `v` [D_in, D_out] (direction) and, unless `fix_norm`, `g` [D_out]
-    initialised to 1. x: [..., D_in] -> [..., D_out].
+    Params: `v` [D_in, D_out] (direction) and, unless `fix_norm`, `g` [1, D_out]
+    initialised to 1: 2-D like PyTorch's `weight_g` [D_out, 1], so it gets weight decay
+    as in DINO's `get_params_groups`. x: [..., D_in] -> [..., D_out].
     """
 
     features: int
@@ -39,7 +40,7 @@ class WeightNormDense(nn.Module):
         inv_norm = jax.lax.rsqrt(jnp.sum(jnp.square(v.astype(jnp.float32)), axis=0))
         out = (x @ v.astype(x.dtype)) * inv_norm.astype(x.dtype)
         if not self.fix_norm:
-            out = out * self.param("g", nn.initializers.ones, (self.features,)).astype(x.dtype)
+            out = out * self.param("g", nn.initializers.ones, (1, self.features))[0].astype(x.dtype)
         return out
 
 
