@@ -6,6 +6,7 @@ Override any config field with --config.path.to.field=value; unknown fields are 
 """
 from __future__ import annotations
 
+import re
 import sys
 
 from absl import app, flags, logging
@@ -36,5 +37,24 @@ def main(argv):
         sys.exit(1)
 
 
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing, with an unknown --config.x override as one clear line, not a traceback.
+
+    ml_collections raises KeyError/AttributeError for a field the locked config does not
+    have; other flag errors get absl's usage message.
+    """
+    try:
+        return app.parse_flags_with_usage(argv)
+    except (KeyError, AttributeError) as e:
+        text = str(e)
+        suggestion = re.search(r'Did you mean "([^"]+)" instead of "([^"]+)"', text)
+        field = suggestion.group(2) if suggestion else re.search(r"\w+", text).group(0)
+        overrides = [a.split("=")[0] for a in argv if a.startswith("--config.")]
+        culprit = next((o for o in overrides if field in o.split(".")), "a --config.* override")
+        hint = f' Did you mean "{suggestion.group(1)}"?' if suggestion else ""
+        sys.exit(f"error: unknown config field {field!r} in {culprit}.{hint} "
+                 f"The available fields are those of the config file (or --helpfull).")
+
+
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

@@ -1,0 +1,74 @@
+"""Time ssl_jax's real train step (the one `ssl_jax.main` jits) on in-memory batches.
+
+    python -m benchmarks.step_time --config=configs/dino_small.py:cifar10 [--steps=10]
+
+Needs no tensorflow: batches are `ssl_jax.batch.example_batch` arrays of the configured
+shapes, so it runs on accelerator hosts with only JAX installed. Prints one table row:
+compile time, median ms/step after warm-up, images/s, GFLOP per step (XLA cost analysis),
+achieved GFLOP/s and its fraction of a float32 matmul peak measured in the same process.
+The side-by-side PyTorch reference column is not part of this script yet.
+"""
+from __future__ import annotations
+
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from ssl_jax import sharding, train
+from ssl_jax.batch import example_batch
+from ssl_jax.step import jit_train_step
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file and preset.", lock_config=True)
+_STEPS = flags.DEFINE_integer("steps", 10, "Timed steps (after one warm-up step).")
+_STEPS_PER_EPOCH = flags.DEFINE_integer("steps_per_epoch", 1000, "Schedules' epoch length (no dataset is read).")
+flags.mark_flags_as_required(["config"])
+
+
+def matmul_peak_flops(size: int = 2048, repeats: int = 10) -> float:
+    """Best-of float32 FLOP/s of a [size, size] @ [size, size] jitted matmul on the default device."""
+    a = jax.random.normal(jax.random.key(0), (size, size), jnp.float32)
+    matmul = jax.jit(lambda x, y: x @ y)
+    matmul(a, a).block_until_ready()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        matmul(a, a).block_until_ready()
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best
+
+
+def main(argv):
+    del argv
+    logging.set_verbosity(logging.WARNING)
+    config = _CONFIG.value
+    run = train.setup(config, steps_per_epoch=_STEPS_PER_EPOCH.value)
+    state = train.create_state(config, run)
+    batch = sharding.to_global_batch(example_batch(config.augment, config.batch_size, jax.random.key(1)), run.mesh)
+    start = time.perf_counter()
+    step = jit_train_step(run.method, run.tx, run.schedules, run.mesh).lower(state, batch).compile()
+    compile_seconds = time.perf_counter() - start
+    flops = train.step_flops(step)
+    state, metrics = step(state, batch)
+    jax.block_until_ready(metrics)
+    times = []
+    for _ in range(_STEPS.value):
+        start = time.perf_counter()
+        state, metrics = step(state, batch)
+        jax.block_until_ready(metrics)
+        times.append(time.perf_counter() - start)
+    seconds = float(np.median(times))
+    peak = matmul_peak_flops()
+    devices = f"{run.mesh.devices.size}x {jax.devices()[0].device_kind}"
+    print(f"| config | devices | batch | compile s | ms/step | images/s | GFLOP/step | GFLOP/s | matmul peak GFLOP/s | of peak |")
+    print(f"|---|---|---|---|---|---|---|---|---|---|")
+    print(f"| {config.method.name} {config.model.size} p{config.model.patch_size} | {devices} | {config.batch_size} "
+          f"| {compile_seconds:.1f} | {1000 * seconds:.0f} | {config.batch_size / seconds:.1f} | {flops / 1e9:.1f} "
+          f"| {flops / seconds / 1e9:.1f} | {peak / 1e9:.1f} | {flops / seconds / peak:.0%} |")
+
+
+if __name__ == "__main__":
+    app.run(main)
