@@ -28,6 +28,10 @@ class Checkpointer:
     def all_steps(self) -> list[int]:
         return list(self.manager.all_steps())
 
+    def should_save(self, step: int) -> bool:
+        """Whether `save(step, ...)` would write (every_steps policy)."""
+        return self.manager.should_save(step)
+
     def save(self, step: int, state, force: bool = False) -> bool:
         """Starts an (asynchronous) save of `state` as `step`; returns whether it saves."""
         return self.manager.save(step, args=ocp.args.StandardSave(state), force=force)

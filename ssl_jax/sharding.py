@@ -30,12 +30,13 @@ def make_mesh() -> Mesh:
     return Mesh(np.asarray(jax.devices()), ("data",))
 
 
-def check_global_batch(global_batch: int, mesh: Mesh) -> int:
-    """Returns the per-process batch, or raises a clear error if the batch does not split."""
+def check_global_batch(global_batch: int, mesh: Mesh, field: str = "batch_size") -> int:
+    """Returns the per-process batch, or raises a clear error naming the config `field`
+    if the global batch does not split evenly over the devices."""
     devices = mesh.devices.size
     if global_batch % devices:
-        raise ValueError(f"batch_size={global_batch} is not divisible by the number of devices ({devices}); "
-                         f"set --config.batch_size to a multiple of {devices}")
+        raise ValueError(f"{field}={global_batch} is not divisible by the number of devices ({devices}); "
+                         f"set --config.{field} to a multiple of {devices}")
     return global_batch // jax.process_count()
 
 

@@ -53,6 +53,7 @@ def setup(config, steps_per_epoch: int | None = None) -> Run:
     """Builds mesh, method, schedules and optimiser (no arrays yet)."""
     mesh = sharding.make_mesh()
     local_batch = sharding.check_global_batch(config.batch_size, mesh)
+    sharding.check_global_batch(config.eval.batch_size, mesh, field="eval.batch_size")  # fail before training
     steps_per_epoch = steps_per_epoch or steps_per_epoch_of(config)
     total_steps = config.num_epochs * steps_per_epoch
     method = build_method(config, steps_per_epoch)
@@ -142,39 +143,49 @@ def train_and_evaluate(config, workdir: str) -> dict:
     train_step = jit_train_step(run.method, run.tx, run.schedules, run.mesh)
     pending, last_scalars, results = [], {}, {}
     train_seconds, interval_start, interval_steps = 0.0, None, 0
-    for step in range(start_step, run.total_steps):
-        batch = sharding.to_global_batch(next(batches), run.mesh)
-        if step == start_step:
-            compile_start = time.time()
-            train_step = train_step.lower(state, batch).compile()
-            log_line(f"compiled train step in {time.time() - compile_start:.1f}s "
-                     f"({step_flops(train_step) / 1e9:.1f} GFLOP per step by XLA's cost analysis)")
-            interval_start = time.time()
-        state, metrics = train_step(state, batch)
-        pending.append(metrics)
-        interval_steps += 1
-        done = step + 1
-        if done % config.log_every_steps == 0 or done == run.total_steps:
-            scalars = {k: float(np.mean(v)) for k, v in jax.tree.map(lambda *m: np.stack(m), *jax.device_get(pending)).items()}
-            check_finite(done, scalars)
-            seconds = time.time() - interval_start
-            train_seconds += seconds
-            scalars.update(step_time=seconds / interval_steps, images_per_sec=interval_steps * config.batch_size / seconds,
-                           epoch=done / run.steps_per_epoch, train_seconds=train_seconds)
-            logger.write(done, scalars)
-            eta = (run.total_steps - done) * scalars["step_time"]
-            log_line(progress_line(done, run.total_steps, scalars, eta))
-            pending, last_scalars, interval_steps = [], scalars, 0
-            interval_start = time.time()
-        checkpointer.save(done, state, force=done == run.total_steps)
-        every = config.eval.every_steps
-        if done == run.total_steps or (every and done % every == 0):
-            results = evaluate(config, run, state, logger, done)
-            interval_start = time.time()  # evaluation time is not training time
-    checkpointer.wait()
-    checkpointer.close()
-    logger.close()
+    try:
+        for step in range(start_step, run.total_steps):
+            batch = sharding.to_global_batch(next(batches), run.mesh)
+            if step == start_step:
+                compile_start = time.time()
+                train_step = train_step.lower(state, batch).compile()
+                log_line(f"compiled train step in {time.time() - compile_start:.1f}s "
+                         f"({step_flops(train_step) / 1e9:.1f} GFLOP per step by XLA's cost analysis)")
+                interval_start = time.time()
+            state, metrics = train_step(state, batch)
+            pending.append(metrics)
+            interval_steps += 1
+            done = step + 1
+            if done % config.log_every_steps == 0 or done == run.total_steps:
+                scalars = mean_metrics(pending)
+                check_finite(done, scalars)
+                seconds = time.time() - interval_start
+                train_seconds += seconds
+                scalars.update(step_time=seconds / interval_steps, epoch=done / run.steps_per_epoch,
+                               images_per_sec=interval_steps * config.batch_size / seconds, train_seconds=train_seconds)
+                logger.write(done, scalars)
+                log_line(progress_line(done, run.total_steps, scalars, (run.total_steps - done) * scalars["step_time"]))
+                pending, last_scalars, interval_steps = [], scalars, 0
+                interval_start = time.time()
+            is_last = done == run.total_steps
+            if is_last or checkpointer.should_save(done):
+                check_finite(done, {"loss": float(metrics["loss"])})  # never save a NaN state over a good one
+                checkpointer.save(done, state, force=is_last)
+            every = config.eval.every_steps
+            if is_last or (every and done % every == 0):
+                results = evaluate(config, run, state, logger, done)
+                interval_start = time.time()  # evaluation time is not training time
+    finally:
+        checkpointer.wait()  # a started save completes even when the run stops on an error
+        checkpointer.close()
+        logger.close()
     return {**last_scalars, **results}
+
+
+def mean_metrics(per_step: list[dict]) -> dict[str, float]:
+    """Averages a list of per-step scalar metric dicts (device arrays) into floats."""
+    stacked = jax.tree.map(lambda *values: np.stack(values), *jax.device_get(per_step))
+    return {name: float(np.mean(values)) for name, values in stacked.items()}
 
 
 def evaluate_checkpoint(config, workdir: str, step: int | None = None) -> dict:

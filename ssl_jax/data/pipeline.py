@@ -52,6 +52,8 @@ def get_builder(dataset_cfg):
     if not dataset_cfg.get("download", True):
         raise FileNotFoundError(f"dataset {dataset_cfg.name!r} is not prepared in {where} and "
                                 f"config.dataset.download is off. {fix}.")
+    print(f"dataset {dataset_cfg.name!r} is not prepared in {where}: downloading it with tfds "
+          f"(offline? {fix})", flush=True)
     try:
         builder.download_and_prepare()
     except Exception as e:  # network errors, manual-download datasets, ...

@@ -18,7 +18,7 @@ def extract_features(config, features_fn, variables, split: str, mesh) -> tuple[
     on images preprocessed as config.eval says.
     """
     global_batch = config.eval.batch_size
-    local_batch = sharding.check_global_batch(global_batch, mesh)
+    local_batch = sharding.check_global_batch(global_batch, mesh, field="eval.batch_size")
     num_batches = math.ceil(pipeline.num_examples(config.dataset, split) / global_batch)
     jitted = jax.jit(features_fn, in_shardings=(replicated(mesh), batch_sharding(mesh)),
                      out_shardings=replicated(mesh))
