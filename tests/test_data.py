@@ -10,8 +10,6 @@ import tensorflow as tf
 from conftest import make_smoke_config
 from ssl_jax.data import pipeline
 
-pytestmark = pytest.mark.usefixtures("tfds_data_dir")
-
 STEPS_PER_EPOCH = 2  # tiny epochs, so that a few batches cross epoch boundaries
 LOCAL_BATCH = 8
 NUM_BATCHES = 5  # epochs 0, 0, 1, 1, 2
@@ -24,7 +22,8 @@ def _assert_batches_equal(a: dict, b: dict, what: str):
 
 
 @pytest.fixture(scope="module")
-def config():
+def config(tfds_data_dir):
+    """The tiny smoke config; skips the test when CIFAR-10 is not under TFDS_DATA_DIR."""
     return make_smoke_config()
 
 

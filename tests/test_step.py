@@ -13,7 +13,7 @@ from jax.sharding import Mesh
 from conftest import NUM_DEVICES
 from ssl_jax import sharding, train
 from ssl_jax.batch import example_batch
-from ssl_jax.step import jit_train_step
+from ssl_jax.step import jit_train_step, replicated
 
 STEPS_PER_EPOCH = 3
 GLOBAL_BATCH = 16
@@ -129,29 +129,38 @@ def test_train_step_is_pure(sharded):
 
 
 def test_teacher_is_ema_of_student(sharded):
-    """After each step: teacher == m * teacher_old + (1 - m) * params_new, m = momentum(step).
+    """After one step: teacher == m * teacher_old + (1 - m) * params_new, m = momentum(0), leaf by leaf.
 
-    Checked for the first 3 steps. Step 0 alone would prove little: the teacher starts as
-    a copy of the student and DINO's warm-up gives lr(0) = 0, so teacher_old == params_new
-    there; from step 1 on they differ and the relation pins m down.
+    A fresh state's teacher is a copy of the student and DINO's warm-up gives lr(0) = 0, so
+    there teacher_old == params_new and any m would pass. The step is therefore taken from
+    a state whose teacher has been moved away from the student (teacher_old = 0.5 * params
+    + 0.01): then a wrong momentum (even m(1) instead of m(0)) is off by ~1e-4 relative.
+    The trajectory's own steps 1-2 (teacher and student apart by the lr-sized updates) are
+    checked with momentum(step) as well.
     """
-    run, snapshots = sharded["run"], sharded["snapshots"]
-    assert float(run.schedules.learning_rate(0)) == 0.0
-    nontrivial = False
-    for step in range(3):
-        old, new = snapshots[step], snapshots[step + 1]
+    run, step_fn = sharded["run"], sharded["step_fn"]
+    initial = sharded["initial"]
+    teacher_old = jax.tree.map(lambda p: 0.5 * np.asarray(p) + np.float32(0.01), jax.device_get(initial.params))
+    state = _clone(initial).replace(teacher=jax.device_put(teacher_old, replicated(run.mesh)))
+    new, metrics = step_fn(state, sharding.to_global_batch(_batch(sharded["config"], 0), run.mesh))
+    new = _snapshot(new)
+    m = np.float32(run.schedules.teacher_momentum(0))
+    assert 0.0 < m < 1.0 and m != np.float32(run.schedules.teacher_momentum(1))
+    np.testing.assert_allclose(float(metrics["teacher_momentum"]), m, rtol=1e-7)
+    t_old = jax.tree_util.tree_flatten_with_path(teacher_old)[0]
+    t_new, p_new = jax.tree.leaves(new["teacher"]), jax.tree.leaves(new["params"])
+    assert len(t_old) == len(t_new) == len(p_new)
+    for (path, to), tn, pn in zip(t_old, t_new, p_new):
+        np.testing.assert_allclose(tn, m * to + (np.float32(1) - m) * pn, rtol=1e-6, atol=1e-7,
+                                   err_msg=f"teacher{jax.tree_util.keystr(path)}")
+
+    snapshots = sharded["snapshots"]
+    for step in (1, 2):
+        old, after = snapshots[step], snapshots[step + 1]
         m = np.float32(run.schedules.teacher_momentum(step))
-        assert 0.0 < m < 1.0
-        np.testing.assert_allclose(sharded["metrics"][step]["teacher_momentum"], m, rtol=1e-7)
-        t_old = jax.tree_util.tree_flatten_with_path(old["teacher"])[0]
-        t_new, p_new = jax.tree.leaves(new["teacher"]), jax.tree.leaves(new["params"])
-        assert len(t_old) == len(t_new) == len(p_new)
-        for (path, to), tn, pn in zip(t_old, t_new, p_new):
-            expected = m * to + (np.float32(1) - m) * pn
-            np.testing.assert_allclose(tn, expected, rtol=1e-6, atol=1e-7,
-                                       err_msg=f"step {step} teacher{jax.tree_util.keystr(path)}")
-            nontrivial |= not np.allclose(to, pn, rtol=1e-4, atol=1e-6)
-    assert nontrivial, "teacher_old == params_new everywhere: the EMA check was vacuous"
+        for to, tn, pn in zip(jax.tree.leaves(old["teacher"]), jax.tree.leaves(after["teacher"]),
+                              jax.tree.leaves(after["params"])):
+            np.testing.assert_allclose(tn, m * to + (np.float32(1) - m) * pn, rtol=1e-6, atol=1e-7)
 
 
 def test_last_layer_frozen_in_first_epoch(sharded):

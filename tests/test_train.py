@@ -2,7 +2,8 @@
 
 Every run is the smoke preset made tinier by conftest.TINY_OVERRIDES, on 8 virtual CPU
 devices and the real CIFAR-10 files. One uninterrupted 6-step run (module fixture) is
-shared by the end-to-end, eval-mode and resume tests.
+shared by the end-to-end, eval-mode and resume tests; the resume test restarts a fresh
+process from that run's step-3 checkpoint, as if the run had been killed right after it.
 """
 from __future__ import annotations
 
@@ -237,7 +238,9 @@ def test_eval_batch_not_divisible_by_device_count_names_eval_batch_size_and_lose
 
 
 def test_dataset_not_found_names_tfds_data_dir(launched):
-    """--config.dataset.data_dir=/nonexistent: says where it looked and how to point tfds elsewhere."""
+    """--config.dataset.data_dir=/nonexistent: says where it looked and how to point tfds elsewhere.
+    (With config.dataset.download=False, from TINY_OVERRIDES: offline, the default download
+    attempt retries for minutes before it fails with the same advice.)"""
     _, proc = _bad_input(launched, "data_dir")
     message = _one_line_error(proc)
     assert "/nonexistent" in message and "cifar10" in message, message
