@@ -134,3 +134,12 @@ def test_missing_data_dir_raises_file_not_found_naming_tfds_data_dir(tmp_path):
         pipeline.num_examples(config.dataset, "train")
     with pytest.raises(FileNotFoundError, match="TFDS_DATA_DIR"):
         pipeline.eval_batches(config, "test", 16, 1)
+
+
+def test_nonexistent_data_dir_fails_at_once_even_when_downloads_are_allowed(tmp_path):
+    """A mistyped data dir must not start a download (minutes of retries offline) nor create it."""
+    missing = tmp_path / "typo_tfds"
+    config = make_smoke_config(**{"dataset.data_dir": str(missing), "dataset.download": True})
+    with pytest.raises(FileNotFoundError, match="does not exist.*TFDS_DATA_DIR"):
+        pipeline.num_examples(config.dataset, "train")
+    assert not missing.exists()

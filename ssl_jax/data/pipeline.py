@@ -52,6 +52,11 @@ def get_builder(dataset_cfg):
     if not dataset_cfg.get("download", True):
         raise FileNotFoundError(f"dataset {dataset_cfg.name!r} is not prepared in {where} and "
                                 f"config.dataset.download is off. {fix}.")
+    if directory and not tf.io.gfile.isdir(directory):
+        # An explicit data dir that does not exist is a typo far more often than a wish to
+        # download there; failing at once also avoids minutes of retries when offline.
+        raise FileNotFoundError(f"the data dir {directory} (TFDS_DATA_DIR or config.dataset.data_dir) does "
+                                f"not exist. {fix}, or create it to let tfds download {dataset_cfg.name!r} into it.")
     print(f"dataset {dataset_cfg.name!r} is not prepared in {where}: downloading it with tfds "
           f"(offline? {fix})", flush=True)
     try:
