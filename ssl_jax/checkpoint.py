@@ -25,9 +25,6 @@ class Checkpointer:
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
 
-    def all_steps(self) -> list[int]:
-        return list(self.manager.all_steps())
-
     def should_save(self, step: int) -> bool:
         """Whether `save(step, ...)` would write (every_steps policy)."""
         return self.manager.should_save(step)
