@@ -11,34 +11,15 @@ from __future__ import annotations
 
 import ml_collections
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
-CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+from ssl_jax import config_base as base
+from ssl_jax.config_base import base_config, select_preset, use_cifar10, use_smoke
 
 
 def imagenet_config() -> ml_collections.ConfigDict:
     """The paper's ViT-S/16 recipe on ImageNet-1k (tfds `imagenet2012`)."""
-    c = ml_collections.ConfigDict()
-    c.seed = 0
+    c = base_config()
     c.batch_size = 1024  # paper Sec. 4 / App.: "batch size of 1024, distributed over 16 GPUs" for ViT-S/16.
     c.num_epochs = 100  # README's ViT-S/16 100-epoch run (69.3% kNN); --epochs default is 100.
-    c.steps_per_epoch = 0  # 0: len(train split) // batch_size (drop_last, as the reference DataLoader).
-    c.log_every_steps = 100
-    c.distributed = ml_collections.ConfigDict({"auto": False, "coordinator_address": "", "num_processes": 1,
-                                               "process_id": 0})
-
-    c.dataset = ml_collections.ConfigDict()
-    c.dataset.name = "imagenet2012"
-    c.dataset.data_dir = ""  # "" -> $TFDS_DATA_DIR, else tfds' default (~/tensorflow_datasets).
-    c.dataset.download = True  # let tfds download and prepare the dataset if it is missing.
-    c.dataset.train_split = "train"
-    c.dataset.image_key = "image"
-    c.dataset.label_key = "label"
-    c.dataset.num_classes = 1000
-    # Encoded ImageNet JPEGs average ~110 kB: 20k of them is ~2 GB of host memory. tfds
-    # writes its records in shuffled order already, so this buffer only decorrelates further.
-    c.dataset.shuffle_buffer = 20_000
 
     c.model = ml_collections.ConfigDict()
     c.model.name = "vit"
@@ -94,23 +75,9 @@ def imagenet_config() -> ml_collections.ConfigDict:
     c.augment.blur_sigma = (0.1, 2.0)  # utils.GaussianBlur radius_min / radius_max
     c.augment.blur_kernel_size = 13  # covers +-3 sigma of the largest sigma (2.0)
     c.augment.solarize_prob = (0.0, 0.2, 0.0)  # (global crop 1, global crop 2, local crops)
-    c.augment.mean = IMAGENET_MEAN
-    c.augment.std = IMAGENET_STD
+    c.augment.mean = base.IMAGENET_MEAN
+    c.augment.std = base.IMAGENET_STD
 
-    c.eval = ml_collections.ConfigDict()
-    c.eval.every_steps = 0  # kNN every N steps; 0: only at the end. Always at the end.
-    c.eval.batch_size = 256
-    c.eval.train_split = "train"  # kNN memory bank
-    c.eval.test_split = "validation"
-    c.eval.resize = 256  # eval_knn.py: Resize(256, bicubic), CenterCrop(224)
-    c.eval.crop = 224
-    c.eval.knn_k = (20,)  # eval_knn.py --nb_knn also reports 10, 100, 200.
-    c.eval.knn_temperature = 0.07  # eval_knn.py --temperature
-
-    c.checkpoint = ml_collections.ConfigDict()
-    c.checkpoint.every_steps = 1000
-    c.checkpoint.max_to_keep = 3
-    c.checkpoint.keep_period = 0  # also keep every N-th step forever; 0: off.
     return c
 
 
@@ -123,15 +90,9 @@ def cifar10_config() -> ml_collections.ConfigDict:
     in that time, so each change below trades the paper's long-run optimum for
     progress within the hour.
     """
-    c = imagenet_config()
+    c = use_cifar10(imagenet_config())
     c.batch_size = 128  # many small steps: 390 per epoch.
     c.num_epochs = 6  # 2340 steps: ~1 hour on 2 cores at the measured ~1.5 s/step (README).
-    c.log_every_steps = 50
-    c.dataset.name = "cifar10"
-    c.dataset.num_classes = 10
-    # tfds wrote the records in shuffled order; 10k decorrelates further and refills in ~2 s
-    # at each epoch start, where the whole split (50k) stalls the CPU run for ~15 s.
-    c.dataset.shuffle_buffer = 10_000
 
     # A 0.8M-parameter ViT: 128 wide, 4 blocks, 4 heads, 8 px patches (4x4 tokens on the
     # 32 px global crops, 2x2 on the 16 px local crops). 4 px patches cost 3.6x more per
@@ -167,27 +128,12 @@ def cifar10_config() -> ml_collections.ConfigDict:
     # A blur sigma of up to 2 px erases a 32 px image (it is ~14 px at 224): off, as CIFAR
     # recipes of SimCLR/BYOL/solo-learn do. Solarisation stays as in the paper.
     c.augment.blur_prob = (0.0, 0.0, 0.0)
-    c.augment.mean = CIFAR10_MEAN
-    c.augment.std = CIFAR10_STD
-
-    c.eval.every_steps = 390  # once an epoch (~12 minutes)
-    c.eval.batch_size = 512
-    c.eval.train_split = "train"
-    c.eval.test_split = "test"
-    c.eval.resize = 32
-    c.eval.crop = 32
-    c.checkpoint.every_steps = 250
     return c
 
 
 def smoke_config() -> ml_collections.ConfigDict:
     """A few steps on tiny shapes with the real CIFAR-10 files: checks the whole path in seconds."""
-    c = cifar10_config()
-    c.batch_size = 16
-    c.num_epochs = 2
-    c.steps_per_epoch = 3  # short "epochs" so warm-up, freezing and the epoch boundary all happen.
-    c.log_every_steps = 2
-    c.dataset.shuffle_buffer = 1000
+    c = use_smoke(cifar10_config())  # 2 "epochs" of 3 steps: warm-up, freezing and the epoch boundary all happen.
     c.model.embed_dim = 32
     c.model.depth = 2
     c.model.num_heads = 2
@@ -201,19 +147,10 @@ def smoke_config() -> ml_collections.ConfigDict:
     c.optim.warmup_epochs = 1
     c.optim.freeze_epochs = 1  # the reference's schedule: last layer frozen in epoch 0 only
     c.augment.local_crops.number = 2
-    c.eval.batch_size = 200  # a multiple of 8 (simulated) devices
-    c.eval.train_split = "train[:1000]"
-    c.eval.test_split = "test[:500]"
-    c.checkpoint.every_steps = 4
-    c.checkpoint.max_to_keep = 2
     return c
 
 
-PRESETS = {"": imagenet_config, "imagenet": imagenet_config, "cifar10": cifar10_config, "smoke": smoke_config}
-
-
 def get_config(preset: str = "") -> ml_collections.ConfigDict:
-    """The config for `preset` ('' = the paper's ImageNet recipe, 'cifar10', 'smoke')."""
-    if preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r} for dino_small.py; choose one of {sorted(PRESETS)}")
-    return PRESETS[preset]()
+    """The config for `preset` ('' or 'imagenet' = the paper's recipe, 'cifar10', 'smoke')."""
+    return select_preset({"imagenet": imagenet_config, "cifar10": cifar10_config, "smoke": smoke_config},
+                         preset, __file__)

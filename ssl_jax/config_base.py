@@ -1,0 +1,140 @@
+"""Config fields every method shares, and the dataset/size presets, written once.
+
+A paper's config file (`configs/<method>_<model>.py`) starts from `base_config()`,
+adds its `model`, `method`, `optim` and `augment` sections with the paper's values,
+and builds its `:cifar10` / `:smoke` presets with `use_cifar10` / `use_smoke` plus
+whatever that method needs changed at small scale. Only run-level fields live
+here (seed, data, evaluation, checkpoints, logging, distribution); nothing here
+is a method's hyper-parameter.
+"""
+from __future__ import annotations
+
+import os
+from typing import Callable
+
+import ml_collections
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """Run-level fields for ImageNet-1k (tfds `imagenet2012`) pretraining."""
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.batch_size = 1024  # global batch, over all devices and processes
+    c.num_epochs = 100
+    c.steps_per_epoch = 0  # 0: len(train split) // batch_size (drop_last, as the references' DataLoaders).
+    c.log_every_steps = 100
+    c.distributed = ml_collections.ConfigDict({"auto": False, "coordinator_address": "", "num_processes": 1,
+                                               "process_id": 0})
+
+    c.dataset = ml_collections.ConfigDict()
+    c.dataset.name = "imagenet2012"
+    c.dataset.data_dir = ""  # "" -> $TFDS_DATA_DIR, else tfds' default (~/tensorflow_datasets).
+    c.dataset.download = True  # let tfds download and prepare the dataset if it is missing.
+    c.dataset.train_split = "train"
+    c.dataset.image_key = "image"
+    c.dataset.label_key = "label"
+    c.dataset.num_classes = 1000
+    # Encoded ImageNet JPEGs average ~110 kB: 20k of them is ~2 GB of host memory. tfds
+    # writes its records in shuffled order already, so this buffer only decorrelates further.
+    c.dataset.shuffle_buffer = 20_000
+
+    c.eval = ml_collections.ConfigDict()
+    c.eval.every_steps = 0  # kNN every N steps; 0: only at the end. Always at the end.
+    c.eval.batch_size = 256
+    c.eval.train_split = "train"  # kNN memory bank
+    c.eval.test_split = "validation"
+    c.eval.resize = 256  # DINO's eval_knn.py: Resize(256, bicubic), CenterCrop(224)
+    c.eval.crop = 224
+    c.eval.knn_k = (20,)  # eval_knn.py --nb_knn also reports 10, 100, 200.
+    c.eval.knn_temperature = 0.07  # eval_knn.py --temperature
+
+    c.checkpoint = ml_collections.ConfigDict()
+    c.checkpoint.every_steps = 1000
+    c.checkpoint.max_to_keep = 3
+    c.checkpoint.keep_period = 0  # also keep every N-th step forever; 0: off.
+    return c
+
+
+def use_cifar10(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Switches data and evaluation to CIFAR-10 (tfds `cifar10`, 32 px); returns `c`.
+
+    The caller still scales the method (crop sizes, model, schedule) to the dataset.
+    """
+    c.log_every_steps = 50
+    c.dataset.name = "cifar10"
+    c.dataset.num_classes = 10
+    # tfds wrote the records in shuffled order; 10k decorrelates further and refills in ~2 s
+    # at each epoch start, where the whole split (50k) stalls a CPU run for ~15 s.
+    c.dataset.shuffle_buffer = 10_000
+    c.augment.mean = CIFAR10_MEAN
+    c.augment.std = CIFAR10_STD
+    c.eval.every_steps = 390  # once an epoch at batch 128
+    c.eval.batch_size = 512
+    c.eval.train_split = "train"
+    c.eval.test_split = "test"
+    c.eval.resize = 32
+    c.eval.crop = 32
+    c.checkpoint.every_steps = 250
+    return c
+
+
+def use_smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """A few steps on the real CIFAR-10 files (call after `use_cifar10`); returns `c`.
+
+    The caller shrinks the model and heads; this sets the run to 2 "epochs" of 3 steps
+    at batch 16, so warm-ups and epoch boundaries still happen.
+    """
+    c.batch_size = 16
+    c.num_epochs = 2
+    c.steps_per_epoch = 3
+    c.log_every_steps = 2
+    c.dataset.shuffle_buffer = 1000
+    c.eval.every_steps = 0
+    c.eval.batch_size = 200  # a multiple of 8 (simulated) devices
+    c.eval.train_split = "train[:1000]"
+    c.eval.test_split = "test[:500]"
+    c.checkpoint.every_steps = 4
+    c.checkpoint.max_to_keep = 2
+    return c
+
+
+def two_view_augment(*, size: int, scale: tuple[float, float], brightness: float, contrast: float,
+                     saturation: float, hue: float, blur_prob: tuple[float, float],
+                     solarize_prob: tuple[float, float], jitter_prob: float = 0.8,
+                     grayscale_prob: float = 0.2) -> ml_collections.ConfigDict:
+    """The two-view augmentation of SimCLR / BYOL / MoCo v3 / SimSiam as an `augment` section.
+
+    It is DINO's multi-crop with two global crops and no local crops: random resized
+    crop, flip, colour jitter (random order) with probability `jitter_prob`,
+    grayscale, Gaussian blur and solarisation with per-view probabilities
+    (view 1, view 2), normalised with the ImageNet statistics.
+    """
+    a = ml_collections.ConfigDict()
+    a.global_crops = ml_collections.ConfigDict({"number": 2, "size": size, "scale": scale})
+    a.local_crops = ml_collections.ConfigDict({"number": 0, "size": 96, "scale": (0.05, 0.4)})
+    a.flip_prob = 0.5
+    a.color_jitter = ml_collections.ConfigDict(
+        {"prob": jitter_prob, "brightness": brightness, "contrast": contrast, "saturation": saturation, "hue": hue})
+    a.grayscale_prob = grayscale_prob
+    a.blur_prob = (blur_prob[0], blur_prob[1], 0.0)  # (view 1, view 2, local crops: none)
+    a.blur_sigma = (0.1, 2.0)
+    a.blur_kernel_size = 23  # SimCLR: 10% of the 224 px image, odd; covers +-3 sigma of sigma 2 (13) too.
+    a.solarize_prob = (solarize_prob[0], solarize_prob[1], 0.0)
+    a.mean = IMAGENET_MEAN
+    a.std = IMAGENET_STD
+    return a
+
+
+def select_preset(presets: dict[str, Callable[[], ml_collections.ConfigDict]], preset: str,
+                  config_file: str) -> ml_collections.ConfigDict:
+    """`presets[preset]()` for a config file's `get_config`; '' means 'imagenet' (the paper's recipe)."""
+    name = preset or "imagenet"
+    if name not in presets:
+        raise ValueError(f"unknown preset {preset!r} for {os.path.basename(config_file)}; "
+                         f"choose one of {sorted(presets)}")
+    return presets[name]()
