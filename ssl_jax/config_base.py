@@ -87,13 +87,14 @@ def use_smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """A few steps on the real CIFAR-10 files (call after `use_cifar10`); returns `c`.
 
     The caller shrinks the model and heads; this sets the run to 2 "epochs" of 3 steps
-    at batch 16, so warm-ups and epoch boundaries still happen.
+    at batch 16 with at most 1 warm-up epoch, so warm-ups and epoch boundaries still happen.
     """
     c.batch_size = 16
     c.num_epochs = 2
     c.steps_per_epoch = 3
     c.log_every_steps = 2
     c.dataset.shuffle_buffer = 1000
+    c.optim.warmup_epochs = min(c.optim.warmup_epochs, 1)
     c.eval.every_steps = 0
     c.eval.batch_size = 200  # a multiple of 8 (simulated) devices
     c.eval.train_split = "train[:1000]"
@@ -138,3 +139,41 @@ def select_preset(presets: dict[str, Callable[[], ml_collections.ConfigDict]], p
         raise ValueError(f"unknown preset {preset!r} for {os.path.basename(config_file)}; "
                          f"choose one of {sorted(presets)}")
     return presets[name]()
+
+
+def resnet_model(depth: int = 50, *, cifar_stem: bool = False) -> ml_collections.ConfigDict:
+    """A `model` section for a ResNet backbone (ssl_jax.models.resnet)."""
+    return ml_collections.ConfigDict({"name": "resnet", "depth": depth, "cifar_stem": cifar_stem,
+                                      "zero_init_residual": True, "width": 64})
+
+
+def mlp(hidden_dim: int, out_dim: int, num_layers: int, *, last_bn: bool = False, last_bn_scale: bool = False,
+        last_bias: bool = True, init: str = "torch") -> ml_collections.ConfigDict:
+    """A projector/predictor section (ssl_jax.models.heads.ProjectionMLP's fields)."""
+    return ml_collections.ConfigDict({"hidden_dim": hidden_dim, "out_dim": out_dim, "num_layers": num_layers,
+                                      "last_bn": last_bn, "last_bn_scale": last_bn_scale, "last_bias": last_bias,
+                                      "init": init})
+
+
+def use_cifar10_resnet18(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """`use_cifar10` plus the setting of the published CIFAR-10 kNN tables (lightly's
+    benchmarks): CIFAR ResNet-18 (3x3 stem, no max-pool), batch 128, 200 epochs, 32 px
+    views without blur (SimCLR App. B.9), kNN also at k=200. Returns `c`."""
+    use_cifar10(c)
+    c.batch_size = 128
+    c.num_epochs = 200
+    c.model = resnet_model(18, cifar_stem=True)
+    c.augment.global_crops.size = 32
+    c.augment.blur_prob = (0.0, 0.0, 0.0)
+    c.eval.every_steps = 3900  # every 10 epochs
+    c.eval.knn_k = (20, 200)
+    return c
+
+
+def use_smoke_resnet(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """`use_smoke` with a ResNet-10 of width 8: the same code path as ResNet-18/50 at a
+    fraction of the compile time. Returns `c`."""
+    use_smoke(c)
+    c.model.depth = 10
+    c.model.width = 8
+    return c

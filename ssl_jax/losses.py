@@ -10,6 +10,12 @@ import jax
 import jax.numpy as jnp
 
 
+def l2_normalize(x: jax.Array, axis: int = -1, eps: float = 1e-12) -> jax.Array:
+    """x / max(||x||, eps), as torch.nn.functional.normalize."""
+    norm = jnp.linalg.norm(x, axis=axis, keepdims=True)
+    return x / jnp.maximum(norm, eps)
+
+
 def dino_teacher_probs(teacher_logits: jax.Array, center: jax.Array, temperature: jax.Array) -> jax.Array:
     """Centred, sharpened teacher distribution softmax((t - c) / tau), with stop-gradient.
 
@@ -49,3 +55,63 @@ def ema_center(center: jax.Array, teacher_logits: jax.Array, momentum: float) ->
 def mean_entropy(probs: jax.Array) -> jax.Array:
     """Mean Shannon entropy (nats) of the distributions on the last axis of probs [..., K]."""
     return -jnp.mean(jnp.sum(probs * jnp.log(jnp.clip(probs, 1e-30)), axis=-1))
+
+
+# ----------------------------------------------------------------------------
+# Two-view losses. Each is one direction, loss(queries of view a, keys of view b);
+# the methods symmetrise. Queries/keys are [B, D] over the global batch.
+# ----------------------------------------------------------------------------
+
+
+def nt_xent(anchors: jax.Array, positives: jax.Array, temperature: float) -> jax.Array:
+    """SimCLR's NT-Xent, one direction (`loss_a` of SimCLR's `add_contrastive_loss`).
+
+    For anchor i (view a) the positive is positives[i] (view b); the negatives are the
+    other 2B - 2 embeddings of both views in the global batch. Cosine similarities /
+    temperature, cross-entropy, mean over the B anchors.
+    anchors, positives: [B, D]. SimCLR's loss is nt_xent(a, b) + nt_xent(b, a).
+    """
+    a = l2_normalize(anchors.astype(jnp.float32))
+    b = l2_normalize(positives.astype(jnp.float32))
+    logits_ab = a @ b.T / temperature  # [B, B], positives on the diagonal
+    self_mask = jnp.eye(a.shape[0], dtype=bool)
+    logits_aa = jnp.where(self_mask, -jnp.inf, a @ a.T / temperature)  # an anchor is not its own negative
+    logits = jnp.concatenate([logits_ab, logits_aa], axis=1)  # [B, 2B]
+    return jnp.mean(jax.nn.logsumexp(logits, axis=1) - jnp.diagonal(logits_ab))
+
+
+def info_nce(queries: jax.Array, keys: jax.Array, temperature: float) -> jax.Array:
+    """MoCo v3's `contrastive_loss`: CE(q k^T / tau, diagonal labels) * 2 tau.
+
+    queries, keys: [B, D] (keys from the momentum encoder, all B of the global batch
+    as negatives: MoCo v3's `concat_all_gather`). The 2 tau factor is the reference's.
+    """
+    q = l2_normalize(queries.astype(jnp.float32))
+    k = l2_normalize(keys.astype(jnp.float32))
+    logits = q @ k.T / temperature  # [B, B]
+    return jnp.mean(jax.nn.logsumexp(logits, axis=1) - jnp.diagonal(logits)) * (2.0 * temperature)
+
+
+def normalized_mse(predictions: jax.Array, targets: jax.Array) -> jax.Array:
+    """BYOL's regression loss ||p/||p|| - z/||z|| ||^2 = 2 - 2 cos(p, z), mean over the batch [B, D]."""
+    return jnp.mean(2.0 - 2.0 * cosine_similarity(predictions, targets))
+
+
+def negative_cosine(predictions: jax.Array, targets: jax.Array) -> jax.Array:
+    """SimSiam's D(p, z) = -cos(p, z), mean over the batch [B, D] (the stop-gradient is the caller's)."""
+    return -jnp.mean(cosine_similarity(predictions, targets))
+
+
+def cosine_similarity(x: jax.Array, y: jax.Array) -> jax.Array:
+    """Row-wise cosine similarity of [B, D] arrays -> [B], in float32."""
+    return jnp.sum(l2_normalize(x.astype(jnp.float32)) * l2_normalize(y.astype(jnp.float32)), axis=-1)
+
+
+def normalized_std(embeddings: jax.Array) -> jax.Array:
+    """sqrt(D) x the mean per-dimension std of L2-normalised embeddings [B, D].
+
+    SimSiam's collapse monitor (its Fig. 2): ~1 for embeddings spread over the
+    sphere, 0 when every input maps to the same point.
+    """
+    z = l2_normalize(embeddings.astype(jnp.float32))
+    return jnp.mean(jnp.std(z, axis=0)) * jnp.sqrt(float(z.shape[-1]))

@@ -77,9 +77,10 @@ def path_mask(params: Any, patterns: tuple[str, ...]) -> Any:
 
 
 def decay_mask(params: Any) -> Any:
-    """Weight decay on matrices (and cls/pos embeddings), not on biases or norm scales.
+    """Weight decay on matrices and conv kernels (and cls/pos embeddings), not on biases or norms.
 
-    DINO's `get_params_groups`: no decay for names ending in `.bias` or 1-D tensors.
+    DINO's `get_params_groups` (no decay for `.bias` or 1-D tensors); SimCLR's and
+    BYOL's exclusion of BatchNorm and bias parameters from decay and LARS adaptation.
     """
     return jax.tree.map(lambda p: p.ndim > 1, params)
 
@@ -90,44 +91,95 @@ class Schedules(NamedTuple):
     learning_rate: Schedule
     weight_decay: Schedule
     teacher_momentum: Schedule | None
+    peak_learning_rate: float  # the scaled base lr; parameters with a fixed lr keep it (SimSiam's predictor)
+
+
+def peak_learning_rate(optim_cfg, global_batch: int) -> float:
+    """optim.lr scaled to the global batch: lr * batch / lr_reference_batch (the linear
+    scaling rule, default), or lr * sqrt(batch) with optim.lr_scaling='sqrt' (SimCLR's
+    suggestion for small batches, App. B.1)."""
+    scaling = optim_cfg.get("lr_scaling", "linear")
+    if scaling == "linear":
+        return optim_cfg.lr * global_batch / optim_cfg.lr_reference_batch
+    if scaling == "sqrt":
+        return optim_cfg.lr * global_batch**0.5
+    raise ValueError(f"unknown optim.lr_scaling {scaling!r}; choose 'linear' or 'sqrt'")
 
 
 def build_schedules(optim_cfg, total_steps: int, steps_per_epoch: int, global_batch: int) -> Schedules:
-    """lr = base_lr * global_batch / 256 (linear scaling rule), warm-up then cosine to min_lr;
-    weight decay cosine from weight_decay to weight_decay_end; teacher momentum cosine to 1."""
-    peak_lr = optim_cfg.lr * global_batch / optim_cfg.lr_reference_batch
+    """lr: warm-up then cosine from the scaled peak to min_lr (per step, or per epoch with
+    optim.schedule_per_epoch as SimSiam); weight decay cosine from weight_decay to
+    weight_decay_end; teacher momentum cosine to teacher_momentum_end."""
+    peak_lr = peak_learning_rate(optim_cfg, global_batch)
     lr = cosine_schedule(peak_lr, optim_cfg.min_lr, total_steps, optim_cfg.warmup_epochs * steps_per_epoch)
+    if optim_cfg.get("schedule_per_epoch", False):
+        per_step = lr
+        lr = lambda step: per_step((step // steps_per_epoch) * steps_per_epoch)  # noqa: E731
     wd = cosine_schedule(optim_cfg.weight_decay, optim_cfg.weight_decay_end, total_steps)
     momentum = None
     if optim_cfg.get("teacher_momentum") is not None:
         momentum = cosine_schedule(optim_cfg.teacher_momentum, optim_cfg.teacher_momentum_end, total_steps)
-    return Schedules(lr, wd, momentum)
+    return Schedules(lr, wd, momentum, peak_lr)
+
+
+OPTIMIZERS = ("adamw", "lars", "sgd")
 
 
 def build_optimizer(optim_cfg, schedules: Schedules, params: Any, steps_per_epoch: int) -> optax.GradientTransformation:
-    """AdamW with per-tensor clipping and DINO's "freeze the last layer for the first epochs".
+    """AdamW (DINO, MoCo v3 ViT), LARS (SimCLR, BYOL) or SGD (SimSiam), as the references write them.
 
-    Frozen parameters get no update at all (not even weight decay) while
-    step < freeze_epochs * steps_per_epoch, exactly like parameters whose `.grad` is
-    None in PyTorch's AdamW. They also get their own Adam moments whose step count
-    starts when they unfreeze, as PyTorch's per-parameter Adam state does.
+        [per-tensor clipping] -> direction -> learning rate -> freezing
+
+    direction: adamw: Adam moments, then decoupled weight decay `wd * p`;
+               lars:  `g + wd * p`, scaled by the trust ratio eta ||p|| / ||g + wd p||,
+                      then momentum; sgd: `g + wd * p`, then momentum.
+    Momentum accumulates before the lr is applied (PyTorch's SGD and LARS, BYOL's
+    LARS) unless optim.lr_inside_momentum (SimCLR's TF LARS accumulates lr * update).
+    Decay and the LARS trust ratio skip 1-D parameters (biases, norms) unless
+    optim.exclude_1d_from_decay is False (MoCo v3 and SimSiam decay everything).
+
+    Freezing, all by '/'-joined parameter-path regexes:
+      * optim.freeze_patterns: no update at all (not even weight decay) while
+        step < freeze_epochs * steps_per_epoch (DINO's last layer), exactly like a
+        parameter whose `.grad` is None in PyTorch; their Adam moments / momentum
+        buffers start when they unfreeze, as PyTorch's per-parameter state does;
+      * optim.frozen_patterns: never updated (MoCo v3's random patch projection);
+      * optim.fixed_lr_patterns: trained at the peak lr, never scheduled (SimSiam's predictor).
     """
-    if optim_cfg.name != "adamw":
-        raise ValueError(f"unknown optimizer {optim_cfg.name!r}; this version supports 'adamw'")
-    freeze_steps = optim_cfg.freeze_epochs * steps_per_epoch
-    frozen = path_mask(params, tuple(optim_cfg.freeze_patterns))
-    adam = lambda: optax.scale_by_adam(b1=optim_cfg.b1, b2=optim_cfg.b2, eps=optim_cfg.eps)  # noqa: E731
+    name = optim_cfg.name
+    if name not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {name!r} (config.optim.name); choose one of {OPTIMIZERS}")
+    freeze_steps = optim_cfg.get("freeze_epochs", 0) * steps_per_epoch
+    frozen_at_start = path_mask(params, tuple(optim_cfg.get("freeze_patterns", ())))
     unfrozen = lambda count: count >= freeze_steps  # noqa: E731
-    chain = []
-    if optim_cfg.clip_grad:
-        chain.append(clip_by_norm_per_tensor(optim_cfg.clip_grad))
-    chain += [
-        optax.partition(
-            {"frozen_at_start": optax.transforms.conditionally_mask(adam(), unfrozen), "trainable": adam()},
-            jax.tree.map(lambda f: "frozen_at_start" if f else "trainable", frozen),
-        ),
-        optax.add_decayed_weights(schedules.weight_decay, mask=decay_mask),
-        optax.scale_by_learning_rate(schedules.learning_rate),
-        optax.masked(optax.transforms.conditionally_mask(optax.identity(), unfrozen), frozen),
-    ]
+
+    def stateful(make):
+        """`make()` with separate state for the parameters frozen at the start (see docstring)."""
+        return optax.partition(
+            {"frozen_at_start": optax.transforms.conditionally_mask(make(), unfrozen), "trainable": make()},
+            jax.tree.map(lambda f: "frozen_at_start" if f else "trainable", frozen_at_start))
+
+    decayed = decay_mask if optim_cfg.get("exclude_1d_from_decay", True) else (lambda p: jax.tree.map(lambda _: True, p))
+    learning_rate = optax.scale_by_learning_rate(schedules.learning_rate)
+    if optim_cfg.get("fixed_lr_patterns"):
+        fixed_lr = path_mask(params, tuple(optim_cfg.fixed_lr_patterns))
+        learning_rate = optax.partition(
+            {"scheduled": learning_rate, "fixed": optax.scale_by_learning_rate(schedules.peak_learning_rate)},
+            jax.tree.map(lambda f: "fixed" if f else "scheduled", fixed_lr))
+
+    chain = [clip_by_norm_per_tensor(optim_cfg.clip_grad)] if optim_cfg.get("clip_grad") else []
+    if name == "adamw":
+        chain += [stateful(lambda: optax.scale_by_adam(b1=optim_cfg.b1, b2=optim_cfg.b2, eps=optim_cfg.eps)),
+                  optax.add_decayed_weights(schedules.weight_decay, mask=decayed), learning_rate]
+    else:
+        chain.append(optax.add_decayed_weights(schedules.weight_decay, mask=decayed))
+        if name == "lars":
+            chain.append(optax.masked(optax.scale_by_trust_ratio(trust_coefficient=optim_cfg.trust_coefficient),
+                                      decayed))
+        momentum = lambda: optax.trace(decay=optim_cfg.momentum, nesterov=optim_cfg.get("nesterov", False))  # noqa: E731
+        chain += [learning_rate, stateful(momentum)] if optim_cfg.get("lr_inside_momentum", False) \
+            else [stateful(momentum), learning_rate]
+    chain.append(optax.masked(optax.transforms.conditionally_mask(optax.identity(), unfrozen), frozen_at_start))
+    if optim_cfg.get("frozen_patterns"):
+        chain.append(optax.masked(optax.set_to_zero(), path_mask(params, tuple(optim_cfg.frozen_patterns))))
     return optax.chain(*chain)

@@ -1,14 +1,18 @@
 """Method registry: config.method.name -> the class implementing `ssl_jax.methods.base.Method`."""
 from __future__ import annotations
 
+from ssl_jax.methods.byol import BYOL
 from ssl_jax.methods.dino import DINO
+from ssl_jax.methods.mocov3 import MoCoV3
+from ssl_jax.methods.simclr import SimCLR
+from ssl_jax.methods.simsiam import SimSiam
 
-METHODS = {"dino": DINO}
+METHODS = {"dino": DINO, "simclr": SimCLR, "byol": BYOL, "mocov3": MoCoV3, "simsiam": SimSiam}
 
 
 def build_method(config, steps_per_epoch: int):
     """Instantiates the method named by config.method.name."""
     name = config.method.name
     if name not in METHODS:
-        raise ValueError(f"unknown method {name!r}; available: {sorted(METHODS)}")
+        raise ValueError(f"unknown method {name!r} (config.method.name); available: {sorted(METHODS)}")
     return METHODS[name](config, steps_per_epoch)

@@ -18,20 +18,10 @@ import jax.numpy as jnp
 
 from ssl_jax import losses
 from ssl_jax.methods.base import LossOutput, MethodVariables
+from ssl_jax.models.backbones import build_backbone
 from ssl_jax.models.heads import DINOHead
 from ssl_jax.models.multicrop import apply_per_resolution
-from ssl_jax.models.vit import vit
 from ssl_jax.optim import per_epoch_linear_warmup
-
-
-def build_backbone(model_cfg, *, with_drop_path: bool = True):
-    """The ViT named by config.model (drop-path only where it is trained: the student)."""
-    if model_cfg.name != "vit":
-        raise ValueError(f"DINO here supports model.name='vit', got {model_cfg.name!r}")
-    return vit(model_cfg.size, img_size=model_cfg.img_size, patch_size=model_cfg.patch_size,
-               drop_path_rate=model_cfg.drop_path_rate if with_drop_path else 0.0,
-               embed_dim=model_cfg.get("embed_dim") or None, depth=model_cfg.get("depth") or None,
-               num_heads=model_cfg.get("num_heads") or None)
 
 
 class DINO:
@@ -39,6 +29,8 @@ class DINO:
 
     def __init__(self, config, steps_per_epoch: int):
         cfg = config.method
+        if config.model.name != "vit":
+            raise ValueError(f"DINO here supports config.model.name='vit', got {config.model.name!r}")
         self.backbone = build_backbone(config.model)
         self.head = DINOHead(cfg.out_dim, cfg.head_hidden_dim, cfg.head_bottleneck_dim, cfg.head_nlayers,
                              cfg.norm_last_layer)

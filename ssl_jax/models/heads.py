@@ -1,4 +1,4 @@
-"""Projection heads shared by the methods.
+"""Projection heads shared by the methods: DINO's head and the contrastive methods' MLPs.
 
 `DINOHead` is DINO's `DINOHead`: an MLP (Linear-GELU x (nlayers-1), then a linear
 bottleneck), L2 normalisation, and a weight-normalised linear layer without bias
@@ -10,17 +10,14 @@ matrix, which made the 65536-wide layer ~2.4x slower on CPU.
 """
 from __future__ import annotations
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from ssl_jax.losses import l2_normalize
 from ssl_jax.models.vit import trunc_normal
-
-
-def l2_normalize(x: jax.Array, axis: int = -1, eps: float = 1e-12) -> jax.Array:
-    """x / max(||x||, eps), as torch.nn.functional.normalize."""
-    norm = jnp.linalg.norm(x, axis=axis, keepdims=True)
-    return x / jnp.maximum(norm, eps)
 
 
 class WeightNormDense(nn.Module):
@@ -75,3 +72,57 @@ class DINOHead(nn.Module):
         dims = (self.hidden_dim,) * (self.nlayers - 1) + (self.bottleneck_dim,)
         x = l2_normalize(MLP(dims, name="mlp")(x))
         return WeightNormDense(self.out_dim, fix_norm=self.norm_last_layer, name="last_layer")(x)
+
+
+LINEAR_INITS = {
+    # torch.nn.Linear's default (kaiming_uniform, a=sqrt(5)): MoCo v3, SimSiam.
+    "torch": nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform"),
+    # haiku.Linear's default (truncated normal, std 1/sqrt(fan_in)): BYOL.
+    "haiku": nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal"),
+    # SimCLR's TF dense layers: normal(0, 0.01).
+    "normal_0.01": nn.initializers.normal(0.01),
+}
+
+
+class ProjectionMLP(nn.Module):
+    """The projector / predictor MLP of SimCLR, BYOL, MoCo v3 and SimSiam. x: [B, D] -> [B, out_dim].
+
+    (num_layers - 1) x [Linear(hidden_dim) -> BatchNorm -> ReLU], then Linear(out_dim),
+    optionally followed by a BatchNorm (`last_bn`) whose scale is learned only with
+    `last_bn_scale` (SimCLR v2) and that has no shift (SimCLR, MoCo v3 and SimSiam
+    all drop it). A Linear followed by BatchNorm has no bias: BatchNorm's mean
+    subtraction cancels it, so it would get a zero gradient. Without a last BN the
+    last Linear has a bias iff `last_bias` (BYOL, SimSiam's predictor: yes; MoCo v3: no).
+    BatchNorm statistics are over the global batch (see `ssl_jax.models.resnet`).
+    """
+
+    hidden_dim: int
+    out_dim: int
+    num_layers: int = 2
+    last_bn: bool = False
+    last_bn_scale: bool = False
+    last_bias: bool = True
+    init_scheme: str = "torch"  # a key of LINEAR_INITS
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        if self.init_scheme not in LINEAR_INITS:
+            raise ValueError(f"unknown MLP init {self.init_scheme!r}; choose one of {sorted(LINEAR_INITS)}")
+        kernel_init = LINEAR_INITS[self.init_scheme]
+        norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9, epsilon=1e-5)
+        for i in range(self.num_layers - 1):
+            x = nn.Dense(self.hidden_dim, use_bias=False, kernel_init=kernel_init, name=f"linear_{i}")(x)
+            x = nn.relu(norm(name=f"bn_{i}")(x))
+        last = self.num_layers - 1
+        x = nn.Dense(self.out_dim, use_bias=self.last_bias and not self.last_bn, kernel_init=kernel_init,
+                     name=f"linear_{last}")(x)
+        if self.last_bn:
+            x = norm(use_scale=self.last_bn_scale, use_bias=False, name=f"bn_{last}")(x)
+        return x
+
+
+def projection_mlp(mlp_cfg) -> ProjectionMLP:
+    """A ProjectionMLP from a config section (hidden_dim, out_dim, num_layers, last_bn, ...)."""
+    return ProjectionMLP(mlp_cfg.hidden_dim, mlp_cfg.out_dim, mlp_cfg.num_layers, mlp_cfg.get("last_bn", False),
+                         mlp_cfg.get("last_bn_scale", False), mlp_cfg.get("last_bias", True),
+                         mlp_cfg.get("init", "torch"))

@@ -4,7 +4,7 @@ Pre-norm blocks (LayerNorm eps 1e-6), qkv with bias, MLP ratio 4 with exact GELU
 stochastic depth rising linearly over depth, a [CLS] token, learned position
 embeddings that are interpolated (bicubic) when the input resolution differs from
 the one the model was built for, so that 224 px global and 96 px local crops share
-one set of weights. Linear layers use truncated-normal(0.02) init with zero bias,
+one set of weights (or fixed 2-D sin-cos embeddings, as MoCo v3). Linear layers use truncated-normal(0.02) init with zero bias,
 as `VisionTransformer._init_weights` does.
 
 Parameter names follow the timm/DINO state-dict names where it costs nothing
@@ -53,6 +53,24 @@ def interpolate_pos_embed(pos_embed: jax.Array, grid_hw: tuple[int, int]) -> jax
     grid = patch_pos.reshape(1, side, side, dim)
     grid = jax.image.resize(grid, (1, grid_hw[0], grid_hw[1], dim), method="bicubic", antialias=False)
     return jnp.concatenate([cls_pos, grid.reshape(1, grid_hw[0] * grid_hw[1], dim)], axis=1)
+
+
+def sincos_pos_embed(grid_hw: tuple[int, int], dim: int, temperature: float = 10000.0) -> jax.Array:
+    """Fixed 2-D sin-cos position embeddings [1, 1 + h*w, D], zeros for [CLS] (MoCo v3).
+
+    MoCo v3's `build_2d_sincos_position_embedding`: with omega_i = temperature^(-i / (D/4)),
+    token (r, c) of the row-major patch grid gets
+    [sin(r omega), cos(r omega), sin(c omega), cos(c omega)]. Computed for the grid of
+    the input, so no interpolation is needed at other resolutions.
+    """
+    if dim % 4:
+        raise ValueError(f"sin-cos position embeddings need embed_dim divisible by 4, got {dim}")
+    rows, cols = np.meshgrid(np.arange(grid_hw[0], dtype=np.float64), np.arange(grid_hw[1], dtype=np.float64),
+                             indexing="ij")
+    omega = 1.0 / temperature ** (np.arange(dim // 4, dtype=np.float64) / (dim // 4))
+    out_r, out_c = np.outer(rows.ravel(), omega), np.outer(cols.ravel(), omega)
+    patches = np.concatenate([np.sin(out_r), np.cos(out_r), np.sin(out_c), np.cos(out_c)], axis=1)
+    return jnp.asarray(np.concatenate([np.zeros((1, dim)), patches])[None], jnp.float32)
 
 
 class DropPath(nn.Module):
@@ -122,6 +140,7 @@ class VisionTransformer(nn.Module):
     num_heads: int = 6
     mlp_ratio: float = 4.0
     drop_path_rate: float = 0.0
+    pos_embed: str = "learned"  # "learned" (DINO, timm) or "sincos" (fixed, MoCo v3)
 
     @nn.compact
     def __call__(self, images: jax.Array, train: bool = False, return_all: bool = False):
@@ -136,10 +155,15 @@ class VisionTransformer(nn.Module):
         x = nn.Dense(self.embed_dim, kernel_init=torch_conv_kernel_init, name="patch_embed")(patches)
 
         cls_token = self.param("cls_token", trunc_normal, (1, 1, self.embed_dim))
-        num_patches = (self.img_size // p) ** 2
-        pos_embed = self.param("pos_embed", trunc_normal, (1, 1 + num_patches, self.embed_dim))
         x = jnp.concatenate([jnp.broadcast_to(cls_token, (batch, 1, self.embed_dim)), x], axis=1)
-        x = x + interpolate_pos_embed(pos_embed, grid).astype(x.dtype)
+        if self.pos_embed == "sincos":
+            x = x + sincos_pos_embed(grid, self.embed_dim).astype(x.dtype)
+        elif self.pos_embed == "learned":
+            num_patches = (self.img_size // p) ** 2
+            pos_embed = self.param("pos_embed", trunc_normal, (1, 1 + num_patches, self.embed_dim))
+            x = x + interpolate_pos_embed(pos_embed, grid).astype(x.dtype)
+        else:
+            raise ValueError(f"unknown pos_embed {self.pos_embed!r} (config.model.pos_embed); use 'learned' or 'sincos'")
 
         drop_rates = np.linspace(0.0, self.drop_path_rate, self.depth).tolist()
         norm = nn.LayerNorm(1e-6, name="norm")
@@ -156,7 +180,8 @@ class VisionTransformer(nn.Module):
 
 
 def vit(size: str, *, img_size: int, patch_size: int, drop_path_rate: float = 0.0,
-        embed_dim: Optional[int] = None, depth: Optional[int] = None, num_heads: Optional[int] = None) -> VisionTransformer:
+        embed_dim: Optional[int] = None, depth: Optional[int] = None, num_heads: Optional[int] = None,
+        pos_embed: str = "learned") -> VisionTransformer:
     """Builds a named ViT (`tiny|small|base|large`) or a custom one when size='custom'."""
     if size == "custom":
         if None in (embed_dim, depth, num_heads):
@@ -167,4 +192,4 @@ def vit(size: str, *, img_size: int, patch_size: int, drop_path_rate: float = 0.
     else:
         raise ValueError(f"unknown ViT size {size!r}; choose one of {sorted(VIT_SIZES)} or 'custom'")
     return VisionTransformer(img_size=img_size, patch_size=patch_size, embed_dim=dims[0], depth=dims[1],
-                             num_heads=dims[2], drop_path_rate=drop_path_rate)
+                             num_heads=dims[2], drop_path_rate=drop_path_rate, pos_embed=pos_embed)

@@ -1,0 +1,74 @@
+"""SimCLR ResNet-50 (Chen et al., "A Simple Framework for Contrastive Learning of Visual Representations", 2020).
+
+    python -m ssl_jax.main --config=configs/simclr_resnet50.py --workdir=DIR            # ImageNet, the paper
+    python -m ssl_jax.main --config=configs/simclr_resnet50.py:cifar10 --workdir=DIR    # CIFAR-10 ResNet-18
+    python -m ssl_jax.main --config=configs/simclr_resnet50.py:smoke --workdir=DIR      # seconds, tiny shapes
+
+Defaults are the paper's ImageNet recipe (Sec. 3, App. B) as implemented in
+google-research/simclr (`run.py` flags cited as `--flag`). SimCLR v2's 3-layer
+projector: --config.method.projector.num_layers=3.
+"""
+from __future__ import annotations
+
+import ml_collections
+
+from ssl_jax import config_base as base
+
+
+def imagenet_config() -> ml_collections.ConfigDict:
+    c = base.base_config()
+    c.batch_size = 4096  # paper: batch 4096 for the main results
+    c.num_epochs = 1000  # the 69.3 % linear-eval ResNet-50 (1x); the ablations use 100
+    c.model = base.resnet_model(50)
+
+    c.method = ml_collections.ConfigDict()
+    c.method.name = "simclr"
+    c.method.temperature = 0.1  # --temperature
+    # v1: Linear(2048) -> BN -> ReLU -> Linear(128) -> BN (scale, no shift); N(0, 0.01) init
+    # (`linear_layer` of the reference; a Linear before a BN has no bias there either).
+    c.method.projector = base.mlp(2048, 128, 2, last_bn=True, last_bn_scale=True, init="normal_0.01")
+
+    c.optim = ml_collections.ConfigDict()
+    c.optim.name = "lars"  # --optimizer lars
+    c.optim.lr = 0.3  # --learning_rate 0.3 ...
+    c.optim.lr_reference_batch = 256  # ... x batch / 256 (--learning_rate_scaling linear): 4.8 at 4096
+    c.optim.lr_scaling = "linear"
+    c.optim.min_lr = 0.0  # cosine decay to 0
+    c.optim.warmup_epochs = 10  # --warmup_epochs
+    c.optim.weight_decay = 1e-6  # --weight_decay, constant ...
+    c.optim.weight_decay_end = 1e-6
+    c.optim.momentum = 0.9  # LARS momentum
+    c.optim.trust_coefficient = 0.001  # LARS eeta
+    c.optim.lr_inside_momentum = True  # the reference's LARS: v <- m v + lr * trust * (g + wd w)
+    c.optim.exclude_1d_from_decay = True  # no decay / LARS adaptation for BN and biases
+
+    # random resized crop (0.08, 1) + flip, colour jitter of strength 1.0 with p = 0.8,
+    # grayscale 0.2, blur with p = 0.5 on both views, no solarisation.
+    c.augment = base.two_view_augment(size=224, scale=(0.08, 1.0), brightness=0.8, contrast=0.8, saturation=0.8,
+                                      hue=0.2, blur_prob=(0.5, 0.5), solarize_prob=(0.0, 0.0))
+    return c
+
+
+def cifar10_config() -> ml_collections.ConfigDict:
+    """CIFAR-10 ResNet-18 in the setting of the published kNN tables (batch 128, 200 epochs)."""
+    c = base.use_cifar10_resnet18(imagenet_config())
+    c.method.temperature = 0.5  # App. B.9: CIFAR-10 uses temperature 0.5
+    c.method.projector.hidden_dim = 512  # the projector's hidden width is the backbone's (512 for ResNet-18)
+    # App. B.1: square-root scaling, lr = 0.075 sqrt(batch), suits small batches: 0.85 at 128.
+    c.optim.lr_scaling = "sqrt"
+    c.optim.lr = 0.075
+    # App. B.9: colour jitter strength 0.5 on CIFAR-10, no blur.
+    c.augment.color_jitter.update({"brightness": 0.4, "contrast": 0.4, "saturation": 0.4, "hue": 0.1})
+    return c
+
+
+def smoke_config() -> ml_collections.ConfigDict:
+    c = base.use_smoke_resnet(cifar10_config())
+    c.method.projector.update({"hidden_dim": 32, "out_dim": 16})
+    return c
+
+
+def get_config(preset: str = "") -> ml_collections.ConfigDict:
+    """'' or 'imagenet' (the paper), 'cifar10', 'smoke'."""
+    return base.select_preset({"imagenet": imagenet_config, "cifar10": cifar10_config, "smoke": smoke_config},
+                              preset, __file__)

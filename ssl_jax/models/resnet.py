@@ -1,0 +1,106 @@
+"""ResNet-18/34/50/101/152 (v1.5, as torchvision) with globally synchronised BatchNorm.
+
+Strides sit on the 3x3 convolution of a bottleneck (v1.5); convolutions have no bias
+and use torchvision's kaiming-normal (fan_out) init; BatchNorm uses PyTorch's
+momentum 0.1 (flax `momentum=0.9`) and eps 1e-5. `zero_init_residual` starts the
+last BatchNorm scale of every block at 0 (SimCLR, BYOL, SimSiam and MoCo v3 all do),
+so each block starts as the identity.
+
+Synchronised BatchNorm needs no code: the train step is jitted over global arrays
+whose batch axis is sharded on the mesh, so the mean and variance over the batch
+axis below are over the *global* batch, with the cross-device reduction inserted by
+XLA (as SyncBatchNorm / cross-replica BN in the papers). Statistics live in the
+`batch_stats` collection, which the methods keep in the TrainState's `model_state`.
+
+`cifar_stem=True` is the CIFAR variant of the SimCLR paper (App. B.9): a 3x3 stride-1
+first convolution and no max-pool, so 32 px images keep a 4x4 final feature map.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+conv_kernel_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")  # kaiming_normal_(fan_out, relu)
+
+RESNET_DEPTHS = {
+    # depth: (blocks per stage, bottleneck blocks?)
+    10: ((1, 1, 1, 1), False),  # for tests and smoke runs
+    18: ((2, 2, 2, 2), False),
+    34: ((3, 4, 6, 3), False),
+    50: ((3, 4, 6, 3), True),
+    101: ((3, 4, 23, 3), True),
+    152: ((3, 8, 36, 3), True),
+}
+
+
+def _conv(features: int, kernel: int, stride: int = 1, name: str | None = None) -> nn.Conv:
+    """torch Conv2d(kernel, stride, padding=kernel // 2, bias=False)."""
+    pad = kernel // 2
+    return nn.Conv(features, (kernel, kernel), (stride, stride), padding=((pad, pad), (pad, pad)), use_bias=False,
+                   kernel_init=conv_kernel_init, name=name)
+
+
+class ResidualBlock(nn.Module):
+    """Basic (two 3x3) or bottleneck (1x1, 3x3 with the stride, 1x1 x4) block. x: [B, H, W, C]."""
+
+    features: int
+    stride: int
+    bottleneck: bool
+    zero_init_residual: bool
+    norm: functools.partial
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        last_scale_init = nn.initializers.zeros if self.zero_init_residual else nn.initializers.ones
+        if self.bottleneck:
+            y = nn.relu(self.norm(name="bn1")(_conv(self.features, 1, name="conv1")(x)))
+            y = nn.relu(self.norm(name="bn2")(_conv(self.features, 3, self.stride, name="conv2")(y)))
+            out_features = 4 * self.features
+            y = self.norm(name="bn3", scale_init=last_scale_init)(_conv(out_features, 1, name="conv3")(y))
+        else:
+            y = nn.relu(self.norm(name="bn1")(_conv(self.features, 3, self.stride, name="conv1")(x)))
+            out_features = self.features
+            y = self.norm(name="bn2", scale_init=last_scale_init)(_conv(out_features, 3, name="conv2")(y))
+        if x.shape[-1] != out_features or self.stride != 1:
+            x = self.norm(name="downsample_bn")(_conv(out_features, 1, self.stride, name="downsample_conv")(x))
+        return nn.relu(x + y)
+
+
+class ResNet(nn.Module):
+    """ResNet backbone without its classifier. images [B, H, W, 3] -> pooled features [B, C].
+
+    C is 512 for ResNet-18/34 and 2048 for ResNet-50 and deeper.
+    """
+
+    stage_sizes: Sequence[int]
+    bottleneck: bool
+    cifar_stem: bool = False
+    zero_init_residual: bool = True
+    width: int = 64
+
+    @nn.compact
+    def __call__(self, images: jax.Array, train: bool = False) -> jax.Array:
+        norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9, epsilon=1e-5)
+        if self.cifar_stem:
+            x = nn.relu(norm(name="bn1")(_conv(self.width, 3, name="conv1")(images)))
+        else:
+            x = nn.relu(norm(name="bn1")(_conv(self.width, 7, 2, name="conv1")(images)))
+            x = nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
+        for stage, num_blocks in enumerate(self.stage_sizes):
+            for block in range(num_blocks):
+                stride = 2 if stage > 0 and block == 0 else 1
+                x = ResidualBlock(self.width * 2**stage, stride, self.bottleneck, self.zero_init_residual, norm,
+                                  name=f"layer{stage + 1}_{block}")(x)
+        return jnp.mean(x, axis=(1, 2))
+
+
+def resnet(depth: int, *, cifar_stem: bool = False, zero_init_residual: bool = True, width: int = 64) -> ResNet:
+    """ResNet-`depth` (10, 18, 34, 50, 101 or 152); `width` channels in the first stage (64 in the papers)."""
+    if depth not in RESNET_DEPTHS:
+        raise ValueError(f"unknown ResNet depth {depth} (config.model.depth); choose one of {sorted(RESNET_DEPTHS)}")
+    stage_sizes, bottleneck = RESNET_DEPTHS[depth]
+    return ResNet(stage_sizes, bottleneck, cifar_stem=cifar_stem, zero_init_residual=zero_init_residual, width=width)
