@@ -57,6 +57,14 @@ def base_config() -> ml_collections.ConfigDict:
     c.checkpoint.every_steps = 1000
     c.checkpoint.max_to_keep = 3
     c.checkpoint.keep_period = 0  # also keep every N-th step forever; 0: off.
+
+    # A step whose loss or gradient norm is NaN/Inf never changes the state (ssl_jax/nonfinite.py):
+    # "stop" ends the run naming the step and metric; "skip" drops that update and goes on,
+    # stopping after more than max_consecutive_skips in a row.
+    c.nonfinite = ml_collections.ConfigDict({"policy": "stop", "max_consecutive_skips": 10})
+    # Collapse warning for methods that log teacher_entropy / teacher_kl_uniform (ssl_jax/collapse.py):
+    # warn when the KL to uniform (or the entropy) stays below tolerance * log K for `patience` log steps.
+    c.collapse = ml_collections.ConfigDict({"patience": 5, "tolerance": 0.02})
     return c
 
 

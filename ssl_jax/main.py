@@ -2,7 +2,12 @@
 
   --mode=train (default) trains, resuming from WORKDIR/checkpoints if present.
   --mode=eval runs the kNN evaluation on the latest (or --step) checkpoint.
-Override any config field with --config.path.to.field=value; unknown fields are errors.
+Override any config field with --config.path.to.field=value; unknown fields, and values
+of the wrong type or tuple length, are errors.
+  --allow_config_change resumes although the config differs from WORKDIR/config.json.
+  --restore_fallback sets a corrupt latest checkpoint aside and resumes from the previous one.
+Problems the user can fix end the process with one `error: ...` line and exit code 1;
+SIGTERM ends it after the current step with a checkpoint and exit code 0.
 """
 from __future__ import annotations
 
@@ -17,6 +22,12 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. con
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and config.json.")
 _MODE = flags.DEFINE_enum("mode", "train", ["train", "eval"], "train, or eval a saved checkpoint.")
 _STEP = flags.DEFINE_integer("step", None, "With --mode=eval: the checkpoint step (default: latest).")
+_ALLOW_CONFIG_CHANGE = flags.DEFINE_bool(
+    "allow_config_change", False, "Resume although the config differs from WORKDIR/config.json (e.g. a longer "
+    "schedule); the change is recorded in WORKDIR/config_changes.jsonl.")
+_RESTORE_FALLBACK = flags.DEFINE_bool(
+    "restore_fallback", False, "If the latest checkpoint is corrupt, move it to WORKDIR/corrupt_checkpoints/ and "
+    "resume from the newest one that restores.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -26,15 +37,34 @@ def main(argv):
     # orbax and tfds log every file they touch at INFO; keep the console to our progress lines.
     logging.set_verbosity(logging.WARNING)
     from ssl_jax import train
+    from ssl_jax.errors import UserError
 
     try:
+        check_override_types(flags.FLAGS["config"])
         if _MODE.value == "train":
-            train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+            train.train_and_evaluate(_CONFIG.value, _WORKDIR.value, allow_config_change=_ALLOW_CONFIG_CHANGE.value,
+                                     restore_fallback=_RESTORE_FALLBACK.value)
         else:
             train.evaluate_checkpoint(_CONFIG.value, _WORKDIR.value, _STEP.value)
-    except (ValueError, FileNotFoundError, FloatingPointError) as e:
+    except (UserError, ValueError, FileNotFoundError, FloatingPointError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
+
+
+def check_override_types(config_flag) -> None:
+    """Each --config.x=value must keep the config file's type for x (and a tuple its length).
+
+    ml_collections parses an override with the field's type, but accepts e.g. a single
+    number for a 2-tuple, which would fail deep inside the input pipeline.
+    """
+    from ssl_jax.errors import UserError
+
+    for key, value in config_flags.get_override_values(config_flag).items():
+        default = flags.FLAGS[f"config.{key}"].default
+        if isinstance(default, (tuple, list)) and default and (
+                not isinstance(value, (tuple, list)) or len(value) != len(default)):
+            raise UserError(f"--config.{key}={value!r} must be a {len(default)}-tuple like the config file's "
+                            f"{tuple(default)!r}; pass e.g. --config.{key}='{tuple(default)!r}'")
 
 
 def parse_flags(argv: list[str]) -> list[str]:

@@ -5,7 +5,10 @@
 split rng -> value_and_grad of `method.loss` w.r.t. params (the teacher is a plain
 argument, so it receives no gradient by construction) -> optax update -> EMA
 teacher update with the scheduled momentum -> new method/model state returned by
-the loss. Nothing method-specific happens here. Importable without tensorflow.
+the loss. A step whose loss or gradient norm is NaN/Inf changes nothing but the
+step counter and the rng (metric `nonfinite` = 1): the loop then stops or goes on,
+per `config.nonfinite.policy`. Nothing method-specific happens here. Importable
+without tensorflow.
 """
 from __future__ import annotations
 
@@ -38,8 +41,18 @@ def train_step(state: TrainState, batch: dict, *, method, tx: optax.GradientTran
         momentum = schedules.teacher_momentum(state.step)
         teacher = ema_update(teacher, method.teacher_targets(params), momentum)
         metrics["teacher_momentum"] = momentum
-    new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state, teacher=teacher,
-                              method_state=aux.method_state, model_state=aux.model_state, rng=rng)
+    # A non-finite loss or gradient would poison every parameter; keep the old values instead
+    # (one select per leaf, both branches are computed anyway), so that the loop can either
+    # stop with the last good state or skip this step, without a second compiled step.
+    finite = jnp.isfinite(loss) & jnp.isfinite(metrics["grad_norm"])
+    metrics["nonfinite"] = 1.0 - finite.astype(jnp.float32)
+    keep_if_finite = functools.partial(jax.tree.map, lambda new, old: jnp.where(finite, new, old))
+    new_state = state.replace(step=state.step + 1, rng=rng,
+                              params=keep_if_finite(params, state.params),
+                              opt_state=keep_if_finite(opt_state, state.opt_state),
+                              teacher=keep_if_finite(teacher, state.teacher),
+                              method_state=keep_if_finite(aux.method_state, state.method_state),
+                              model_state=keep_if_finite(aux.model_state, state.model_state))
     return new_state, jax.tree.map(lambda m: jnp.asarray(m, jnp.float32), metrics)
 
 

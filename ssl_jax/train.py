@@ -3,24 +3,32 @@
 Read top to bottom; everything method-specific is behind `ssl_jax.methods`.
 Restarting with the same workdir resumes from the latest checkpoint and, since
 batches are a pure function of (seed, step), continues the very same run.
+Reliability (README, "Reliability"): SIGTERM stops after the current step with a
+checkpoint (`preemption`), a resumed run must use the saved config (`run_config`),
+a damaged checkpoint is named and can be set aside (`checkpoint`), NaN/Inf is caught
+on the step it happens (`nonfinite`), and a collapsing teacher is reported (`collapse`).
 """
 from __future__ import annotations
 
 import json
-import math
 import os
+import tempfile
 import time
 from typing import NamedTuple
 
 import jax
 import numpy as np
 
-from ssl_jax import sharding
+from ssl_jax import run_config, sharding
 from ssl_jax.batch import example_batch
 from ssl_jax.checkpoint import Checkpointer, abstract_like
+from ssl_jax.collapse import CollapseMonitor
+from ssl_jax.errors import UserError
 from ssl_jax.logger import MetricLogger, log_line, progress_line
 from ssl_jax.methods import build_method
+from ssl_jax.nonfinite import NonFiniteGuard
 from ssl_jax.optim import build_optimizer, build_schedules
+from ssl_jax.preemption import SigtermWatcher
 from ssl_jax.state import TrainState
 from ssl_jax.step import jit_train_step, replicated
 
@@ -76,13 +84,28 @@ def create_state(config, run: Run) -> TrainState:
     return jax.jit(init, out_shardings=replicated(run.mesh))(jax.random.key(config.seed))
 
 
-def restore_or_create(config, run: Run, checkpointer: Checkpointer, step: int | None = None) -> TrainState:
-    """The state at `step` (default: the latest checkpoint), or a fresh one if there is none."""
+def restore_or_create(config, run: Run, checkpointer: Checkpointer, step: int | None = None,
+                      fallback: bool = False) -> TrainState:
+    """The state at `step` (default: the newest restorable checkpoint), or a fresh one if there is none.
+
+    With `fallback`, corrupt checkpoints are set aside until one restores (Checkpointer.restore_latest).
+    """
     state = create_state(config, run)
-    step = checkpointer.latest_step() if step is None else step
-    if step is None:
-        return state
-    return checkpointer.restore(step, abstract_like(state))
+    if step is not None:
+        return checkpointer.restore(step, abstract_like(state))
+    restored, _ = checkpointer.restore_latest(abstract_like(state), fallback, log_line)
+    return state if restored is None else restored
+
+
+def prepare_workdir(workdir: str) -> None:
+    """Creates the workdir and checks that it is writable, before any work is done."""
+    try:
+        os.makedirs(workdir, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=workdir, prefix=".write_test"):
+            pass
+    except OSError as e:
+        raise UserError(f"cannot write to --workdir={workdir} ({e.strerror or type(e).__name__}); "
+                        f"pass a directory you can create and write to") from None
 
 
 def step_flops(compiled) -> float:
@@ -90,21 +113,6 @@ def step_flops(compiled) -> float:
     analysis = compiled.cost_analysis()
     analysis = analysis[0] if isinstance(analysis, (list, tuple)) else analysis
     return float((analysis or {}).get("flops", 0.0))
-
-
-def write_config(config, workdir: str) -> None:
-    if jax.process_index() == 0:
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            f.write(config.to_json_best_effort(indent=2, sort_keys=True))
-
-
-def check_finite(step: int, scalars: dict) -> None:
-    """Stops the run with a clear message when a logged metric is NaN or infinite."""
-    bad = [k for k, v in scalars.items() if not math.isfinite(v)]
-    if bad:
-        raise FloatingPointError(
-            f"non-finite {', '.join(bad)} at step {step} (first seen at this log step); the last good "
-            f"checkpoint is kept. Lower --config.optim.lr or check the input data.")
 
 
 def evaluate(config, run: Run, state: TrainState, logger: MetricLogger, step: int) -> dict:
@@ -119,30 +127,65 @@ def evaluate(config, run: Run, state: TrainState, logger: MetricLogger, step: in
     return results
 
 
-def train_and_evaluate(config, workdir: str) -> dict:
+def train_and_evaluate(config, workdir: str, *, allow_config_change: bool = False,
+                       restore_fallback: bool = False) -> dict:
     """Trains config.num_epochs epochs (resuming from workdir), evaluating on the way.
 
-    Returns the last logged training metrics and the last evaluation results.
+    Nothing in the workdir is written before the config, the checkpoint and the
+    dataset have been checked. Returns the last logged training metrics and the last
+    evaluation results (plus `preempted_at` when SIGTERM stopped the run early).
     """
-    from ssl_jax.data import pipeline
-
-    os.makedirs(workdir, exist_ok=True)
+    nonfinite = NonFiniteGuard(config.nonfinite, log_line)
+    prepare_workdir(workdir)
     sharding.maybe_initialize_distributed(config)
+    with SigtermWatcher() as sigterm:  # from here on SIGTERM stops the run cleanly
+        return _train(config, workdir, allow_config_change, restore_fallback, nonfinite, sigterm)
+
+
+def _train(config, workdir: str, allow_config_change: bool, restore_fallback: bool, nonfinite: NonFiniteGuard,
+           sigterm: SigtermWatcher) -> dict:
+    """train_and_evaluate's body: set-up, then the loop; the checkpointer is closed however it ends."""
     run = setup(config)
-    write_config(config, workdir)
     checkpointer = Checkpointer(workdir, config.checkpoint.every_steps, config.checkpoint.max_to_keep,
                                 config.checkpoint.get("keep_period") or None)
-    logger = MetricLogger(workdir)
-    state = restore_or_create(config, run, checkpointer)
+    try:
+        return _checked_loop(config, workdir, run, checkpointer, allow_config_change, restore_fallback,
+                             nonfinite, sigterm)
+    finally:
+        checkpointer.wait()  # a started save completes even when the run stops on an error
+        checkpointer.close()
+
+
+def _checked_loop(config, workdir: str, run: Run, checkpointer: Checkpointer, allow_config_change: bool,
+                  restore_fallback: bool, nonfinite: NonFiniteGuard, sigterm: SigtermWatcher) -> dict:
+    """Checks config, checkpoint and data, records the config, then trains."""
+    latest = checkpointer.latest_step()
+    changes = {} if latest is None else run_config.check_resume(config, workdir, latest, allow_config_change)
+    state = restore_or_create(config, run, checkpointer, fallback=restore_fallback)
     start_step = int(state.step)
+    from ssl_jax.data import pipeline  # tensorflow: after the checks above, which need none
+
+    batches = pipeline.train_batches(config, start_step, run.steps_per_epoch, run.local_batch)
+    for field in ("train_split", "test_split"):  # fail now, not after training
+        pipeline.check_split(config.dataset, config.eval[field], 1, f"eval.{field}")
+    if jax.process_index() == 0:
+        run_config.save(config, workdir, start_step, changes)
+    if changes:
+        log_line(f"config changed at step {start_step} (--allow_config_change, recorded in "
+                 f"{run_config.CHANGES_FILE}): {run_config.describe(changes)}")
     log_line(f"{config.method.name}: {run.total_steps} steps ({config.num_epochs} epochs x {run.steps_per_epoch}), "
              f"global batch {config.batch_size} on {run.mesh.devices.size} device(s), "
              + (f"resuming from step {start_step}" if start_step else "starting from scratch") + f"; workdir {workdir}")
 
-    batches = pipeline.train_batches(config, start_step, run.steps_per_epoch, run.local_batch)
+    if sigterm.received and jax.process_count() == 1:
+        log_line(f"SIGTERM before the first step: stopped at step {start_step}, nothing new to save")
+        return {"preempted_at": start_step}
+    logger = MetricLogger(workdir)
+    collapse = CollapseMonitor(config.collapse.patience, config.collapse.tolerance, log_line)
     train_step = jit_train_step(run.method, run.tx, run.schedules, run.mesh)
     pending, last_scalars, results = [], {}, {}
-    train_seconds, interval_start, interval_steps = 0.0, None, 0
+    train_seconds, interval_start, interval_steps, skipped = 0.0, None, 0, 0
+    last_saved = start_step
     try:
         for step in range(start_step, run.total_steps):
             batch = sharding.to_global_batch(next(batches), run.mesh)
@@ -153,31 +196,44 @@ def train_and_evaluate(config, workdir: str) -> dict:
                          f"({step_flops(train_step) / 1e9:.1f} GFLOP per step by XLA's cost analysis)")
                 interval_start = time.time()
             state, metrics = train_step(state, batch)
-            pending.append(metrics)
-            interval_steps += 1
             done = step + 1
-            if done % config.log_every_steps == 0 or done == run.total_steps:
+            # One host sync per step, so a NaN is reported on the step where it happens.
+            if nonfinite.skipped(done, {k: float(v) for k, v in jax.device_get(metrics).items()}):
+                skipped += 1
+            else:
+                pending.append(metrics)
+            interval_steps += 1
+            if (done % config.log_every_steps == 0 or done == run.total_steps) and pending:
                 scalars = mean_metrics(pending)
-                check_finite(done, scalars)
+                del scalars["nonfinite"]  # 0 for every averaged step; skipped ones are counted instead
+                nonfinite.check_logged(done, scalars)
                 seconds = time.time() - interval_start
                 train_seconds += seconds
                 scalars.update(step_time=seconds / interval_steps, epoch=done / run.steps_per_epoch,
-                               images_per_sec=interval_steps * config.batch_size / seconds, train_seconds=train_seconds)
+                               images_per_sec=interval_steps * config.batch_size / seconds,
+                               train_seconds=train_seconds, skipped_steps=skipped)
                 logger.write(done, scalars)
-                log_line(progress_line(done, run.total_steps, scalars, (run.total_steps - done) * scalars["step_time"]))
-                pending, last_scalars, interval_steps = [], scalars, 0
+                log_line(progress_line(done, run.total_steps, scalars,
+                                       (run.total_steps - done) * scalars["step_time"]))
+                collapse.update(done, scalars)
+                pending, last_scalars, interval_steps, skipped = [], scalars, 0, 0
                 interval_start = time.time()
             is_last = done == run.total_steps
             if is_last or checkpointer.should_save(done):
-                check_finite(done, {"loss": float(metrics["loss"])})  # never save a NaN state over a good one
                 checkpointer.save(done, state, force=is_last)
+                last_saved = done
             every = config.eval.every_steps
             if is_last or (every and done % every == 0):
                 results = evaluate(config, run, state, logger, done)
                 interval_start = time.time()  # evaluation time is not training time
+            if not is_last and sigterm.requested(done):
+                if last_saved != done:
+                    checkpointer.save(done, state, force=True)
+                checkpointer.wait()
+                log_line(f"SIGTERM: stopped after step {done} of {run.total_steps} with a checkpoint in "
+                         f"{checkpointer.directory}/{done}; run the same command to resume from it")
+                return {**last_scalars, **results, "preempted_at": done}
     finally:
-        checkpointer.wait()  # a started save completes even when the run stops on an error
-        checkpointer.close()
         logger.close()
     return {**last_scalars, **results}
 

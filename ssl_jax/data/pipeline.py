@@ -8,6 +8,10 @@ encoded bytes), and each example's augmentation seed is derived from
 run sees exactly the batches the uninterrupted run would have seen, and nothing
 but the step has to be checkpointed for the data.
 
+`config.dataset.name = "folder"` reads an ImageFolder directory
+(`data_dir/<split>/<label>/<image>.jpg|png`) instead of a tfds dataset. An image
+that cannot be decoded stops the run with a line naming its file (or its index).
+
 This module imports tensorflow; the train step does not.
 """
 from __future__ import annotations
@@ -21,6 +25,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from ssl_jax.data import augment
+from ssl_jax.errors import UserError
 
 # Keep TensorFlow off any accelerator: it only feeds the host.
 tf.config.set_visible_devices([], "GPU")
@@ -31,6 +36,16 @@ def data_dir(dataset_cfg) -> str | None:
     return dataset_cfg.get("data_dir") or os.environ.get("TFDS_DATA_DIR") or None
 
 
+def folder_builder(dataset_cfg):
+    """tfds' ImageFolder over config.dataset.data_dir (one sub-directory per split, then per label)."""
+    root = dataset_cfg.get("data_dir")
+    if not root or not tf.io.gfile.isdir(root):
+        raise UserError(f"config.dataset.name='folder' reads images from --config.dataset.data_dir, which is "
+                        f"{root or 'not set'}{'' if not root else ' and not a directory'}; point it at a directory "
+                        f"holding <split>/<label>/<image>.jpg|png")
+    return tfds.folder_dataset.ImageFolder(root)
+
+
 def get_builder(dataset_cfg):
     """The tfds builder of config.dataset.name, prepared (downloading it if allowed).
 
@@ -38,6 +53,8 @@ def get_builder(dataset_cfg):
     is downloaded and prepared once into the data dir; offline, or for datasets that
     need a manual download (ImageNet), the error says how to point tfds at a copy.
     """
+    if dataset_cfg.name == "folder":
+        return folder_builder(dataset_cfg)
     directory = data_dir(dataset_cfg)
     try:
         builder = tfds.builder(dataset_cfg.name, data_dir=directory)
@@ -68,9 +85,23 @@ def get_builder(dataset_cfg):
     return builder
 
 
-def num_examples(dataset_cfg, split: str) -> int:
-    """Number of examples in a split (all processes together)."""
-    return get_builder(dataset_cfg).info.splits[split].num_examples
+def num_examples(dataset_cfg, split: str, builder=None) -> int:
+    """Number of examples in a split (all processes together); a clear error for an unknown split."""
+    builder = builder or get_builder(dataset_cfg)
+    try:
+        return builder.info.splits[split].num_examples
+    except (KeyError, ValueError):
+        raise UserError(f"dataset {dataset_cfg.name!r} has no split {split!r}; its splits are "
+                        f"{sorted(builder.info.splits)} (check config.dataset.train_split and config.eval.*_split)"
+                        ) from None
+
+
+def check_split(dataset_cfg, split: str, global_batch: int, field: str, builder=None) -> None:
+    """Raises UserError when `split` cannot fill one global batch (empty split, wrong slice)."""
+    count = num_examples(dataset_cfg, split, builder)
+    if count < global_batch:
+        raise UserError(f"split {split!r} of dataset {dataset_cfg.name!r} has {count} example(s), fewer than one "
+                        f"batch of {global_batch}; check --config.{field} (and the dataset's files)")
 
 
 def _decode(image_bytes: tf.Tensor) -> tf.Tensor:
@@ -78,12 +109,41 @@ def _decode(image_bytes: tf.Tensor) -> tf.Tensor:
     return tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
 
 
+def _process_split(builder, split: str, decoders=None) -> tf.data.Dataset:
+    """This process's shard of `split`, in a fixed order (ImageFolder has no sub-splits: shard it)."""
+    if isinstance(builder, tfds.folder_dataset.ImageFolder):
+        ds = builder.as_dataset(split=split, shuffle_files=False, decoders=decoders)
+        return ds.shard(jax.process_count(), jax.process_index())
+    return builder.as_dataset(split=tfds.split_for_jax_process(split), shuffle_files=False, decoders=decoders,
+                              read_config=tfds.ReadConfig(try_autocache=False))
+
+
 def _encoded_split(builder, split: str, image_key: str) -> tf.data.Dataset:
     """This process's shard of `split`, in a fixed order, images left encoded."""
-    return builder.as_dataset(
-        split=tfds.split_for_jax_process(split), shuffle_files=False,
-        decoders={image_key: tfds.decode.SkipDecoding()},
-        read_config=tfds.ReadConfig(try_autocache=False))
+    return _process_split(builder, split, decoders={image_key: tfds.decode.SkipDecoding()})
+
+
+def _name_of(example) -> tf.Tensor:
+    """The example's file name where the dataset has one (ImageFolder), else ''."""
+    return example.get("image/filename", tf.constant(""))
+
+
+def _naming_bad_images(batches: Iterator[dict], start_step: int, undecodable) -> Iterator[dict]:
+    """Yields `batches`; a read or decode error becomes a UserError naming the files of that step's batch."""
+    step = start_step
+    while True:
+        try:
+            batch = next(batches)
+        except StopIteration:
+            return
+        except tf.errors.OpError as e:
+            bad = undecodable(step)
+            what = (f"cannot decode {len(bad)} image(s) of the batch of step {step + 1}: {', '.join(bad[:5])}"
+                    + (" ..." if len(bad) > 5 else "") + "; delete or replace them (JPEG/PNG/GIF/BMP)") if bad else (
+                f"reading the batch of step {step + 1} failed ({type(e).__name__}: {e.message.splitlines()[0][:200]})")
+            raise UserError(f"{what}, then run the same command again (checkpoints are untouched)") from None
+        yield batch
+        step += 1
 
 
 def train_batches(config, start_step: int, steps_per_epoch: int, local_batch: int) -> Iterator[dict]:
@@ -93,6 +153,7 @@ def train_batches(config, start_step: int, steps_per_epoch: int, local_batch: in
     """
     dataset_cfg = config.dataset
     builder = get_builder(dataset_cfg)
+    check_split(dataset_cfg, dataset_cfg.train_split, config.batch_size, "dataset.train_split", builder)
     base = _encoded_split(builder, dataset_cfg.train_split, dataset_cfg.image_key)
     examples_per_epoch = steps_per_epoch * local_batch
     process = jax.process_index()
@@ -102,9 +163,21 @@ def train_batches(config, start_step: int, steps_per_epoch: int, local_batch: in
         ds = base.shuffle(dataset_cfg.shuffle_buffer, seed=config.seed * 1_000_003 + epoch,
                           reshuffle_each_iteration=False)
         ds = ds.take(examples_per_epoch).enumerate()
-        return ds.map(lambda index, ex: (tf.stack([epoch, index]), ex[dataset_cfg.image_key]))
+        return ds.map(lambda index, ex: (tf.stack([epoch, index]), ex[dataset_cfg.image_key], _name_of(ex)))
 
-    def make_views(epoch_and_index, image_bytes):
+    def undecodable(step):
+        """Names of the images of `step`'s batch that do not decode (eagerly, one by one)."""
+        epoch, offset = divmod(step, steps_per_epoch)
+        bad = []
+        for epoch_and_index, image_bytes, name in epoch_dataset(epoch).skip(offset * local_batch).take(local_batch):
+            try:
+                _decode(image_bytes)
+            except tf.errors.OpError:
+                bad.append(name.numpy().decode() or f"example {int(epoch_and_index[1])} of epoch {epoch}")
+        return bad
+
+    def make_views(epoch_and_index, image_bytes, name):
+        del name
         key = tf.stack([tf.constant(config.seed, tf.int64), tf.constant(process, tf.int64)])
         key = tf.random.experimental.stateless_fold_in(key, epoch_and_index[0])
         key = tf.random.experimental.stateless_fold_in(key, epoch_and_index[1])
@@ -116,7 +189,7 @@ def train_batches(config, start_step: int, steps_per_epoch: int, local_batch: in
     ds = ds.concatenate(tf.data.Dataset.range(first_epoch + 1, np.iinfo(np.int64).max).flat_map(epoch_dataset))
     ds = ds.map(make_views, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     ds = ds.batch(local_batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
-    return iter(tfds.as_numpy(ds))
+    return _naming_bad_images(iter(tfds.as_numpy(ds)), start_step, undecodable)
 
 
 def eval_preprocess(image: tf.Tensor, eval_cfg, augment_cfg) -> tf.Tensor:
@@ -140,8 +213,7 @@ def eval_batches(config, split: str, local_batch: int, num_batches: int, raw: bo
     """
     dataset_cfg = config.dataset
     builder = get_builder(dataset_cfg)
-    ds = builder.as_dataset(split=tfds.split_for_jax_process(split), shuffle_files=False,
-                            read_config=tfds.ReadConfig(try_autocache=False))
+    ds = _process_split(builder, split)
 
     def prepare(ex):
         image = ex[dataset_cfg.image_key]
