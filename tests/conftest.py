@@ -105,6 +105,15 @@ def run_main(workdir, *args, timeout: int = 300, **override_kwargs) -> subproces
     return finish(start_main(workdir, *args, **override_kwargs), timeout)
 
 
+def run_config(config_spec: str, workdir, *args, timeout: int = 300) -> subprocess.CompletedProcess:
+    """Runs `python -m ssl_jax.main --config=CONFIG_SPEC --workdir=WORKDIR ARGS` to completion in a
+    fresh process (any method's config; never downloads)."""
+    command = [sys.executable, "-m", "ssl_jax.main", f"--config={config_spec}", f"--workdir={workdir}",
+               "--config.dataset.download=False", *args]
+    return finish(subprocess.Popen(command, cwd=REPO, env=dict(os.environ), stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, text=True), timeout)
+
+
 def dataset_available() -> bool:
     return os.path.isdir(os.path.join(TFDS_DATA_DIR, "cifar10"))
 

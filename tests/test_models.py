@@ -1,4 +1,4 @@
-"""Tests for the DINO model pieces and the DINO method.
+"""Tests for the model pieces (ViT, heads, ResNet, projection MLPs) and the DINO method.
 
 Covers ssl_jax.models.vit (position-embedding interpolation, ViT forward against a
 float64 numpy re-implementation of DINO's `vision_transformer.py`, shapes at two
@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import math
 
+import flax.linen
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -567,3 +568,85 @@ def test_dino_method_student_uses_drop_path_and_teacher_does_not(dino_setup):
     for _, out in runs[1:]:
         np.testing.assert_array_equal(np.asarray(out.method_state["center"]),
                                       np.asarray(runs[0][1].method_state["center"]))
+
+
+# ----------------------------------------------------------------------------- ResNet, sin-cos embeddings, MLPs
+
+@pytest.mark.parametrize("depth,torchvision_params,feature_dim", [
+    # torchvision resnet18 / resnet50 parameter counts (11,689,512 / 25,557,032) minus the
+    # 1000-way classifier (512*1000+1000 / 2048*1000+1000): convs + BatchNorm weight/bias.
+    (18, 11_689_512 - 513_000, 512),
+    (50, 25_557_032 - 2_049_000, 2048),
+])
+def test_resnet_parameter_count_and_features_match_torchvision(depth, torchvision_params, feature_dim):
+    from ssl_jax.models.resnet import resnet
+
+    model = resnet(depth)
+    variables = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 64, 64, 3)))
+    count = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(variables["params"]))
+    assert count == torchvision_params
+    out = jax.eval_shape(lambda v, x: model.apply(v, x), variables, jnp.zeros((2, 64, 64, 3)))
+    assert out.shape == (2, feature_dim)
+
+
+def test_resnet_cifar_stem_keeps_resolution_and_zero_init_blocks_start_as_identity():
+    """CIFAR stem: 3x3 stride 1, no max-pool (a 32 px image keeps 32 px into layer1). With
+    zero_init_residual each block's last BN scale is 0, so a stride-1 block without
+    projection passes its (post-ReLU, non-negative) input through unchanged."""
+    from ssl_jax.models.resnet import ResidualBlock, resnet
+
+    model = resnet(18, cifar_stem=True)
+    images = jax.random.normal(jax.random.key(0), (2, 32, 32, 3))
+    variables = model.init(jax.random.key(1), images)
+    _, state = model.apply(variables, images, capture_intermediates=True, mutable=["intermediates"])
+    stem = state["intermediates"]["layer1_0"]["__call__"][0]
+    assert stem.shape == (2, 32, 32, 64)
+    assert not np.any(np.asarray(variables["params"]["layer1_0"]["bn2"]["scale"]))
+    block = ResidualBlock(64, 1, False, True, functools.partial(flax.linen.BatchNorm, use_running_average=True))
+    x = jax.nn.relu(jax.random.normal(jax.random.key(2), (2, 8, 8, 64)))
+    block_vars = block.init(jax.random.key(3), x)
+    np.testing.assert_allclose(np.asarray(block.apply(block_vars, x)), np.asarray(x), atol=1e-6)
+
+
+def np_mocov3_sincos(grid: int, dim: int, temperature: float = 10000.0) -> np.ndarray:
+    """moco-v3 vits.py `build_2d_sincos_position_embedding` for a square grid, as loops:
+    torch.meshgrid(grid_w, grid_h) ('ij') flattened gives token k = r * grid + c the pair
+    (r, c), encoded as [sin(r w), cos(r w), sin(c w), cos(c w)], w_i = 1 / T^(i / (D/4))."""
+    quarter = dim // 4
+    out = np.zeros((1 + grid * grid, dim))
+    for r in range(grid):
+        for c in range(grid):
+            for i in range(quarter):
+                omega = 1.0 / temperature ** (i / quarter)
+                k = 1 + r * grid + c
+                out[k, i], out[k, quarter + i] = np.sin(r * omega), np.cos(r * omega)
+                out[k, 2 * quarter + i], out[k, 3 * quarter + i] = np.sin(c * omega), np.cos(c * omega)
+    return out
+
+
+def test_sincos_pos_embed_matches_mocov3_and_is_not_a_parameter():
+    from ssl_jax.models.vit import VisionTransformer, sincos_pos_embed
+
+    np.testing.assert_allclose(np.asarray(sincos_pos_embed((4, 4), 16))[0], np_mocov3_sincos(4, 16), atol=1e-6)
+    model = VisionTransformer(img_size=32, patch_size=8, embed_dim=16, depth=1, num_heads=2, pos_embed="sincos")
+    params = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))["params"]
+    assert "pos_embed" not in params
+
+
+def test_projection_mlp_layers_follow_the_papers():
+    """MoCo v3 projector: Linear without bias -> BN -> ReLU, last Linear -> BN without affine;
+    BYOL: last Linear with bias and no BN; SimCLR: last BN with a scale but no shift."""
+    from ssl_jax.models.heads import ProjectionMLP
+
+    def shapes(mlp):
+        params = mlp.init(jax.random.key(0), jnp.zeros((4, 8)))["params"]
+        return jax.tree.map(lambda x: x.shape, params)
+
+    assert shapes(ProjectionMLP(16, 4, 3, last_bn=True)) == {
+        "linear_0": {"kernel": (8, 16)}, "bn_0": {"scale": (16,), "bias": (16,)},
+        "linear_1": {"kernel": (16, 16)}, "bn_1": {"scale": (16,), "bias": (16,)},
+        "linear_2": {"kernel": (16, 4)}}
+    assert shapes(ProjectionMLP(16, 4, 2, last_bias=True)) == {
+        "linear_0": {"kernel": (8, 16)}, "bn_0": {"scale": (16,), "bias": (16,)},
+        "linear_1": {"kernel": (16, 4), "bias": (4,)}}
+    assert shapes(ProjectionMLP(16, 4, 2, last_bn=True, last_bn_scale=True))["bn_1"] == {"scale": (4,)}

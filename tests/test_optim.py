@@ -335,3 +335,137 @@ def test_build_optimizer_rejects_unknown_optimizer():
     params = {"w": jnp.zeros((2, 2))}
     with pytest.raises(ValueError, match="rmsprop.*adamw"):
         optim.build_optimizer(cfg, optim.build_schedules(cfg, 10, 2, 256), params, 2)
+
+
+# ----------------------------------------------------------------------------- LARS and SGD (issue 3 methods)
+
+def _two_view_params(rng: np.random.RandomState) -> dict:
+    """A parameter tree shaped like a contrastive method's: backbone conv + BN, projector, predictor."""
+    return {
+        "backbone": {"conv1": {"kernel": rng.randn(3, 3, 2, 4).astype(np.float32)},
+                     "bn1": {"scale": (1 + 0.1 * rng.randn(4)).astype(np.float32), "bias": rng.randn(4).astype(np.float32)}},
+        "projector": {"linear_0": {"kernel": rng.randn(4, 6).astype(np.float32)}},
+        "predictor": {"linear_0": {"kernel": rng.randn(6, 6).astype(np.float32), "bias": rng.randn(6).astype(np.float32)}},
+    }
+
+
+def _contrastive_optim_cfg(**fields) -> ml_collections.ConfigDict:
+    cfg = ml_collections.ConfigDict({"lr": 0.4, "lr_reference_batch": 256, "min_lr": 0.0, "warmup_epochs": 1,
+                                     "weight_decay": 0.05, "weight_decay_end": 0.05, "momentum": 0.9,
+                                     "trust_coefficient": 0.01})
+    cfg.update(fields)
+    return cfg
+
+
+def _run_optimizer(cfg, num_steps=6, steps_per_epoch=2, epochs=3):
+    """Runs build_optimizer on random gradients; returns (history of flat params, flat grads, schedules)."""
+    rng = np.random.RandomState(1)
+    params = jax.tree.map(jnp.asarray, _two_view_params(rng))
+    grads = [jax.tree.map(lambda p: jnp.asarray(rng.randn(*p.shape).astype(np.float32)), params) for _ in range(num_steps)]
+    schedules = optim.build_schedules(cfg, epochs * steps_per_epoch, steps_per_epoch, global_batch=256)
+    tx = optim.build_optimizer(cfg, schedules, params, steps_per_epoch)
+    state = tx.init(params)
+
+    @fast_jit
+    def update(params, state, g):
+        updates, state = tx.update(g, state, params)
+        return optax.apply_updates(params, updates), state
+
+    def flat(tree):
+        return {_path(k): np.asarray(v, np.float64) for k, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+    history = [flat(params)]
+    for g in grads:
+        params, state = update(params, state, g)
+        history.append(flat(params))
+    lr = evaluate(schedules.learning_rate, num_steps)
+    return history, [flat(g) for g in grads], lr
+
+
+class NumpyMomentumSGD:
+    """torch.optim.SGD (momentum, weight_decay) and the LARS of BYOL / MoCo v3 / SimCLR, float64.
+
+    Per parameter p with gradient g: d = g + wd p (only where `decayed`); LARS scales d by
+    eta ||p|| / ||d|| (only where `decayed`, 1 if a norm is 0). Then either
+    v = m v + d; p -= lr v   (PyTorch SGD, BYOL/MoCo v3 LARS)   or
+    v = m v + lr d; p -= v   (SimCLR's LARS, `lr_inside_momentum`).
+    """
+
+    def __init__(self, params, *, wd, momentum, decayed, lars_eta=None, lr_inside=False):
+        self.p = {k: v.copy() for k, v in params.items()}
+        self.v = {k: np.zeros_like(v) for k, v in params.items()}
+        self.wd, self.m, self.decayed, self.eta, self.lr_inside = wd, momentum, decayed, lars_eta, lr_inside
+
+    def step(self, grads, lr_of):
+        for k, g in grads.items():
+            d = g + self.wd * self.p[k] if self.decayed[k] else g.copy()
+            if self.eta is not None and self.decayed[k]:
+                p_norm, d_norm = np.linalg.norm(self.p[k]), np.linalg.norm(d)
+                d = d * (self.eta * p_norm / d_norm if p_norm > 0 and d_norm > 0 else 1.0)
+            lr = lr_of(k)
+            if self.lr_inside:
+                self.v[k] = self.m * self.v[k] + lr * d
+                self.p[k] = self.p[k] - self.v[k]
+            else:
+                self.v[k] = self.m * self.v[k] + d
+                self.p[k] = self.p[k] - lr * self.v[k]
+
+
+@pytest.mark.parametrize("lr_inside", [False, True], ids=["byol_mocov3_order", "simclr_order"])
+def test_lars_matches_numpy_reference_with_bn_and_bias_excluded(lr_inside):
+    cfg = _contrastive_optim_cfg(name="lars", lr_inside_momentum=lr_inside)
+    history, grads, lr = _run_optimizer(cfg)
+    decayed = {k: v.ndim > 1 for k, v in history[0].items()}
+    assert sorted(k for k, d in decayed.items() if not d) == ["backbone/bn1/bias", "backbone/bn1/scale",
+                                                              "predictor/linear_0/bias"]
+    reference = NumpyMomentumSGD(history[0], wd=cfg.weight_decay, momentum=cfg.momentum, decayed=decayed,
+                                 lars_eta=cfg.trust_coefficient, lr_inside=lr_inside)
+    for step, g in enumerate(grads):
+        reference.step(g, lambda _: lr[step])
+        for name, value in history[step + 1].items():
+            np.testing.assert_allclose(value, reference.p[name], rtol=1e-5, atol=1e-7, err_msg=f"{name} at step {step}")
+
+
+def test_lars_orders_differ_while_the_lr_changes():
+    """SimCLR's and BYOL's LARS agree at a constant lr but not during warm-up: the flag matters."""
+    inside = _run_optimizer(_contrastive_optim_cfg(name="lars", lr_inside_momentum=True))[0]
+    outside = _run_optimizer(_contrastive_optim_cfg(name="lars", lr_inside_momentum=False))[0]
+    key = "projector/linear_0/kernel"
+    assert not np.allclose(inside[3][key], outside[3][key], rtol=1e-4, atol=0)
+
+
+def test_simsiam_sgd_decays_everything_keeps_predictor_lr_fixed_and_steps_lr_per_epoch():
+    """SimSiam: torch SGD with weight decay on every parameter, the cosine lr set once per
+    epoch, and the predictor at the fixed initial lr (--fix-pred-lr)."""
+    cfg = _contrastive_optim_cfg(name="sgd", warmup_epochs=0, exclude_1d_from_decay=False, schedule_per_epoch=True,
+                                 fixed_lr_patterns=("^predictor/",))
+    history, grads, lr = _run_optimizer(cfg)
+    peak = cfg.lr  # batch 256 = lr_reference_batch
+    # per epoch: lr = peak * 0.5 * (1 + cos(pi * epoch / epochs)), 2 steps per epoch, 3 epochs
+    want_lr = [peak * 0.5 * (1 + np.cos(np.pi * (step // 2) / 3)) for step in range(6)]
+    np.testing.assert_allclose(lr, want_lr, rtol=1e-6)
+    decayed = {k: True for k in history[0]}
+    reference = NumpyMomentumSGD(history[0], wd=cfg.weight_decay, momentum=cfg.momentum, decayed=decayed)
+    for step, g in enumerate(grads):
+        reference.step(g, lambda name: peak if name.startswith("predictor/") else want_lr[step])
+        for name, value in history[step + 1].items():
+            np.testing.assert_allclose(value, reference.p[name], rtol=1e-5, atol=1e-6, err_msg=f"{name} at step {step}")
+
+
+def test_frozen_patterns_are_never_updated_not_even_by_weight_decay():
+    """MoCo v3's --stop-grad-conv1 (AdamW, decay on every parameter): the frozen tensor keeps its
+    initial value for the whole run while the others move."""
+    cfg = _contrastive_optim_cfg(name="adamw", b1=0.9, b2=0.999, eps=1e-8, exclude_1d_from_decay=False,
+                                 frozen_patterns=("^backbone/conv1/",))
+    history, _, _ = _run_optimizer(cfg)
+    for params in history[1:]:
+        np.testing.assert_array_equal(params["backbone/conv1/kernel"], history[0]["backbone/conv1/kernel"])
+    for name in history[0]:
+        if name != "backbone/conv1/kernel":
+            assert not np.allclose(history[-1][name], history[0][name]), name
+
+
+def test_sqrt_lr_scaling():
+    cfg = _contrastive_optim_cfg(name="lars", lr=0.075, lr_scaling="sqrt")
+    assert optim.peak_learning_rate(cfg, 128) == pytest.approx(0.075 * np.sqrt(128))
+    assert optim.peak_learning_rate(_contrastive_optim_cfg(lr=0.3), 4096) == pytest.approx(4.8)
