@@ -43,13 +43,10 @@ def _path_names(path) -> tuple[str, ...]:
     return tuple(str(getattr(k, "name", getattr(k, "key", getattr(k, "idx", k)))) for k in path)
 
 
-def _leaf_shapes(tree) -> dict[tuple[str, ...], tuple]:
-    """{path: shape} of the array leaves (PRNG keys, stored as raw key data, are left out)."""
-    shapes = {}
-    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
-        if not jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
-            shapes[_path_names(path)] = tuple(leaf.shape)
-    return shapes
+def _leaf_shapes(tree) -> dict[tuple[str, ...], tuple | None]:
+    """{path: shape} of the array leaves; None for PRNG keys, which are stored as raw key data."""
+    return {_path_names(path): None if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key) else tuple(leaf.shape)
+            for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
 def _short(error: Exception) -> str:
@@ -99,7 +96,7 @@ class Checkpointer:
         problems = [f"{'/'.join(p)} missing" for p in sorted(set(wanted) - set(saved))]
         problems += [f"{'/'.join(p)} not in the config's state" for p in sorted(set(saved) - set(wanted))]
         problems += [f"{'/'.join(p)} has shape {saved[p]} in the checkpoint but {wanted[p]} in the config"
-                     for p in sorted(set(saved) & set(wanted)) if saved[p] != wanted[p]]
+                     for p in sorted(set(saved) & set(wanted)) if wanted[p] is not None and saved[p] != wanted[p]]
         if problems:
             more = f" (and {len(problems) - MAX_SHOWN} more)" if len(problems) > MAX_SHOWN else ""
             raise CheckpointError(f"checkpoint step {step} ({where}) does not fit the config: "

@@ -1,12 +1,14 @@
 """Fault injection: preemption, kill -9, damaged checkpoints, config changes, NaN/Inf, collapse, bad input.
 
-The centre is one *campaign* on one workdir (module fixture), run as a user would with
+The centre is a *campaign* (module fixture), run as a user would with
 `python -m ssl_jax.main` on the tiny smoke config with a checkpoint after every step
-(so most kills land inside an asynchronous checkpoint write):
-  SIGTERM mid-run -> KILLS x `kill -9` at random moments, each followed by a restart ->
-  a config change (refused) -> a changed shape (refused) -> a truncated and a removed
-  checkpoint file (refused) -> --restore_fallback, which finishes the run.
-Every metric the run logged on the way, including steps computed twice around a
+(so kills in the loop land inside an asynchronous checkpoint write), on two workdirs
+at once (one per core):
+  A: SIGTERM mid-run -> KILLS // 2 x `kill -9` at random moments, each followed by a
+     restart -> a config change (refused) -> a changed shape (refused) -> a truncated
+     and a removed checkpoint file (refused) -> --restore_fallback, which finishes.
+  B: the other kills, then a plain restart that finishes.
+Every metric either run logged on the way, including steps computed twice around a
 kill, must equal an uninterrupted run's bit for bit. The campaign prints its table
 (`python -m pytest -q -s tests/test_reliability.py -k campaign`), which is the README's.
 NaN/Inf, collapse and data errors run in-process or as short processes beside it.
@@ -30,12 +32,12 @@ import pytest
 
 from conftest import make_smoke_config, start_main
 
-EPOCHS, STEPS_PER_EPOCH = 10, 3
+EPOCHS, STEPS_PER_EPOCH = 8, 3
 TOTAL = EPOCHS * STEPS_PER_EPOCH
 # Same for the uninterrupted run and every process of the campaign: a checkpoint after each
 # step (each one an asynchronous write a kill can interrupt), enough kept to fall back twice.
 CAMPAIGN = {"num_epochs": EPOCHS, "checkpoint.every_steps": 1, "checkpoint.max_to_keep": 5}
-KILLS = 21
+KILLS = 20
 DETERMINISTIC = ("loss", "grad_norm", "center_norm", "teacher_entropy", "student_entropy", "teacher_kl_uniform",
                  "learning_rate", "weight_decay", "teacher_momentum", "teacher_temp")
 
@@ -65,6 +67,11 @@ class Process:
                 return None
             time.sleep(0.02)
         return None
+
+    def output(self) -> str:
+        """What it printed so far, and its stderr once it has ended (for assertion messages)."""
+        stderr = self.popen.stderr.read() if self.popen.poll() is not None else ""
+        return "\n".join(self.lines[-20:]) + "\n--- stderr ---\n" + stderr[-3000:]
 
     def finish(self, timeout: float = 300) -> tuple[int, str, str]:
         """(exit code, stdout, stderr) once it has ended."""
@@ -124,43 +131,72 @@ def resumed_from(stdout: str) -> int:
 # --- the campaign --------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def campaign(tfds_data_dir, tmp_path_factory):
-    """Runs the uninterrupted reference run beside the campaign; returns both workdirs and the events."""
-    reference_dir = tmp_path_factory.mktemp("reference")
-    reference = Process(reference_dir, **CAMPAIGN)
-    workdir = tmp_path_factory.mktemp("campaign")
-    events, rng = [], random.Random(8)
-
-    # 1. SIGTERM once two steps are logged.
-    proc = Process(workdir, **CAMPAIGN)
-    assert proc.wait_for(r"^step 2/"), "\n".join(proc.lines)
-    proc.popen.send_signal(signal.SIGTERM)
-    code, out, err = proc.finish()
-    logged = [int(m) for m in re.findall(r"^step (\d+)/", out, re.M)]
-    events.append(dict(fault="SIGTERM after step 2 was logged", code=code, stdout=out, stderr=err,
-                       last_logged=max(logged), complete=complete_steps(workdir)))
-
-    # 2. kill -9 at random moments: a third anywhere in start-up, the rest inside the loop.
-    for i in range(KILLS):
+def _kill_chain(workdir, kills: int, rng: random.Random, events: list) -> None:
+    """`kills` times: start the run on `workdir`, `kill -9` it at a random moment (half anywhere in
+    start-up, half inside the training loop), record what is on disk."""
+    for i in range(kills):
         before = complete_steps(workdir)
+        if before and before[-1] == TOTAL:
+            return  # the run got to its end between the kills
         proc = Process(workdir, **CAMPAIGN)
-        if i % 3 == 0:
+        if i % 2 == 0:
             time.sleep(rng.uniform(0.5, 9.0))
             where = "start-up"
         else:
-            assert proc.wait_for(r"^compiled train step"), "\n".join(proc.lines)
-            time.sleep(rng.uniform(0.0, 0.8))
+            assert proc.wait_for(r"^compiled train step"), proc.output()
+            time.sleep(rng.uniform(0.0, 0.6))
             where = "training loop"
         proc.popen.kill()
         proc.popen.wait()
         out = "\n".join(proc.lines)
         entries = checkpoint_entries(workdir)
         logged = [int(m) for m in re.findall(r"^step (\d+)/", out, re.M)]
-        events.append(dict(fault=f"kill -9 #{i + 1} in {where}", code=proc.popen.returncode, stdout=out,
+        events.append(dict(fault=f"kill -9 in {where}", code=proc.popen.returncode, stdout=out,
                            complete_before=before, complete=complete_steps(workdir),
                            mid_write=any("tmp" in e for e in entries), last_logged=max(logged, default=None)))
         proc.finish()
+
+
+def _finish(workdir, events: list, fault: str, *args) -> None:
+    code, out, err = Process(workdir, *args, **CAMPAIGN).finish()
+    events.append(dict(fault=fault, code=code, stdout=out, stderr=err, complete=complete_steps(workdir)))
+
+
+def _chain_b(workdir, events: list, errors: list) -> None:
+    """The second chain: kills, then an ordinary restart that finishes the run (errors kept for the fixture)."""
+    try:
+        _kill_chain(workdir, KILLS - KILLS // 2, random.Random(9), events)
+        _finish(workdir, events, "restart")
+    except BaseException as e:  # noqa: BLE001 - re-raised in the fixture's thread
+        errors.append(e)
+
+
+@pytest.fixture(scope="module")
+def campaign(tfds_data_dir, tmp_path_factory):
+    """Two workdirs interrupted in parallel (one per core) beside the uninterrupted reference run.
+
+    Chain A: SIGTERM, KILLS // 2 kills, refusals, damaged checkpoints, --restore_fallback.
+    Chain B: the other kills, then an ordinary restart. Returns the workdirs and their events.
+    """
+    reference_dir = tmp_path_factory.mktemp("reference")
+    reference = Process(reference_dir, **CAMPAIGN)
+    chains = {name: (tmp_path_factory.mktemp(f"chain_{name}"), []) for name in "AB"}
+    errors_b = []
+    thread_b = threading.Thread(target=_chain_b, args=(*chains["B"], errors_b), daemon=True)
+    thread_b.start()
+    workdir, events = chains["A"]
+
+    # 1. SIGTERM once two steps are logged.
+    proc = Process(workdir, **CAMPAIGN)
+    assert proc.wait_for(r"^step 2/"), proc.output()
+    proc.popen.send_signal(signal.SIGTERM)
+    code, out, err = proc.finish()
+    logged = [int(m) for m in re.findall(r"^step (\d+)/", out, re.M)]
+    events.append(dict(fault="SIGTERM after step 2 was logged", code=code, stdout=out, stderr=err,
+                       last_logged=max(logged), complete=complete_steps(workdir)))
+
+    # 2. kill -9 at random moments.
+    _kill_chain(workdir, KILLS // 2, random.Random(8), events)
 
     def refused(fault, *args, damage=None, **overrides):
         if damage:
@@ -190,24 +226,34 @@ def campaign(tfds_data_dir, tmp_path_factory):
     refused(f"array files of checkpoint {newest} truncated, _METADATA of {previous} removed", damage=damage)
 
     # 5. --restore_fallback sets both aside and finishes the run.
-    code, out, err = Process(workdir, "--restore_fallback", **CAMPAIGN).finish()
-    events.append(dict(fault="resume with --restore_fallback", code=code, stdout=out, stderr=err,
-                       complete=complete_steps(workdir), damaged=(newest, previous)))
+    _finish(workdir, events, "resume with --restore_fallback", "--restore_fallback")
+    events[-1]["damaged"] = (newest, previous)
 
+    thread_b.join(600)
+    if errors_b:
+        raise errors_b[0]
     code, out, err = reference.finish()
     assert code == 0, err[-3000:]
-    return dict(workdir=workdir, reference=reference_dir, events=events, reference_stdout=out)
+    return dict(chains=chains, reference=reference_dir, reference_stdout=out)
 
 
-def _interruptions(campaign):
-    """(event, the next process's resume step) for the SIGTERM and every kill."""
-    events = campaign["events"]
-    return [(event, resumed_from(events[i + 1]["stdout"])) for i, event in enumerate(events[:1 + KILLS])]
+def _resumes(events: list) -> list[int | None]:
+    """For each event, the step the next process that got that far resumed from."""
+    steps = [int(m.group(1) or 0) if (m := re.search(r"resuming from step (\d+)|starting from scratch",
+                                                     e["stdout"])) else None for e in events]
+    return [next((s for s in steps[i + 1:] if s is not None), None) for i in range(len(events))]
+
+
+def _kills(campaign) -> list[tuple[dict, int]]:
+    """(kill event, where the run resumed) over both chains."""
+    return [(event, resumed) for workdir, events in campaign["chains"].values()
+            for event, resumed in zip(events, _resumes(events)) if event["fault"].startswith("kill")]
 
 
 def test_campaign_sigterm_stops_after_the_step_with_a_checkpoint(campaign):
     """SIGTERM: exit 0 with a message, a checkpoint of the last finished step, resumed from exactly there."""
-    event, resumed = _interruptions(campaign)[0]
+    events = campaign["chains"]["A"][1]
+    event, resumed = events[0], _resumes(events)[0]
     assert event["code"] == 0, event["stderr"][-3000:]
     match = re.search(r"SIGTERM: stopped after step (\d+) of \d+ with a checkpoint", event["stdout"])
     assert match, event["stdout"][-2000:]
@@ -219,8 +265,8 @@ def test_campaign_sigterm_stops_after_the_step_with_a_checkpoint(campaign):
 def test_campaign_kill9_resumes_from_last_complete_checkpoint(campaign):
     """After each kill -9 the next run resumes from the newest complete checkpoint on disk, never
     from less than existed before the kill; at least a few kills landed mid-write."""
-    kills = _interruptions(campaign)[1:]
-    assert len(kills) == KILLS >= 20
+    kills = _kills(campaign)
+    assert len(kills) >= 20
     for event, resumed in kills:
         assert event["code"] == -signal.SIGKILL
         assert resumed == (event["complete"][-1] if event["complete"] else 0), event["fault"]
@@ -231,7 +277,7 @@ def test_campaign_kill9_resumes_from_last_complete_checkpoint(campaign):
 
 def test_campaign_refusals_name_the_problem_and_touch_nothing(campaign):
     """A changed config, a changed shape and damaged checkpoints: one line each, nothing written."""
-    lr, shape, damaged = campaign["events"][1 + KILLS:4 + KILLS]
+    lr, shape, damaged = campaign["chains"]["A"][1][-4:-1]
     for event in (lr, shape, damaged):
         assert event["untouched"], event["fault"]
     message = one_error_line(lr["code"], lr["stderr"])
@@ -247,48 +293,47 @@ def test_campaign_refusals_name_the_problem_and_touch_nothing(campaign):
 
 def test_campaign_fallback_sets_damaged_checkpoints_aside_and_finishes(campaign):
     """--restore_fallback moves (never deletes) both damaged checkpoints and resumes from the third newest."""
-    event = campaign["events"][-1]
+    workdir, events = campaign["chains"]["A"]
+    event = events[-1]
     assert event["code"] == 0, event["stderr"][-3000:]
     newest, previous = event["damaged"]
-    quarantine = os.path.join(campaign["workdir"], "corrupt_checkpoints")
-    assert sorted(os.listdir(quarantine)) == sorted([str(newest), str(previous)])
-    assert resumed_from(event["stdout"]) < previous
+    assert sorted(os.listdir(os.path.join(workdir, "corrupt_checkpoints"))) == sorted([str(newest), str(previous)])
+    assert int(re.search(r"resuming from step (\d+)", event["stdout"]).group(1)) < previous
     assert f"step {TOTAL}/{TOTAL}" in event["stdout"] and event["complete"][-1] == TOTAL
 
 
 def test_campaign_losses_equal_uninterrupted_run_bit_for_bit(campaign):
-    """Every logged row of the interrupted run, including steps computed again after a kill, equals
+    """Every logged row of both interrupted runs, including steps computed again after a kill, equals
     the uninterrupted run's: the same run, deterministic on the CPU (same config and seed)."""
     reference = {row["step"]: row for row in train_rows(campaign["reference"])}
-    rows = train_rows(campaign["workdir"])
     assert sorted(reference) == list(range(1, TOTAL + 1))
-    assert {row["step"] for row in rows} == set(reference)
-    for row in rows:
-        for key in DETERMINISTIC:
-            assert row[key] == reference[row["step"]][key], f"step {row['step']} {key}"
-    knn = re.findall(r"knn_top1@20=([\d.]+)%", campaign["events"][-1]["stdout"])
-    assert knn and knn == re.findall(r"knn_top1@20=([\d.]+)%", campaign["reference_stdout"])
+    knn = re.findall(r"knn_top1@20=([\d.]+)%", campaign["reference_stdout"])
+    for workdir, events in campaign["chains"].values():
+        rows = train_rows(workdir)
+        assert {row["step"] for row in rows} == set(reference)
+        for row in rows:
+            for key in DETERMINISTIC:
+                assert row[key] == reference[row["step"]][key], f"step {row['step']} {key}"
+        assert knn and re.findall(r"knn_top1@20=([\d.]+)%", events[-1]["stdout"]) == knn
 
 
 def test_campaign_table(campaign):
     """Prints the README's table: each fault, what the run did, finished steps lost and recomputed."""
-    print("\n| fault | what the run did | finished steps lost | steps computed again |")
-    print("|---|---|---|---|")
-    events = campaign["events"]
-    for i, event in enumerate(events):
-        lost = again = "-"
-        if i <= KILLS:
-            resumed = resumed_from(events[i + 1]["stdout"])
-            done = event["complete"][-1] if event["complete"] else 0
-            lost = max(done, max(event.get("complete_before") or [0])) - resumed
-            again = max((event["last_logged"] or resumed) - resumed, 0)
-            did = ("exit 0, checkpoint written" if event["code"] == 0 else
-                   f"killed{' mid-write' if event.get('mid_write') else ''}") + f"; resumed from step {resumed}"
-        elif event["code"]:
-            did = "exit 1, one line: " + one_error_line(event["code"], event["stderr"])[7:60] + "...; files untouched"
-        else:
-            did = f"set {event['damaged']} aside, resumed from step {resumed_from(event['stdout'])}, finished"
-        print(f"| {event['fault']} | {did} | {lost} | {again} |")
+    print("\n| chain | fault | what the run did | finished steps lost | steps computed again |")
+    print("|---|---|---|---|---|")
+    for name, (_, events) in campaign["chains"].items():
+        for event, resumed in zip(events, _resumes(events)):
+            lost = again = "-"
+            if event["fault"].startswith(("kill", "SIGTERM")):
+                done = max((event["complete"] or [0])[-1], (event.get("complete_before") or [0])[-1])
+                lost, again = done - resumed, max((event["last_logged"] or resumed) - resumed, 0)
+                did = ("exit 0, checkpoint written" if event["code"] == 0 else
+                       "killed" + (" mid-write" if event["mid_write"] else "")) + f"; resumed from step {resumed}"
+            elif event["code"]:
+                did = "exit 1: `" + one_error_line(event["code"], event["stderr"])[7:70] + "...`; files untouched"
+            else:
+                did = f"resumed from step {resumed_from(event['stdout'])}, finished step {TOTAL}"
+            print(f"| {name} | {event['fault']} | {did} | {lost} | {again} |")
 
 
 # --- NaN / Inf -----------------------------------------------------------------------------------
