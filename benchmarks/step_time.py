@@ -41,6 +41,13 @@ def matmul_peak_flops(size: int = 2048, repeats: int = 10) -> float:
     return 2 * size**3 / best
 
 
+def describe_model(model_cfg) -> str:
+    """'vit-small p16', 'vit-custom p8', 'resnet50', 'resnet18 (cifar stem)'."""
+    if model_cfg.name == "resnet":
+        return f"resnet{model_cfg.depth}" + (" (cifar stem)" if model_cfg.cifar_stem else "")
+    return f"vit-{model_cfg.size} p{model_cfg.patch_size}"
+
+
 def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)
@@ -65,7 +72,7 @@ def main(argv):
     devices = f"{run.mesh.devices.size}x {jax.devices()[0].device_kind}"
     print(f"| config | devices | batch | compile s | ms/step | images/s | GFLOP/step | GFLOP/s | matmul peak GFLOP/s | of peak |")
     print(f"|---|---|---|---|---|---|---|---|---|---|")
-    print(f"| {config.method.name} {config.model.size} p{config.model.patch_size} | {devices} | {config.batch_size} "
+    print(f"| {config.method.name} {describe_model(config.model)} | {devices} | {config.batch_size} "
           f"| {compile_seconds:.1f} | {1000 * seconds:.0f} | {config.batch_size / seconds:.1f} | {flops / 1e9:.1f} "
           f"| {flops / seconds / 1e9:.1f} | {peak / 1e9:.1f} | {flops / seconds / peak:.0%} |")
 

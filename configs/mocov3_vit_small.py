@@ -62,23 +62,22 @@ def imagenet_config() -> ml_collections.ConfigDict:
 
 
 def cifar10_config() -> ml_collections.ConfigDict:
-    """MoCo v3 on CIFAR-10 with the ViT of DINO's CIFAR-10 preset (for a like-for-like comparison).
+    """MoCo v3 on CIFAR-10 within a CPU hour, on the ViT of DINO's CIFAR-10 preset (like for like).
 
-    128 wide, 4 blocks, 4 heads, 8 px patches; heads narrowed to 1024 hidden units;
-    lr 1e-3 x 128/256 = 5e-4 and 10 warm-up epochs (DINO's CIFAR-10 preset uses the same
-    peak lr); 32 px views without blur.
+    base.CIFAR10_VIT, batch 128, 6 epochs with 2 of warm-up, heads narrowed to 1024
+    hidden units, lr 1e-3 x 128/256 = 5e-4 (DINO's CIFAR-10 peak; the paper's 1.5e-4 is
+    tuned for 300 epochs at batch 4096), 32 px views without blur.
     """
     c = base.use_cifar10(imagenet_config())
     c.batch_size = 128
-    c.num_epochs = 200
-    c.model.update({"size": "custom", "embed_dim": 128, "depth": 4, "num_heads": 4, "patch_size": 8, "img_size": 32})
+    c.num_epochs = 6
+    c.model.update(base.CIFAR10_VIT)
     c.method.projector.hidden_dim = 1024
     c.method.predictor.hidden_dim = 1024
     c.optim.lr = 1e-3
-    c.optim.warmup_epochs = 10
+    c.optim.warmup_epochs = 2
     c.augment.global_crops.size = 32
     c.augment.blur_prob = (0.0, 0.0, 0.0)
-    c.eval.every_steps = 3900  # every 10 epochs
     c.eval.knn_k = (20, 200)
     return c
 

@@ -2,6 +2,7 @@
 
     python -m ssl_jax.main --config=configs/simclr_resnet50.py --workdir=DIR            # ImageNet, the paper
     python -m ssl_jax.main --config=configs/simclr_resnet50.py:cifar10 --workdir=DIR    # CIFAR-10 ResNet-18
+    python -m ssl_jax.main --config=configs/simclr_resnet50.py:cifar10_vit --workdir=DIR  # CIFAR-10, ViT, on a CPU
     python -m ssl_jax.main --config=configs/simclr_resnet50.py:smoke --workdir=DIR      # seconds, tiny shapes
 
 Defaults are the paper's ImageNet recipe (Sec. 3, App. B) as implemented in
@@ -62,6 +63,12 @@ def cifar10_config() -> ml_collections.ConfigDict:
     return c
 
 
+def cifar10_vit_config() -> ml_collections.ConfigDict:
+    """SimCLR on CIFAR-10 with the ViT and AdamW schedule of DINO's CPU-hour preset (base.use_cifar10_vit)."""
+    c = base.use_cifar10_vit(cifar10_config())
+    return c
+
+
 def smoke_config() -> ml_collections.ConfigDict:
     c = base.use_smoke_resnet(cifar10_config())
     c.method.projector.update({"hidden_dim": 32, "out_dim": 16})
@@ -69,6 +76,6 @@ def smoke_config() -> ml_collections.ConfigDict:
 
 
 def get_config(preset: str = "") -> ml_collections.ConfigDict:
-    """'' or 'imagenet' (the paper), 'cifar10', 'smoke'."""
-    return base.select_preset({"imagenet": imagenet_config, "cifar10": cifar10_config, "smoke": smoke_config},
-                              preset, __file__)
+    """'' or 'imagenet' (the paper), 'cifar10' (ResNet-18), 'cifar10_vit' (the CPU-hour ViT), 'smoke'."""
+    return base.select_preset({"imagenet": imagenet_config, "cifar10": cifar10_config,
+                               "cifar10_vit": cifar10_vit_config, "smoke": smoke_config}, preset, __file__)
