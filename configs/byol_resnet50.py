@@ -63,12 +63,6 @@ def cifar10_config() -> ml_collections.ConfigDict:
     return c
 
 
-def cifar10_vit_config() -> ml_collections.ConfigDict:
-    """BYOL on CIFAR-10 with the ViT and AdamW schedule of DINO's CPU-hour preset (base.use_cifar10_vit)."""
-    c = base.use_cifar10_vit(cifar10_config())
-    return c
-
-
 def smoke_config() -> ml_collections.ConfigDict:
     c = base.use_smoke_resnet(cifar10_config())
     c.method.projector.update({"hidden_dim": 32, "out_dim": 16})
@@ -78,5 +72,5 @@ def smoke_config() -> ml_collections.ConfigDict:
 
 def get_config(preset: str = "") -> ml_collections.ConfigDict:
     """'' or 'imagenet' (the paper), 'cifar10' (ResNet-18), 'cifar10_vit' (the CPU-hour ViT), 'smoke'."""
-    return base.select_preset({"imagenet": imagenet_config, "cifar10": cifar10_config,
-                               "cifar10_vit": cifar10_vit_config, "smoke": smoke_config}, preset, __file__)
+    return base.select_preset({"imagenet": imagenet_config, "cifar10": cifar10_config, "smoke": smoke_config,
+                               "cifar10_vit": lambda: base.use_cifar10_vit(cifar10_config())}, preset, __file__)

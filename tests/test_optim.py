@@ -255,17 +255,8 @@ class NumpyAdamW:
             self.p[k] = self.p[k] - lr * m_hat / (np.sqrt(v_hat) + cfg.eps)
 
 
-def _run_build_optimizer(num_steps, steps_per_epoch=3, epochs=4):
-    cfg = _optim_cfg()
-    rng = np.random.RandomState(0)
-    params = jax.tree.map(jnp.asarray, _tiny_params(rng))
-    # Gradients differ every step and some exceed clip_grad=3, so clipping, moments and
-    # bias corrections all matter.
-    grads = [jax.tree.map(lambda p: jnp.asarray((rng.uniform(0.2, 4.0) * rng.randn(*p.shape)).astype(np.float32)),
-                          params) for _ in range(num_steps)]
-    total = epochs * steps_per_epoch
-    schedules = optim.build_schedules(cfg, total, steps_per_epoch, global_batch=256)
-    tx = optim.build_optimizer(cfg, schedules, params, steps_per_epoch)
+def _trajectory(tx, params, grads) -> list:
+    """[params, params after grads[0], after grads[1], ...] under the optax transformation tx."""
     state = tx.init(params)
 
     @fast_jit
@@ -277,6 +268,20 @@ def _run_build_optimizer(num_steps, steps_per_epoch=3, epochs=4):
     for g in grads:
         params, state = update(params, state, g)
         history.append(params)
+    return history
+
+
+def _run_build_optimizer(num_steps, steps_per_epoch=3, epochs=4):
+    cfg = _optim_cfg()
+    rng = np.random.RandomState(0)
+    params = jax.tree.map(jnp.asarray, _tiny_params(rng))
+    # Gradients differ every step and some exceed clip_grad=3, so clipping, moments and
+    # bias corrections all matter.
+    grads = [jax.tree.map(lambda p: jnp.asarray((rng.uniform(0.2, 4.0) * rng.randn(*p.shape)).astype(np.float32)),
+                          params) for _ in range(num_steps)]
+    total = epochs * steps_per_epoch
+    schedules = optim.build_schedules(cfg, total, steps_per_epoch, global_batch=256)
+    history = _trajectory(optim.build_optimizer(cfg, schedules, params, steps_per_epoch), params, grads)
     lr = np_cosine_scheduler(cfg.lr, cfg.min_lr, epochs, steps_per_epoch, cfg.warmup_epochs)
     wd = np_cosine_scheduler(cfg.weight_decay, cfg.weight_decay_end, epochs, steps_per_epoch)
     return cfg, history, grads, lr, wd
@@ -363,23 +368,13 @@ def _run_optimizer(cfg, num_steps=6, steps_per_epoch=2, epochs=3):
     params = jax.tree.map(jnp.asarray, _two_view_params(rng))
     grads = [jax.tree.map(lambda p: jnp.asarray(rng.randn(*p.shape).astype(np.float32)), params) for _ in range(num_steps)]
     schedules = optim.build_schedules(cfg, epochs * steps_per_epoch, steps_per_epoch, global_batch=256)
-    tx = optim.build_optimizer(cfg, schedules, params, steps_per_epoch)
-    state = tx.init(params)
-
-    @fast_jit
-    def update(params, state, g):
-        updates, state = tx.update(g, state, params)
-        return optax.apply_updates(params, updates), state
+    history = _trajectory(optim.build_optimizer(cfg, schedules, params, steps_per_epoch), params, grads)
 
     def flat(tree):
         return {_path(k): np.asarray(v, np.float64) for k, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
-    history = [flat(params)]
-    for g in grads:
-        params, state = update(params, state, g)
-        history.append(flat(params))
     lr = evaluate(schedules.learning_rate, num_steps)
-    return history, [flat(g) for g in grads], lr
+    return [flat(p) for p in history], [flat(g) for g in grads], lr
 
 
 class NumpyMomentumSGD:
