@@ -142,8 +142,8 @@ def _kill_chain(workdir, kills: int, rng: random.Random, events: list) -> None:
         if i % 2 == 0:
             time.sleep(rng.uniform(0.5, 9.0))
             where = "start-up"
-        else:
-            assert proc.wait_for(r"^compiled train step"), proc.output()
+        else:  # after the first step of this process: its checkpoint write has just started
+            assert proc.wait_for(r"^step \d+/"), proc.output()
             time.sleep(rng.uniform(0.0, 0.6))
             where = "training loop"
         proc.popen.kill()
@@ -213,6 +213,7 @@ def campaign(tfds_data_dir, tmp_path_factory):
 
     # 4. Damage the two newest checkpoints: truncate every array file of the newest, remove the
     #    metadata of the one before.
+    assert len(complete_steps(workdir)) >= 3, f"the kills left too few checkpoints: {checkpoint_entries(workdir)}"
     newest, previous = complete_steps(workdir)[-1], complete_steps(workdir)[-2]
 
     def damage():

@@ -40,6 +40,8 @@ class TwoViewMethod:
 
     def __init__(self, config, steps_per_epoch: int):
         del steps_per_epoch
+        if self.target not in TARGETS:
+            raise ValueError(f"{type(self).__name__}.target must be one of {TARGETS}, got {self.target!r}")
         modules = {"backbone": build_backbone(config.model), "projector": projection_mlp(config.method.projector)}
         if self.has_predictor:
             modules["predictor"] = projection_mlp(config.method.predictor)
