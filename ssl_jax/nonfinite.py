@@ -59,7 +59,8 @@ class NonFiniteGuard:
         if self.consecutive > self.max_skips:
             raise NonFiniteError(f"{message}: {self.consecutive} non-finite steps in a row, more than "
                                  f"config.nonfinite.max_consecutive_skips={self.max_skips}; the run has diverged. "
-                                 f"The last good checkpoint stays the latest. Lower --config.optim.lr or check the data.")
+                                 f"The last good checkpoint stays the latest. Lower --config.optim.lr or check "
+                                 f"the data.")
         self.log(f"{message}: update skipped (config.nonfinite.policy=skip, {self.consecutive} in a row)")
         return True
 
