@@ -20,7 +20,6 @@ from ml_collections import config_flags
 
 from ssl_jax import sharding, train
 from ssl_jax.batch import example_batch
-from ssl_jax.step import jit_train_step
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file and preset.", lock_config=True)
 _STEPS = flags.DEFINE_integer("steps", 10, "Timed steps (after one warm-up step).")
@@ -56,7 +55,7 @@ def main(argv):
     state = train.create_state(config, run)
     batch = sharding.to_global_batch(example_batch(config.augment, config.batch_size, jax.random.key(1)), run.mesh)
     start = time.perf_counter()
-    step = jit_train_step(run.method, run.tx, run.schedules, run.mesh).lower(state, batch).compile()
+    step = train.jit_step(config, run).lower(state, batch).compile()  # the config's FSDP / accumulation
     compile_seconds = time.perf_counter() - start
     flops = train.step_flops(step)
     state, metrics = step(state, batch)

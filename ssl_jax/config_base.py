@@ -14,6 +14,8 @@ from typing import Callable
 
 import ml_collections
 
+from ssl_jax.partition import DEFAULT_RULES
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
@@ -28,8 +30,19 @@ def base_config() -> ml_collections.ConfigDict:
     c.num_epochs = 100
     c.steps_per_epoch = 0  # 0: len(train split) // batch_size (drop_last, as the references' DataLoaders).
     c.log_every_steps = 100
+    # Several processes: auto (Cloud TPU, SLURM) or explicit; the SSL_JAX_* environment variables of
+    # launch/local_multiprocess.sh take precedence (ssl_jax/sharding.py).
     c.distributed = ml_collections.ConfigDict({"auto": False, "coordinator_address": "", "num_processes": 1,
                                                "process_id": 0})
+    # Scale-out (docs/ARCHITECTURE.md, "Scaling out"). Mixed precision: the layers compute in
+    # compute_dtype; parameters, optimiser state, softmax and losses stay float32. bfloat16 is
+    # for GPU/TPU (these ImageNet presets); the CPU presets (use_cifar10) set float32.
+    c.compute_dtype = "bfloat16"
+    c.remat = False  # recompute each ViT/ResNet block in the backward pass (less memory, ~1/3 more compute)
+    c.accum_steps = 1  # >1: one update from that many micro-batches of batch_size / accum_steps (ssl_jax/accumulate.py)
+    # FSDP: fsdp > 1 makes the mesh ("data", "fsdp") and shards the state's leaves by these
+    # (path regex, PartitionSpec) rules, first match wins (ssl_jax/partition.py).
+    c.parallel = ml_collections.ConfigDict({"fsdp": 1, "rules": DEFAULT_RULES})
 
     c.dataset = ml_collections.ConfigDict()
     c.dataset.name = "imagenet2012"
@@ -74,6 +87,7 @@ def use_cifar10(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     The caller still scales the method (crop sizes, model, schedule) to the dataset.
     """
     c.log_every_steps = 50
+    c.compute_dtype = "float32"  # CPU-sized presets: bfloat16 is emulated (slower) on CPUs
     c.dataset.name = "cifar10"
     c.dataset.num_classes = 10
     # tfds wrote the records in shuffled order; 10k decorrelates further and refills in ~2 s

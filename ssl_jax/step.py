@@ -9,6 +9,9 @@ the loss. A step whose loss or gradient norm is NaN/Inf changes nothing but the
 step counter and the rng (metric `nonfinite` = 1): the loop then stops or goes on,
 per `config.nonfinite.policy`. Nothing method-specific happens here. Importable
 without tensorflow.
+
+With `accum_steps` > 1 the gradient is averaged over that many micro-batches of the
+global batch (`ssl_jax.accumulate`) before the one optimiser update.
 """
 from __future__ import annotations
 
@@ -19,15 +22,16 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from ssl_jax.accumulate import accumulated_value_and_grad
 from ssl_jax.optim import Schedules
 from ssl_jax.state import TrainState, ema_update, tree_global_norm
 
 
 def train_step(state: TrainState, batch: dict, *, method, tx: optax.GradientTransformation,
-               schedules: Schedules) -> tuple[TrainState, dict]:
+               schedules: Schedules, accum_steps: int = 1) -> tuple[TrainState, dict]:
     """One optimisation step on a global batch. Pure: returns the new state and scalar metrics."""
     rng, step_rng = jax.random.split(state.rng)
-    grad_fn = jax.value_and_grad(method.loss, has_aux=True)
+    grad_fn = accumulated_value_and_grad(method.loss, accum_steps)
     (loss, aux), grads = grad_fn(state.params, state.teacher, state.method_state, state.model_state, batch,
                                  step_rng, state.step)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -62,12 +66,15 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
-    """Sharding of a batch: the leading (example) axis split over the mesh's `data` axis."""
-    return NamedSharding(mesh, P("data"))
+    """Sharding of a batch: the leading (example) axis split over every device, i.e. over the
+    mesh's `data` axis (and its `fsdp` axis when parameters are sharded)."""
+    return NamedSharding(mesh, P(mesh.axis_names if len(mesh.axis_names) > 1 else mesh.axis_names[0]))
 
 
-def jit_train_step(method, tx, schedules: Schedules, mesh: Mesh):
-    """`train_step` jitted over `mesh`: state replicated and donated, batch on `data`."""
-    step = functools.partial(train_step, method=method, tx=tx, schedules=schedules)
-    return jax.jit(step, in_shardings=(replicated(mesh), batch_sharding(mesh)),
-                   out_shardings=(replicated(mesh), replicated(mesh)), donate_argnums=0)
+def jit_train_step(method, tx, schedules: Schedules, mesh: Mesh, state_sharding=None, accum_steps: int = 1):
+    """`train_step` jitted over `mesh`: state donated, batch split over the devices. The state is
+    replicated unless `state_sharding` (a TrainState of NamedShardings, `ssl_jax.partition`) says otherwise."""
+    step = functools.partial(train_step, method=method, tx=tx, schedules=schedules, accum_steps=accum_steps)
+    state_sharding = replicated(mesh) if state_sharding is None else state_sharding
+    return jax.jit(step, in_shardings=(state_sharding, batch_sharding(mesh)),
+                   out_shardings=(state_sharding, replicated(mesh)), donate_argnums=0)

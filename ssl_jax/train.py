@@ -19,7 +19,7 @@ from typing import NamedTuple
 import jax
 import numpy as np
 
-from ssl_jax import run_config, sharding
+from ssl_jax import partition, run_config, sharding
 from ssl_jax.batch import example_batch
 from ssl_jax.checkpoint import Checkpointer, abstract_like
 from ssl_jax.collapse import CollapseMonitor
@@ -59,8 +59,8 @@ def steps_per_epoch_of(config) -> int:
 
 def setup(config, steps_per_epoch: int | None = None) -> Run:
     """Builds mesh, method, schedules and optimiser (no arrays yet)."""
-    mesh = sharding.make_mesh()
-    local_batch = sharding.check_global_batch(config.batch_size, mesh)
+    mesh = sharding.make_mesh(config.get("parallel", {}).get("fsdp", 1))
+    local_batch = sharding.check_global_batch(config.batch_size, mesh, accum_steps=config.get("accum_steps", 1))
     sharding.check_global_batch(config.eval.batch_size, mesh, field="eval.batch_size")  # fail before training
     steps_per_epoch = steps_per_epoch or steps_per_epoch_of(config)
     total_steps = config.num_epochs * steps_per_epoch
@@ -71,8 +71,8 @@ def setup(config, steps_per_epoch: int | None = None) -> Run:
     return Run(method, tx, schedules, mesh, steps_per_epoch, total_steps, local_batch)
 
 
-def create_state(config, run: Run) -> TrainState:
-    """A fresh TrainState, initialised under jit and replicated over the mesh."""
+def _init_fn(config, run: Run):
+    """rng -> a fresh TrainState (traced under jit or eval_shape)."""
 
     def init(rng):
         init_rng, state_rng = jax.random.split(rng)
@@ -81,7 +81,25 @@ def create_state(config, run: Run) -> TrainState:
                           opt_state=run.tx.init(variables.params), teacher=variables.teacher,
                           method_state=variables.method_state, model_state=variables.model_state, rng=state_rng)
 
-    return jax.jit(init, out_shardings=replicated(run.mesh))(jax.random.key(config.seed))
+    return init
+
+
+def state_sharding(config, run: Run):
+    """The TrainState's shardings on run.mesh: replicated, or sharded by config.parallel.rules
+    when the mesh has an fsdp axis (`ssl_jax.partition`)."""
+    abstract = jax.eval_shape(_init_fn(config, run), jax.random.key(0))
+    return partition.state_shardings(abstract, run.mesh, config.get("parallel", {}).get("rules", ()))
+
+
+def create_state(config, run: Run) -> TrainState:
+    """A fresh TrainState, initialised under jit and laid out over the mesh (`state_sharding`)."""
+    return jax.jit(_init_fn(config, run), out_shardings=state_sharding(config, run))(jax.random.key(config.seed))
+
+
+def jit_step(config, run: Run):
+    """The jitted train step for this config: the state's sharding and gradient accumulation."""
+    return jit_train_step(run.method, run.tx, run.schedules, run.mesh, state_sharding=state_sharding(config, run),
+                          accum_steps=config.get("accum_steps", 1))
 
 
 def restore_or_create(config, run: Run, checkpointer: Checkpointer, step: int | None = None,
@@ -120,6 +138,8 @@ def evaluate(config, run: Run, state: TrainState, logger: MetricLogger, step: in
     from ssl_jax.eval.knn_eval import evaluate_knn  # imports tensorflow
 
     start = time.time()
+    if len(run.mesh.axis_names) > 1:  # a parameter-sharded (FSDP) state is gathered for the feature pass
+        state = jax.jit(lambda s: s, out_shardings=replicated(run.mesh))(state)
     results = evaluate_knn(config, run.method, state, run.mesh)
     logger.write(step, results, prefix="eval")
     log_line(f"eval step {step}: " + " ".join(f"{k}={100 * v:.2f}%" for k, v in results.items())
@@ -174,7 +194,8 @@ def _checked_loop(config, workdir: str, run: Run, checkpointer: Checkpointer, al
         log_line(f"config changed at step {start_step} (--allow_config_change, recorded in "
                  f"{run_config.CHANGES_FILE}): {run_config.describe(changes)}")
     log_line(f"{config.method.name}: {run.total_steps} steps ({config.num_epochs} epochs x {run.steps_per_epoch}), "
-             f"global batch {config.batch_size} on {run.mesh.devices.size} device(s), "
+             f"global batch {config.batch_size} on {sharding.describe_mesh(run.mesh)}"
+             + (f" in {config.accum_steps} micro-batches" if config.get("accum_steps", 1) > 1 else "") + ", "
              + (f"resuming from step {start_step}" if start_step else "starting from scratch") + f"; workdir {workdir}")
 
     if sigterm.received and jax.process_count() == 1:
@@ -182,7 +203,7 @@ def _checked_loop(config, workdir: str, run: Run, checkpointer: Checkpointer, al
         return {"preempted_at": start_step}
     logger = MetricLogger(workdir)
     collapse = CollapseMonitor(config.collapse.patience, config.collapse.tolerance, log_line)
-    train_step = jit_train_step(run.method, run.tx, run.schedules, run.mesh)
+    train_step = jit_step(config, run)
     pending, last_scalars, results = [], {}, {}
     train_seconds, interval_start, interval_steps, skipped = 0.0, None, 0, 0
     last_saved = start_step

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 
 from ssl_jax import losses
 from ssl_jax.methods.base import LossOutput, MethodVariables
-from ssl_jax.models.backbones import build_backbone
+from ssl_jax.models.backbones import backbone_kwargs, build_backbone, compute_dtype
 from ssl_jax.models.heads import DINOHead
 from ssl_jax.models.multicrop import apply_per_resolution
 from ssl_jax.optim import per_epoch_linear_warmup
@@ -31,9 +31,9 @@ class DINO:
         cfg = config.method
         if config.model.name != "vit":
             raise ValueError(f"DINO here supports config.model.name='vit', got {config.model.name!r}")
-        self.backbone = build_backbone(config.model)
+        self.backbone = build_backbone(config.model, **backbone_kwargs(config))
         self.head = DINOHead(cfg.out_dim, cfg.head_hidden_dim, cfg.head_bottleneck_dim, cfg.head_nlayers,
-                             cfg.norm_last_layer)
+                             cfg.norm_last_layer, compute_dtype(config))
         self.student_temp = cfg.student_temp
         self.center_momentum = cfg.center_momentum
         self.teacher_temp = per_epoch_linear_warmup(cfg.warmup_teacher_temp, cfg.teacher_temp,
@@ -96,4 +96,4 @@ class DINO:
     def features(self, backbone_params, model_state, images: jax.Array) -> jax.Array:
         """[CLS] features [B, D] of the frozen backbone."""
         del model_state
-        return self.backbone.apply({"params": backbone_params}, images)
+        return self.backbone.apply({"params": backbone_params}, images).astype(jnp.float32)

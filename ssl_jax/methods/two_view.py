@@ -21,7 +21,7 @@ import jax.numpy as jnp
 
 from ssl_jax import losses
 from ssl_jax.methods.base import LossOutput, MethodVariables
-from ssl_jax.models.backbones import build_backbone
+from ssl_jax.models.backbones import backbone_kwargs, build_backbone, compute_dtype
 from ssl_jax.models.heads import projection_mlp
 from ssl_jax.models.network import Network
 
@@ -42,9 +42,11 @@ class TwoViewMethod:
         del steps_per_epoch
         if self.target not in TARGETS:
             raise ValueError(f"{type(self).__name__}.target must be one of {TARGETS}, got {self.target!r}")
-        modules = {"backbone": build_backbone(config.model), "projector": projection_mlp(config.method.projector)}
+        dtype = compute_dtype(config)
+        modules = {"backbone": build_backbone(config.model, **backbone_kwargs(config)),
+                   "projector": projection_mlp(config.method.projector, dtype)}
         if self.has_predictor:
-            modules["predictor"] = projection_mlp(config.method.predictor)
+            modules["predictor"] = projection_mlp(config.method.predictor, dtype)
         self.network = Network(modules)
         self.config = config.method
 
@@ -117,4 +119,4 @@ class TwoViewMethod:
     def features(self, backbone_params, model_state, images: jax.Array) -> jax.Array:
         """Pooled backbone features [B, D] (ResNet: BatchNorm with its running averages)."""
         return self.network.apply({"backbone": backbone_params}, model_state or {}, images, train=False,
-                                  upto="backbone")[0]
+                                  upto="backbone")[0].astype(jnp.float32)

@@ -12,6 +12,10 @@ axis below are over the *global* batch, with the cross-device reduction inserted
 XLA (as SyncBatchNorm / cross-replica BN in the papers). Statistics live in the
 `batch_stats` collection, which the methods keep in the TrainState's `model_state`.
 
+`dtype` is the compute dtype (bfloat16 for mixed precision; parameters and BatchNorm
+statistics stay float32, flax computes the batch statistics in float32); `remat=True`
+recomputes each residual block in the backward pass (`nn.remat`).
+
 `cifar_stem=True` is the CIFAR variant of the SimCLR paper (App. B.9): a 3x3 stride-1
 first convolution and no max-pool, so 32 px images keep a 4x4 final feature map.
 """
@@ -37,11 +41,11 @@ RESNET_DEPTHS = {
 }
 
 
-def _conv(features: int, kernel: int, stride: int = 1, name: str | None = None) -> nn.Conv:
-    """torch Conv2d(kernel, stride, padding=kernel // 2, bias=False)."""
+def _conv(features: int, kernel: int, stride: int = 1, name: str | None = None, dtype=jnp.float32) -> nn.Conv:
+    """torch Conv2d(kernel, stride, padding=kernel // 2, bias=False), computing in `dtype`."""
     pad = kernel // 2
     return nn.Conv(features, (kernel, kernel), (stride, stride), padding=((pad, pad), (pad, pad)), use_bias=False,
-                   kernel_init=conv_kernel_init, name=name)
+                   kernel_init=conv_kernel_init, dtype=dtype, name=name)
 
 
 class ResidualBlock(nn.Module):
@@ -52,21 +56,23 @@ class ResidualBlock(nn.Module):
     bottleneck: bool
     zero_init_residual: bool
     norm: functools.partial
+    dtype: jnp.dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         last_scale_init = nn.initializers.zeros if self.zero_init_residual else nn.initializers.ones
+        conv = functools.partial(_conv, dtype=self.dtype)
         if self.bottleneck:
-            y = nn.relu(self.norm(name="bn1")(_conv(self.features, 1, name="conv1")(x)))
-            y = nn.relu(self.norm(name="bn2")(_conv(self.features, 3, self.stride, name="conv2")(y)))
+            y = nn.relu(self.norm(name="bn1")(conv(self.features, 1, name="conv1")(x)))
+            y = nn.relu(self.norm(name="bn2")(conv(self.features, 3, self.stride, name="conv2")(y)))
             out_features = 4 * self.features
-            y = self.norm(name="bn3", scale_init=last_scale_init)(_conv(out_features, 1, name="conv3")(y))
+            y = self.norm(name="bn3", scale_init=last_scale_init)(conv(out_features, 1, name="conv3")(y))
         else:
-            y = nn.relu(self.norm(name="bn1")(_conv(self.features, 3, self.stride, name="conv1")(x)))
+            y = nn.relu(self.norm(name="bn1")(conv(self.features, 3, self.stride, name="conv1")(x)))
             out_features = self.features
-            y = self.norm(name="bn2", scale_init=last_scale_init)(_conv(out_features, 3, name="conv2")(y))
+            y = self.norm(name="bn2", scale_init=last_scale_init)(conv(out_features, 3, name="conv2")(y))
         if x.shape[-1] != out_features or self.stride != 1:
-            x = self.norm(name="downsample_bn")(_conv(out_features, 1, self.stride, name="downsample_conv")(x))
+            x = self.norm(name="downsample_bn")(conv(out_features, 1, self.stride, name="downsample_conv")(x))
         return nn.relu(x + y)
 
 
@@ -81,26 +87,32 @@ class ResNet(nn.Module):
     cifar_stem: bool = False
     zero_init_residual: bool = True
     width: int = 64
+    dtype: jnp.dtype = jnp.float32  # compute dtype; parameters and statistics are float32
+    remat: bool = False  # recompute each residual block in the backward pass
 
     @nn.compact
     def __call__(self, images: jax.Array, train: bool = False) -> jax.Array:
-        norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9, epsilon=1e-5)
+        norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9, epsilon=1e-5,
+                                 dtype=self.dtype)
+        block = nn.remat(ResidualBlock) if self.remat else ResidualBlock
         if self.cifar_stem:
-            x = nn.relu(norm(name="bn1")(_conv(self.width, 3, name="conv1")(images)))
+            x = nn.relu(norm(name="bn1")(_conv(self.width, 3, name="conv1", dtype=self.dtype)(images)))
         else:
-            x = nn.relu(norm(name="bn1")(_conv(self.width, 7, 2, name="conv1")(images)))
+            x = nn.relu(norm(name="bn1")(_conv(self.width, 7, 2, name="conv1", dtype=self.dtype)(images)))
             x = nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
         for stage, num_blocks in enumerate(self.stage_sizes):
-            for block in range(num_blocks):
-                stride = 2 if stage > 0 and block == 0 else 1
-                x = ResidualBlock(self.width * 2**stage, stride, self.bottleneck, self.zero_init_residual, norm,
-                                  name=f"layer{stage + 1}_{block}")(x)
+            for index in range(num_blocks):
+                stride = 2 if stage > 0 and index == 0 else 1
+                x = block(self.width * 2**stage, stride, self.bottleneck, self.zero_init_residual, norm, self.dtype,
+                          name=f"layer{stage + 1}_{index}")(x)
         return jnp.mean(x, axis=(1, 2))
 
 
-def resnet(depth: int, *, cifar_stem: bool = False, zero_init_residual: bool = True, width: int = 64) -> ResNet:
+def resnet(depth: int, *, cifar_stem: bool = False, zero_init_residual: bool = True, width: int = 64,
+           dtype: jnp.dtype = jnp.float32, remat: bool = False) -> ResNet:
     """ResNet-`depth` (10, 18, 34, 50, 101 or 152); `width` channels in the first stage (64 in the papers)."""
     if depth not in RESNET_DEPTHS:
         raise ValueError(f"unknown ResNet depth {depth} (config.model.depth); choose one of {sorted(RESNET_DEPTHS)}")
     stage_sizes, bottleneck = RESNET_DEPTHS[depth]
-    return ResNet(stage_sizes, bottleneck, cifar_stem=cifar_stem, zero_init_residual=zero_init_residual, width=width)
+    return ResNet(stage_sizes, bottleneck, cifar_stem=cifar_stem, zero_init_residual=zero_init_residual, width=width,
+                  dtype=dtype, remat=remat)

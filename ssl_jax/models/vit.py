@@ -7,6 +7,11 @@ the one the model was built for, so that 224 px global and 96 px local crops sha
 one set of weights (or fixed 2-D sin-cos embeddings, as MoCo v3). Linear layers use truncated-normal(0.02) init with zero bias,
 as `VisionTransformer._init_weights` does.
 
+Mixed precision: `dtype` is the compute dtype of every layer (bfloat16 on GPU/TPU presets);
+parameters stay float32 (flax's `param_dtype`), the attention softmax runs in float32, and
+LayerNorm statistics are float32 (flax). `remat=True` recomputes each block in the backward
+pass (`nn.remat`) instead of storing its activations.
+
 Parameter names follow the timm/DINO state-dict names where it costs nothing
 (`cls_token`, `pos_embed`, `patch_embed`, `blocks_i`, `norm`) so that loading an
 official checkpoint is a documented renaming.
@@ -91,18 +96,19 @@ class Attention(nn.Module):
     """Multi-head self-attention; also returns the attention weights [B, H, N, N]."""
 
     num_heads: int
+    dtype: jnp.dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
         batch, tokens, dim = x.shape
         head_dim = dim // self.num_heads
-        qkv = nn.Dense(3 * dim, kernel_init=trunc_normal, name="qkv")(x)
+        qkv = nn.Dense(3 * dim, kernel_init=trunc_normal, dtype=self.dtype, name="qkv")(x)
         qkv = qkv.reshape(batch, tokens, 3, self.num_heads, head_dim)
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # [B, N, H, d]
         logits = jnp.einsum("bqhd,bkhd->bhqk", q * head_dim**-0.5, k)
         attn = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(v.dtype)
         out = jnp.einsum("bhqk,bkhd->bqhd", attn, v).reshape(batch, tokens, dim)
-        return nn.Dense(dim, kernel_init=trunc_normal, name="proj")(out), attn
+        return nn.Dense(dim, kernel_init=trunc_normal, dtype=self.dtype, name="proj")(out), attn
 
 
 class Block(nn.Module):
@@ -111,16 +117,18 @@ class Block(nn.Module):
     num_heads: int
     mlp_ratio: float = 4.0
     drop_path: float = 0.0
+    dtype: jnp.dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array, deterministic: bool) -> tuple[jax.Array, jax.Array]:
         dim = x.shape[-1]
-        y, attn = Attention(self.num_heads, name="attn")(nn.LayerNorm(1e-6, name="norm1")(x))
+        norm1 = nn.LayerNorm(1e-6, dtype=self.dtype, name="norm1")
+        y, attn = Attention(self.num_heads, self.dtype, name="attn")(norm1(x))
         x = x + DropPath(self.drop_path)(y, deterministic)
-        y = nn.LayerNorm(1e-6, name="norm2")(x)
-        y = nn.Dense(int(dim * self.mlp_ratio), kernel_init=trunc_normal, name="fc1")(y)
+        y = nn.LayerNorm(1e-6, dtype=self.dtype, name="norm2")(x)
+        y = nn.Dense(int(dim * self.mlp_ratio), kernel_init=trunc_normal, dtype=self.dtype, name="fc1")(y)
         y = nn.gelu(y, approximate=False)
-        y = nn.Dense(dim, kernel_init=trunc_normal, name="fc2")(y)
+        y = nn.Dense(dim, kernel_init=trunc_normal, dtype=self.dtype, name="fc2")(y)
         return x + DropPath(self.drop_path)(y, deterministic), attn
 
 
@@ -141,6 +149,8 @@ class VisionTransformer(nn.Module):
     mlp_ratio: float = 4.0
     drop_path_rate: float = 0.0
     pos_embed: str = "learned"  # "learned" (DINO, timm) or "sincos" (fixed, MoCo v3)
+    dtype: jnp.dtype = jnp.float32  # compute dtype; parameters are float32
+    remat: bool = False  # recompute each block in the backward pass
 
     @nn.compact
     def __call__(self, images: jax.Array, train: bool = False, return_all: bool = False):
@@ -152,10 +162,10 @@ class VisionTransformer(nn.Module):
         # Patchify then one matmul: the same map as DINO's Conv2d(k=p, stride=p), faster on CPU.
         patches = images.reshape(batch, grid[0], p, grid[1], p, channels)
         patches = patches.transpose(0, 1, 3, 2, 4, 5).reshape(batch, grid[0] * grid[1], p * p * channels)
-        x = nn.Dense(self.embed_dim, kernel_init=torch_conv_kernel_init, name="patch_embed")(patches)
+        x = nn.Dense(self.embed_dim, kernel_init=torch_conv_kernel_init, dtype=self.dtype, name="patch_embed")(patches)
 
         cls_token = self.param("cls_token", trunc_normal, (1, 1, self.embed_dim))
-        x = jnp.concatenate([jnp.broadcast_to(cls_token, (batch, 1, self.embed_dim)), x], axis=1)
+        x = jnp.concatenate([jnp.broadcast_to(cls_token.astype(x.dtype), (batch, 1, self.embed_dim)), x], axis=1)
         if self.pos_embed == "sincos":
             x = x + sincos_pos_embed(grid, self.embed_dim).astype(x.dtype)
         elif self.pos_embed == "learned":
@@ -166,10 +176,11 @@ class VisionTransformer(nn.Module):
             raise ValueError(f"unknown pos_embed {self.pos_embed!r} (config.model.pos_embed); use 'learned' or 'sincos'")
 
         drop_rates = np.linspace(0.0, self.drop_path_rate, self.depth).tolist()
-        norm = nn.LayerNorm(1e-6, name="norm")
+        norm = nn.LayerNorm(1e-6, dtype=self.dtype, name="norm")
+        block = nn.remat(Block, static_argnums=(2,)) if self.remat else Block  # (self, x, deterministic)
         all_tokens, all_attn = [], []
         for i in range(self.depth):
-            x, attn = Block(self.num_heads, self.mlp_ratio, drop_rates[i], name=f"blocks_{i}")(x, not train)
+            x, attn = block(self.num_heads, self.mlp_ratio, drop_rates[i], self.dtype, name=f"blocks_{i}")(x, not train)
             if return_all:
                 all_tokens.append(x)
                 all_attn.append(attn)
@@ -181,7 +192,7 @@ class VisionTransformer(nn.Module):
 
 def vit(size: str, *, img_size: int, patch_size: int, drop_path_rate: float = 0.0,
         embed_dim: Optional[int] = None, depth: Optional[int] = None, num_heads: Optional[int] = None,
-        pos_embed: str = "learned") -> VisionTransformer:
+        pos_embed: str = "learned", dtype: jnp.dtype = jnp.float32, remat: bool = False) -> VisionTransformer:
     """Builds a named ViT (`tiny|small|base|large`) or a custom one when size='custom'."""
     if size == "custom":
         if None in (embed_dim, depth, num_heads):
@@ -192,4 +203,5 @@ def vit(size: str, *, img_size: int, patch_size: int, drop_path_rate: float = 0.
     else:
         raise ValueError(f"unknown ViT size {size!r}; choose one of {sorted(VIT_SIZES)} or 'custom'")
     return VisionTransformer(img_size=img_size, patch_size=patch_size, embed_dim=dims[0], depth=dims[1],
-                             num_heads=dims[2], drop_path_rate=drop_path_rate, pos_embed=pos_embed)
+                             num_heads=dims[2], drop_path_rate=drop_path_rate, pos_embed=pos_embed, dtype=dtype,
+                             remat=remat)
