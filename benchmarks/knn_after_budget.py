@@ -6,9 +6,9 @@
 Starts `python -m ssl_jax.main` with kNN evaluation during training off, sends it
 SIGTERM after --minutes of wall-clock time (start-up and compilation included; the
 run finishes its step, writes a checkpoint and exits), then runs `--mode=eval` on
-that checkpoint. Prints one markdown table row: config, steps done, training
-seconds, median s/step, images/s and the kNN accuracies. Extra --config.* overrides
-after `--` are passed to both runs.
+that (the latest) checkpoint. Prints one markdown table row: config, budget, the
+checkpoint's step, median s/step, images/s at that median and the kNN accuracies.
+Extra --config.* overrides after `--` are passed to both runs.
 """
 from __future__ import annotations
 
@@ -43,21 +43,23 @@ def main(argv):
         sys.exit(f"error: training exited with {train.returncode}")
     metrics_file = os.path.join(_WORKDIR.value, "metrics", "metrics.jsonl")
     records = [json.loads(line) for line in open(metrics_file)] if os.path.exists(metrics_file) else []
-    if not any(r["split"] == "train" for r in records):
+    records = [r for r in records if r["split"] == "train"]
+    if not records:
         sys.exit(f"error: no training step finished within {_MINUTES.value} minutes; raise --minutes")
-    last = [r for r in records if r["split"] == "train"][-1]
+    checkpoints = os.path.join(_WORKDIR.value, "checkpoints")
+    step = max(int(name) for name in os.listdir(checkpoints) if name.isdigit())  # the one SIGTERM wrote
     start = time.time()
-    subprocess.run(base + ["--mode=eval", f"--step={last['step']}"], check=True)
+    subprocess.run(base + ["--mode=eval", f"--step={step}"], check=True)
     eval_seconds = time.time() - start
-    with open(os.path.join(_WORKDIR.value, "checkpoints", f"eval_{last['step']}.json")) as f:
+    with open(os.path.join(checkpoints, f"eval_{step}.json")) as f:
         knn = {k: v for k, v in json.load(f).items() if k.startswith("knn")}
-    step_times = sorted(r["step_time"] for r in records if r["split"] == "train")
+    step_times = sorted(r["step_time"] for r in records)
     median = step_times[len(step_times) // 2]
-    print("| config | steps | train s | s/step (median) | images/s | " + " | ".join(knn) + " | eval s |")
+    batch = records[-1]["images_per_sec"] * records[-1]["step_time"]
+    print("| config | budget | steps | s/step (median) | images/s | " + " | ".join(knn) + " | eval s |")
     print("|---|---|---|---|---|" + "---|" * len(knn) + "---|")
-    print(f"| {_CONFIG.value} | {last['step']} | {last['train_seconds']:.0f} | {median:.2f} "
-          f"| {last['images_per_sec']:.0f} | " + " | ".join(f"{100 * v:.2f}%" for v in knn.values())
-          + f" | {eval_seconds:.0f} |")
+    print(f"| {_CONFIG.value} | {_MINUTES.value:g} min | {step} | {median:.2f} | {batch / median:.0f} | "
+          + " | ".join(f"{100 * v:.2f}%" for v in knn.values()) + f" | {eval_seconds:.0f} |")
 
 
 if __name__ == "__main__":
