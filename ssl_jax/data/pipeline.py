@@ -137,13 +137,19 @@ def _naming_bad_images(batches: Iterator[dict], start_step: int, undecodable) ->
         except StopIteration:
             return
         except tf.errors.OpError as e:
-            bad = undecodable(step)
-            what = (f"cannot decode {len(bad)} image(s) of the batch of step {step + 1}: {', '.join(bad[:5])}"
-                    + (" ..." if len(bad) > 5 else "") + "; delete or replace them (JPEG/PNG/GIF/BMP)") if bad else (
-                f"reading the batch of step {step + 1} failed ({type(e).__name__}: {e.message.splitlines()[0][:200]})")
-            raise UserError(f"{what}, then run the same command again (checkpoints are untouched)") from None
+            raise UserError(_bad_batch_message(step + 1, undecodable(step), e)) from None
         yield batch
         step += 1
+
+
+def _bad_batch_message(step: int, bad: list[str], error: Exception) -> str:
+    """One line: the undecodable files of the batch of `step` if any were found, else tf's own reason."""
+    if bad:
+        what = (f"cannot decode {len(bad)} image(s) of the batch of step {step}: {', '.join(bad[:5])}"
+                f"{' ...' if len(bad) > 5 else ''}; delete or replace them (JPEG/PNG/GIF/BMP)")
+    else:
+        what = f"reading the batch of step {step} failed ({type(error).__name__}: {str(error).splitlines()[0][:200]})"
+    return f"{what}, then run the same command again (checkpoints are untouched)"
 
 
 def train_batches(config, start_step: int, steps_per_epoch: int, local_batch: int) -> Iterator[dict]:
