@@ -53,7 +53,7 @@ def measure(size: str, fsdp: int) -> dict:
     config = dino_config(size, fsdp)
     run = train.setup(config, steps_per_epoch=1000)
     shardings = train.state_sharding(config, run)
-    abstract = jax.eval_shape(train._init_fn(config, run), jax.random.key(0))
+    abstract = jax.eval_shape(train.init_state_fn(config, run), jax.random.key(0))
     abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract, shardings)
     batch = example_batch(config.augment, config.batch_size)
     batch = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding.batch_sharding(run.mesh)),

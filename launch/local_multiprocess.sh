@@ -19,7 +19,7 @@ shift
 [[ $num_processes =~ ^[1-9][0-9]*$ ]] || { echo "error: N must be a positive integer, got '$num_processes'" >&2; usage; }
 python=${PYTHON:-python3}
 command -v "$python" >/dev/null || { echo "error: $python not found; activate the venv or set PYTHON" >&2; exit 2; }
-cd "$(dirname "$0")/.."
+"$python" -c 'import ssl_jax' 2>/dev/null || { echo "error: $python cannot import ssl_jax; pip install -e . (or run from the repository root)" >&2; exit 2; }
 
 port=${SSL_JAX_PORT:-$("$python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}
 [[ $port =~ ^[0-9]+$ ]] || { echo "error: SSL_JAX_PORT must be a port number, got '$port'" >&2; exit 2; }

@@ -71,7 +71,7 @@ def setup(config, steps_per_epoch: int | None = None) -> Run:
     return Run(method, tx, schedules, mesh, steps_per_epoch, total_steps, local_batch)
 
 
-def _init_fn(config, run: Run):
+def init_state_fn(config, run: Run):
     """rng -> a fresh TrainState (traced under jit or eval_shape)."""
 
     def init(rng):
@@ -87,13 +87,14 @@ def _init_fn(config, run: Run):
 def state_sharding(config, run: Run):
     """The TrainState's shardings on run.mesh: replicated, or sharded by config.parallel.rules
     when the mesh has an fsdp axis (`ssl_jax.partition`)."""
-    abstract = jax.eval_shape(_init_fn(config, run), jax.random.key(0))
+    abstract = jax.eval_shape(init_state_fn(config, run), jax.random.key(0))
     return partition.state_shardings(abstract, run.mesh, config.get("parallel", {}).get("rules", ()))
 
 
 def create_state(config, run: Run) -> TrainState:
     """A fresh TrainState, initialised under jit and laid out over the mesh (`state_sharding`)."""
-    return jax.jit(_init_fn(config, run), out_shardings=state_sharding(config, run))(jax.random.key(config.seed))
+    init = jax.jit(init_state_fn(config, run), out_shardings=state_sharding(config, run))
+    return init(jax.random.key(config.seed))
 
 
 def jit_step(config, run: Run):

@@ -162,7 +162,8 @@ class VisionTransformer(nn.Module):
         # Patchify then one matmul: the same map as DINO's Conv2d(k=p, stride=p), faster on CPU.
         patches = images.reshape(batch, grid[0], p, grid[1], p, channels)
         patches = patches.transpose(0, 1, 3, 2, 4, 5).reshape(batch, grid[0] * grid[1], p * p * channels)
-        x = nn.Dense(self.embed_dim, kernel_init=torch_conv_kernel_init, dtype=self.dtype, name="patch_embed")(patches)
+        x = nn.Dense(self.embed_dim, kernel_init=torch_conv_kernel_init, dtype=self.dtype,
+                     name="patch_embed")(patches)
 
         cls_token = self.param("cls_token", trunc_normal, (1, 1, self.embed_dim))
         x = jnp.concatenate([jnp.broadcast_to(cls_token.astype(x.dtype), (batch, 1, self.embed_dim)), x], axis=1)
