@@ -9,6 +9,8 @@
 #   e.g. launch/local_multiprocess.sh 2 --config=configs/dino_small.py:smoke --workdir=runs/smoke2
 # Environment: PYTHON (default: python3), SSL_JAX_PORT (default: a free port),
 #   XLA_FLAGS as usual (e.g. --xla_force_host_platform_device_count=2 for 2 CPU devices each).
+# JAX's persistent compilation cache is off in multi-process CPU runs (ssl_jax/sharding.py):
+# steps loaded from it aborted in gloo with a "collective mismatch".
 # Exit status: the first failing process's (the others are then stopped), else 0.
 set -euo pipefail
 
