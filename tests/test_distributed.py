@@ -101,9 +101,10 @@ def _one_process_run(config, save_at: int | None = None, checkpoint_dir=None):
     """
     run = train.setup(config)
     shards = [_process_batches(config, run, p, run.total_steps) for p in range(NUM_PROCESSES)]
-    # Compiled here, not loaded from the persistent cache: SimCLR's 8-device step loaded from it once
-    # deadlocked in an all-gather (device threads at different collectives), as cached steps aborted
-    # in gloo in multi-process runs (ssl_jax/sharding.py).
+    # Compiled here, not loaded from a persistent cache (when JAX_COMPILATION_CACHE_DIR sets one):
+    # SimCLR's 8-device step loaded from it once deadlocked in an all-gather (device threads at
+    # different collectives), as cached steps aborted in gloo in multi-process runs (ssl_jax/sharding.py).
+    cache_enabled = jax.config.jax_enable_compilation_cache
     jax.config.update("jax_enable_compilation_cache", False)
     try:
         step_fn = train.jit_step(config, run)
@@ -111,7 +112,7 @@ def _one_process_run(config, save_at: int | None = None, checkpoint_dir=None):
         step_fn = step_fn.lower(state, sharding.to_global_batch(
             jax.tree.map(lambda *xs: np.concatenate(xs), *[shard[0] for shard in shards]), run.mesh)).compile()
     finally:
-        jax.config.update("jax_enable_compilation_cache", True)
+        jax.config.update("jax_enable_compilation_cache", cache_enabled)
     losses = {}
     for step in range(run.total_steps):
         batch = jax.tree.map(lambda *xs: np.concatenate(xs), *[shard[step] for shard in shards])
