@@ -43,18 +43,112 @@ def dino_cross_entropy(student_logits: jax.Array, teacher_probs: jax.Array, stud
     return jnp.sum(jnp.where(same_view, 0.0, per_pair)) / num_terms
 
 
-def ema_center(center: jax.Array, teacher_logits: jax.Array, momentum: float) -> jax.Array:
+def ema_center(center: jax.Array, teacher_logits: jax.Array, momentum: float,
+               weights: jax.Array | None = None) -> jax.Array:
     """DINO's `update_center`: c <- m c + (1 - m) mean over batch and views of t.
 
-    teacher_logits: [B, V_t, K] (the raw teacher head outputs, over the global batch).
+    teacher_logits: [B, V_t, K] (the raw teacher head outputs, over the global batch), or
+    [B, V_t, N, K] patch logits (iBOT's `center2`: the mean over every leading axis).
+    `weights` [B, V_t(, N)] (e.g. a patch mask) makes it the weighted mean over those
+    entries (DINOv2's patch center: masked patches only); all-zero weights leave c <- m c.
     """
-    batch_center = jnp.mean(teacher_logits.astype(jnp.float32), axis=(0, 1))
+    logits = teacher_logits.astype(jnp.float32)
+    axes = tuple(range(logits.ndim - 1))
+    if weights is None:
+        batch_center = jnp.mean(logits, axis=axes)
+    else:
+        w = weights.astype(jnp.float32)[..., None]
+        batch_center = jnp.sum(logits * w, axis=axes) / jnp.maximum(jnp.sum(w), 1.0)
     return center * momentum + batch_center * (1.0 - momentum)
 
 
 def mean_entropy(probs: jax.Array) -> jax.Array:
     """Mean Shannon entropy (nats) of the distributions on the last axis of probs [..., K]."""
     return -jnp.mean(jnp.sum(probs * jnp.log(jnp.clip(probs, 1e-30)), axis=-1))
+
+
+# ----------------------------------------------------------------------------
+# Masked self-distillation (iBOT, DINOv2): the patch loss, Sinkhorn-Knopp
+# centering and the KoLeo regulariser.
+# ----------------------------------------------------------------------------
+
+
+def masked_patch_cross_entropy(student_logits: jax.Array, teacher_probs: jax.Array, mask: jax.Array,
+                               student_temp: float) -> jax.Array:
+    """iBOT's patch loss: CE(teacher patch, student patch) on the masked patches of each crop.
+
+    student_logits: [B, V, N, K] (the student saw crop v with `mask` applied);
+    teacher_probs: [B, V, N, K] (the teacher saw the same crop unmasked); mask: [B, V, N] bool.
+    Per crop: the sum over its masked patches / max(#masked, 1) (a crop without masked
+    patches contributes 0); then the mean over the B * V crops. This is `iBOTLoss.forward`'s
+    `loss2` averaged over the global views (bytedance/ibot) and DINOv2's
+    `iBOTPatchLoss.forward_masked` (sum weighted by 1/#masked, / number of crops).
+    Unmasked patches get exactly zero weight (and zero gradient).
+    """
+    log_p = jax.nn.log_softmax(student_logits.astype(jnp.float32) / student_temp, axis=-1)
+    ce = -jnp.sum(teacher_probs * log_p, axis=-1)  # [B, V, N]
+    m = mask.astype(jnp.float32)
+    per_crop = jnp.sum(jnp.where(mask, ce, 0.0), axis=-1) / jnp.maximum(jnp.sum(m, axis=-1), 1.0)
+    return jnp.mean(per_crop)
+
+
+def sinkhorn_knopp(teacher_logits: jax.Array, temperature: jax.Array, num_iters: int = 3,
+                   weights: jax.Array | None = None) -> jax.Array:
+    """DINOv2's `sinkhorn_knopp_teacher` (SwAV's): balanced soft assignments, no gradient.
+
+    teacher_logits: [M, K] over the *global* batch (M samples: [CLS] of every global crop, or
+    masked patches); returns Q [M, K] whose rows sum to 1 and whose columns (prototypes)
+    each receive M / K in total: Q = exp(t / tau), normalised to sum 1, then `num_iters`
+    times: each prototype's row (of Q^T) to 1/K, each sample to 1/M; finally x M.
+    `weights` [M] (0/1) leaves some rows out (padding, unmasked patches): they get Q = 0 and
+    M is their count (the reference's all-reduced `n_masked_patches`). The global max is
+    subtracted before exp (the first normalisation cancels it), so large logits / small
+    temperatures do not overflow.
+    """
+    logits = teacher_logits.astype(jnp.float32) / temperature
+    valid = jnp.ones(logits.shape[:1], bool) if weights is None else weights.astype(bool)
+    logits = jnp.where(valid[:, None], logits, -jnp.inf)
+    q = jnp.exp(logits - jnp.max(logits))  # [M, K]; 0 on left-out rows
+    num_samples = jnp.maximum(jnp.sum(valid.astype(jnp.float32)), 1.0)
+    num_prototypes = logits.shape[1]
+    q = q / jnp.sum(q)
+    for _ in range(num_iters):
+        q = q / jnp.sum(q, axis=0, keepdims=True) / num_prototypes  # each prototype: 1/K in total
+        q = q / jnp.maximum(jnp.sum(q, axis=1, keepdims=True), 1e-30) / num_samples  # each sample: 1/M
+    return jax.lax.stop_gradient(q * num_samples)
+
+
+def koleo(features: jax.Array, eps: float = 1e-8) -> jax.Array:
+    """DINOv2's KoLeo regulariser (Sablayrolles et al. 2018): -mean_i log(d(x_i, NN(x_i)) + eps).
+
+    features: [..., n, D]; each [n, D] set is separate (the reference computes it per GPU
+    batch). Features are L2-normalised, in float32; the nearest neighbour is the max inner
+    product excluding the sample itself; d(x, y) = ||x - y + eps|| (torch's
+    `PairwiseDistance(eps=1e-8)`). Mean over every sample of every set.
+
+    Guard: users of the reference hit an inf loss (then NaN gradients) when two samples of a
+    set coincide (duplicate images in small batches, a collapsed backbone) with fp16/bf16
+    features: eps = 1e-8 rounds to 0 there, so d = 0 and -log(0) = inf. Here the features
+    are cast to float32 first (where eps survives), and the distance is floored at eps
+    (sqrt(max(||x - y + eps||^2, eps^2)), which also covers x - y = -eps exactly and keeps
+    sqrt's gradient finite). A duplicate then costs -log((sqrt(D) + 1) eps) ~ 18 - log(sqrt(D) + 1)
+    with a finite gradient; distinct samples are unaffected. The normalisation takes sqrt after
+    the max too, so all-zero features give a finite loss and gradient. A set of n < 2 samples
+    has no neighbour: a ValueError.
+    """
+    n = features.shape[-2]
+    if n < 2:
+        raise ValueError(f"KoLeo needs at least 2 samples per set, got {n} (raise the batch size or "
+                         f"method.koleo_group_size)")
+    x = features.astype(jnp.float32)
+    # x / max(||x||, eps), with sqrt taken after the max: finite gradient at x = 0 too.
+    x = x * jax.lax.rsqrt(jnp.maximum(jnp.sum(jnp.square(x), axis=-1, keepdims=True), eps * eps))
+    dots = jnp.einsum("...id,...jd->...ij", x, x)
+    dots = jnp.where(jnp.eye(n, dtype=bool), -jnp.inf, dots)  # never its own neighbour
+    neighbour = jnp.take_along_axis(x, jnp.argmax(dots, axis=-1)[..., None], axis=-2)  # [..., n, D]
+    sq_dist = jnp.sum(jnp.square(x - neighbour + eps), axis=-1)
+    dist = jnp.sqrt(jnp.maximum(sq_dist, eps * eps))
+    return -jnp.mean(jnp.log(dist + eps))
 
 
 # ----------------------------------------------------------------------------
