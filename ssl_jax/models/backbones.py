@@ -40,7 +40,8 @@ def build_backbone(model_cfg, *, with_drop_path: bool = True, dtype: jnp.dtype =
                    drop_path_rate=model_cfg.drop_path_rate if with_drop_path else 0.0,
                    embed_dim=model_cfg.get("embed_dim") or None, depth=model_cfg.get("depth") or None,
                    num_heads=model_cfg.get("num_heads") or None, pos_embed=model_cfg.get("pos_embed", "learned"),
-                   dtype=dtype, remat=remat)
+                   dtype=dtype, remat=remat, mask_token=model_cfg.get("mask_token", ""),
+                   class_token=model_cfg.get("class_token", True))
     if model_cfg.name == "resnet":
         return resnet(model_cfg.depth, cifar_stem=model_cfg.cifar_stem,
                       zero_init_residual=model_cfg.zero_init_residual, width=model_cfg.get("width", 64),

@@ -93,19 +93,25 @@ class DropPath(nn.Module):
 
 
 class Attention(nn.Module):
-    """Multi-head self-attention; also returns the attention weights [B, H, N, N]."""
+    """Multi-head self-attention; also returns the attention weights [B, H, N, N].
+
+    `kv_mask` [B, N] (bool, optional): keys where it is False get zero attention weight, so
+    padding tokens of a static-size token set never influence the real ones (I-JEPA).
+    """
 
     num_heads: int
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    def __call__(self, x: jax.Array, kv_mask: Optional[jax.Array] = None) -> tuple[jax.Array, jax.Array]:
         batch, tokens, dim = x.shape
         head_dim = dim // self.num_heads
         qkv = nn.Dense(3 * dim, kernel_init=trunc_normal, dtype=self.dtype, name="qkv")(x)
         qkv = qkv.reshape(batch, tokens, 3, self.num_heads, head_dim)
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # [B, N, H, d]
         logits = jnp.einsum("bqhd,bkhd->bhqk", q * head_dim**-0.5, k)
+        if kv_mask is not None:
+            logits = jnp.where(kv_mask[:, None, None, :], logits, jnp.finfo(logits.dtype).min)
         attn = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(v.dtype)
         out = jnp.einsum("bhqk,bkhd->bqhd", attn, v).reshape(batch, tokens, dim)
         return nn.Dense(dim, kernel_init=trunc_normal, dtype=self.dtype, name="proj")(out), attn
@@ -120,10 +126,11 @@ class Block(nn.Module):
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jax.Array, deterministic: bool) -> tuple[jax.Array, jax.Array]:
+    def __call__(self, x: jax.Array, deterministic: bool,
+                 kv_mask: Optional[jax.Array] = None) -> tuple[jax.Array, jax.Array]:
         dim = x.shape[-1]
         norm1 = nn.LayerNorm(1e-6, dtype=self.dtype, name="norm1")
-        y, attn = Attention(self.num_heads, self.dtype, name="attn")(norm1(x))
+        y, attn = Attention(self.num_heads, self.dtype, name="attn")(norm1(x), kv_mask)
         x = x + DropPath(self.drop_path)(y, deterministic)
         y = nn.LayerNorm(1e-6, dtype=self.dtype, name="norm2")(x)
         y = nn.Dense(int(dim * self.mlp_ratio), kernel_init=trunc_normal, dtype=self.dtype, name="fc1")(y)
@@ -139,6 +146,19 @@ class VisionTransformer(nn.Module):
     other input sizes are handled by interpolating it. With `return_all=True` the
     call returns a dict with the [CLS] output, every block's output tokens before the
     final norm (`tokens`: [L, B, 1+N, D]) and attention weights (`attn`: [L, B, H, 1+N, 1+N]) for analyses.
+
+    Masked-image-modelling inputs (keyword arguments of `__call__`):
+      * `mask` [B, N] bool: patch embeddings where it is True are replaced by the learned
+        `mask_token` before the position embeddings are added (SimMIM, iBOT, DINOv2); needs
+        the module built with `mask_token` = 'zeros' (iBOT/DINOv2 init) or 'trunc_normal' (SimMIM);
+      * `keep` [B, K] int: the encoder runs on these patch tokens only, gathered by index after
+        the position embeddings are added (MAE's visible tokens, I-JEPA's context), [CLS] first;
+      * `keep_valid` [B, K] bool (with `keep`): False marks padding entries of `keep`, which
+        no token attends to and pooling ignores (I-JEPA's per-image context sizes at a static K);
+      * `return_tokens=True`: returns every normed output token [B, T, D] ([CLS] first, if
+        any, then the N patches or the K kept ones), not only [CLS].
+    `class_token=False` builds a ViT without [CLS] (I-JEPA); its pooled output is then the mean
+    of the normed patch tokens.
     """
 
     img_size: int = 224
@@ -151,9 +171,13 @@ class VisionTransformer(nn.Module):
     pos_embed: str = "learned"  # "learned" (DINO, timm) or "sincos" (fixed, MoCo v3)
     dtype: jnp.dtype = jnp.float32  # compute dtype; parameters are float32
     remat: bool = False  # recompute each block in the backward pass
+    mask_token: str = ""  # "" (none), "zeros" (iBOT, DINOv2) or "trunc_normal" (SimMIM): init of `mask_token`
+    class_token: bool = True  # False: no [CLS] token (I-JEPA)
 
     @nn.compact
-    def __call__(self, images: jax.Array, train: bool = False, return_all: bool = False):
+    def __call__(self, images: jax.Array, train: bool = False, return_all: bool = False, *,
+                 mask: Optional[jax.Array] = None, keep: Optional[jax.Array] = None,
+                 keep_valid: Optional[jax.Array] = None, return_tokens: bool = False):
         batch, height, width, channels = images.shape
         p = self.patch_size
         if height % p or width % p:
@@ -165,35 +189,67 @@ class VisionTransformer(nn.Module):
         x = nn.Dense(self.embed_dim, kernel_init=torch_conv_kernel_init, dtype=self.dtype,
                      name="patch_embed")(patches)
 
-        cls_token = self.param("cls_token", trunc_normal, (1, 1, self.embed_dim))
-        x = jnp.concatenate([jnp.broadcast_to(cls_token.astype(x.dtype), (batch, 1, self.embed_dim)), x], axis=1)
+        if self.mask_token:
+            inits = {"zeros": nn.initializers.zeros, "trunc_normal": trunc_normal}
+            if self.mask_token not in inits:
+                raise ValueError(f"unknown mask_token init {self.mask_token!r}; use one of {sorted(inits)} or ''")
+            mask_token = self.param("mask_token", inits[self.mask_token], (1, 1, self.embed_dim))
+        if mask is not None:
+            if not self.mask_token:
+                raise ValueError("a mask was given to a ViT without a mask token; build it with "
+                                 "mask_token='zeros' or 'trunc_normal' (config.model.mask_token)")
+            x = jnp.where(mask[..., None], mask_token.astype(x.dtype), x)
+
         if self.pos_embed == "sincos":
-            x = x + sincos_pos_embed(grid, self.embed_dim).astype(x.dtype)
+            pos = sincos_pos_embed(grid, self.embed_dim)
         elif self.pos_embed == "learned":
             num_patches = (self.img_size // p) ** 2
-            pos_embed = self.param("pos_embed", trunc_normal, (1, 1 + num_patches, self.embed_dim))
-            x = x + interpolate_pos_embed(pos_embed, grid).astype(x.dtype)
+            pos = interpolate_pos_embed(self.param("pos_embed", trunc_normal, (1, 1 + num_patches, self.embed_dim)),
+                                        grid)
         else:
             raise ValueError(f"unknown pos_embed {self.pos_embed!r} (config.model.pos_embed); use 'learned' or 'sincos'")
+        pos = pos.astype(x.dtype)  # [1, 1 + N, D], the [CLS] slot first
+        x = x + pos[:, 1:]
+        kv_mask = None
+        if keep is not None:
+            x = jnp.take_along_axis(x, keep[..., None], axis=1)  # [B, K, D]
+            kv_mask = keep_valid
+        if self.class_token:
+            cls_token = self.param("cls_token", trunc_normal, (1, 1, self.embed_dim))
+            cls = jnp.broadcast_to(cls_token.astype(x.dtype) + pos[:, :1], (batch, 1, self.embed_dim))
+            x = jnp.concatenate([cls, x], axis=1)
+            if kv_mask is not None:
+                kv_mask = jnp.concatenate([jnp.ones((batch, 1), bool), kv_mask], axis=1)
 
         drop_rates = np.linspace(0.0, self.drop_path_rate, self.depth).tolist()
         norm = nn.LayerNorm(1e-6, dtype=self.dtype, name="norm")
-        block = nn.remat(Block, static_argnums=(2,)) if self.remat else Block  # (self, x, deterministic)
+        block = nn.remat(Block, static_argnums=(2,)) if self.remat else Block  # (self, x, deterministic, kv_mask)
         all_tokens, all_attn = [], []
         for i in range(self.depth):
-            x, attn = block(self.num_heads, self.mlp_ratio, drop_rates[i], self.dtype, name=f"blocks_{i}")(x, not train)
+            x, attn = block(self.num_heads, self.mlp_ratio, drop_rates[i], self.dtype,
+                            name=f"blocks_{i}")(x, not train, kv_mask)
             if return_all:
                 all_tokens.append(x)
                 all_attn.append(attn)
         x = norm(x)
+        pooled = x[:, 0] if self.class_token else masked_mean(x, keep_valid)
         if return_all:
-            return {"cls": x[:, 0], "tokens": jnp.stack(all_tokens), "attn": jnp.stack(all_attn)}
-        return x[:, 0]
+            return {"cls": pooled, "tokens": jnp.stack(all_tokens), "attn": jnp.stack(all_attn)}
+        return x if return_tokens else pooled
+
+
+def masked_mean(tokens: jax.Array, valid: Optional[jax.Array]) -> jax.Array:
+    """Mean of tokens [B, T, D] over T, over the `valid` [B, T] ones only when given: [B, D]."""
+    if valid is None:
+        return tokens.mean(axis=1)
+    weights = valid.astype(tokens.dtype)[..., None]
+    return (tokens * weights).sum(axis=1) / jnp.maximum(weights.sum(axis=1), 1.0)
 
 
 def vit(size: str, *, img_size: int, patch_size: int, drop_path_rate: float = 0.0,
         embed_dim: Optional[int] = None, depth: Optional[int] = None, num_heads: Optional[int] = None,
-        pos_embed: str = "learned", dtype: jnp.dtype = jnp.float32, remat: bool = False) -> VisionTransformer:
+        pos_embed: str = "learned", dtype: jnp.dtype = jnp.float32, remat: bool = False, mask_token: str = "",
+        class_token: bool = True) -> VisionTransformer:
     """Builds a named ViT (`tiny|small|base|large`) or a custom one when size='custom'."""
     if size == "custom":
         if None in (embed_dim, depth, num_heads):
@@ -205,4 +261,4 @@ def vit(size: str, *, img_size: int, patch_size: int, drop_path_rate: float = 0.
         raise ValueError(f"unknown ViT size {size!r}; choose one of {sorted(VIT_SIZES)} or 'custom'")
     return VisionTransformer(img_size=img_size, patch_size=patch_size, embed_dim=dims[0], depth=dims[1],
                              num_heads=dims[2], drop_path_rate=drop_path_rate, pos_embed=pos_embed, dtype=dtype,
-                             remat=remat)
+                             remat=remat, mask_token=mask_token, class_token=class_token)
