@@ -70,8 +70,7 @@ def path_mask(params: Any, patterns: tuple[str, ...]) -> Any:
     compiled = [re.compile(p) for p in patterns]
 
     def match(path, _):
-        name = "/".join(str(getattr(k, "key", k)) for k in path)
-        return any(c.search(name) for c in compiled)
+        return any(c.search(path_name(path)) for c in compiled)
 
     return jax.tree_util.tree_map_with_path(match, params)
 
@@ -83,6 +82,61 @@ def decay_mask(params: Any) -> Any:
     BYOL's exclusion of BatchNorm and bias parameters from decay and LARS adaptation.
     """
     return jax.tree.map(lambda p: p.ndim > 1, params)
+
+
+# Backbone parameters that sit before the first block (layer 0 of layer-wise lr decay),
+# as in DINOv2's `get_vit_lr_decay_rate` (its register tokens are not among them).
+LAYER0_PATTERNS = ("pos_embed", "patch_embed", "mask_token", "cls_token")
+
+
+def lr_multipliers(params: Any, layer_decay: float = 1.0, patterns: tuple = (), scope: str = "backbone/",
+                   block_pattern: str = r"blocks_(\d+)/") -> Any:
+    """Per-parameter learning-rate multipliers (a pytree of floats like `params`).
+
+    Layer-wise decay (DINOv2's `get_vit_lr_decay_rate`, BEiT/MAE fine-tuning): a parameter
+    under `scope` gets layer id 0 if its path matches LAYER0_PATTERNS, i + 1 if it is in
+    block i (`block_pattern`), else L + 1 (the final norm); parameters outside `scope`
+    (heads) get L + 1. Its multiplier is layer_decay ** (L + 1 - layer id), L the number
+    of blocks. Then each (regex, factor) of `patterns` whose regex matches the
+    '/'-joined path multiplies it (DINOv2's patch_embed_lr_mult: ('backbone/patch_embed/', 0.2)).
+    """
+    compiled_block = re.compile(block_pattern)
+    names = [path_name(path) for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+    blocks = {int(m.group(1)) for n in names if n.startswith(scope) for m in [compiled_block.search(n)] if m}
+    num_layers = max(blocks) + 1 if blocks else 0
+    compiled = [(re.compile(regex), float(factor)) for regex, factor in patterns]
+
+    def multiplier(path, _):
+        name = path_name(path)
+        layer_id = num_layers + 1
+        if name.startswith(scope):
+            block = compiled_block.search(name)
+            if any(p in name for p in LAYER0_PATTERNS):
+                layer_id = 0
+            elif block:
+                layer_id = int(block.group(1)) + 1
+        value = layer_decay ** (num_layers + 1 - layer_id)
+        for regex, factor in compiled:
+            if regex.search(name):
+                value *= factor
+        return value
+
+    return jax.tree_util.tree_map_with_path(multiplier, params)
+
+
+def path_name(path) -> str:
+    """A tree path as the '/'-joined parameter name the path regexes match."""
+    return "/".join(str(getattr(k, "key", k)) for k in path)
+
+
+def scale_per_parameter(multipliers: Any) -> optax.GradientTransformation:
+    """Multiplies each update by its parameter's constant factor (after the learning rate)."""
+
+    def update_fn(updates, state, params=None):
+        del params
+        return jax.tree.map(lambda u, m: u * jnp.asarray(m, u.dtype), updates, multipliers), state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
 
 
 class Schedules(NamedTuple):
@@ -145,6 +199,9 @@ def build_optimizer(optim_cfg, schedules: Schedules, params: Any, steps_per_epoc
         buffers start when they unfreeze, as PyTorch's per-parameter state does;
       * optim.frozen_patterns: never updated (MoCo v3's random patch projection);
       * optim.fixed_lr_patterns: trained at the peak lr, never scheduled (SimSiam's predictor).
+    Per-parameter lr multipliers (`lr_multipliers`): optim.layer_decay (< 1: layer-wise lr
+    decay over the backbone's blocks) and optim.lr_multipliers ((regex, factor), ...) scale
+    each parameter's step (lr and decoupled weight decay alike, as a PyTorch param group's lr).
     """
     name = optim_cfg.name
     if name not in OPTIMIZERS:
@@ -179,6 +236,9 @@ def build_optimizer(optim_cfg, schedules: Schedules, params: Any, steps_per_epoc
         momentum = lambda: optax.trace(decay=optim_cfg.momentum, nesterov=optim_cfg.get("nesterov", False))  # noqa: E731
         chain += [learning_rate, stateful(momentum)] if optim_cfg.get("lr_inside_momentum", False) \
             else [stateful(momentum), learning_rate]
+    if optim_cfg.get("layer_decay", 1.0) != 1.0 or optim_cfg.get("lr_multipliers"):
+        chain.append(scale_per_parameter(lr_multipliers(params, optim_cfg.get("layer_decay", 1.0),
+                                                        tuple(optim_cfg.get("lr_multipliers", ())))))
     chain.append(optax.masked(optax.transforms.conditionally_mask(optax.identity(), unfrozen), frozen_at_start))
     if optim_cfg.get("frozen_patterns"):
         chain.append(optax.masked(optax.set_to_zero(), path_mask(params, tuple(optim_cfg.frozen_patterns))))
