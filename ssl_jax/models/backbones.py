@@ -41,7 +41,9 @@ def build_backbone(model_cfg, *, with_drop_path: bool = True, dtype: jnp.dtype =
                    embed_dim=model_cfg.get("embed_dim") or None, depth=model_cfg.get("depth") or None,
                    num_heads=model_cfg.get("num_heads") or None, pos_embed=model_cfg.get("pos_embed", "learned"),
                    dtype=dtype, remat=remat, mask_token=model_cfg.get("mask_token", ""),
-                   class_token=model_cfg.get("class_token", True))
+                   class_token=model_cfg.get("class_token", True), layerscale_init=model_cfg.get("layerscale", 0.0),
+                   num_register_tokens=model_cfg.get("num_register_tokens", 0),
+                   drop_path_uniform=model_cfg.get("drop_path_uniform", False))
     if model_cfg.name == "resnet":
         return resnet(model_cfg.depth, cifar_stem=model_cfg.cifar_stem,
                       zero_init_residual=model_cfg.zero_init_residual, width=model_cfg.get("width", 64),

@@ -79,6 +79,35 @@ class DINOHead(nn.Module):
         return WeightNormDense(self.out_dim, fix_norm=self.norm_last_layer, name="last_layer")(x)
 
 
+class IBOTHead(nn.Module):
+    """iBOT's `iBOTHead`: DINO's head applied to the [CLS] and the patch tokens.
+
+    cls: [..., D] -> [..., out_dim]; patches: [..., N, D] -> [..., N, patch_out_dim].
+    One MLP (+ L2 normalisation) for both; the [CLS] goes through `last_layer`, the patches
+    through `last_layer2`, or through `last_layer` too when `shared` (then patch_out_dim
+    is out_dim, as in the reference). Parameter names are DINOHead's (`mlp`, `last_layer`),
+    so DINO's freezing regexes also match `last_layer2`.
+    """
+
+    out_dim: int
+    patch_out_dim: int
+    hidden_dim: int = 2048
+    bottleneck_dim: int = 256
+    nlayers: int = 3
+    norm_last_layer: bool = True
+    shared: bool = False
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, cls: jax.Array, patches: jax.Array) -> tuple[jax.Array, jax.Array]:
+        dims = (self.hidden_dim,) * (self.nlayers - 1) + (self.bottleneck_dim,)
+        mlp = MLP(dims, self.dtype, name="mlp")
+        last = WeightNormDense(self.out_dim, fix_norm=self.norm_last_layer, name="last_layer")
+        last2 = last if self.shared else WeightNormDense(self.patch_out_dim, fix_norm=self.norm_last_layer,
+                                                          name="last_layer2")
+        return last(l2_normalize(mlp(cls))), last2(l2_normalize(mlp(patches)))
+
+
 LINEAR_INITS = {
     # torch.nn.Linear's default (kaiming_uniform, a=sqrt(5)): MoCo v3, SimSiam.
     "torch": nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform"),

@@ -117,13 +117,29 @@ class Attention(nn.Module):
         return nn.Dense(dim, kernel_init=trunc_normal, dtype=self.dtype, name="proj")(out), attn
 
 
+class LayerScale(nn.Module):
+    """CaiT/DINOv2 LayerScale: x * gamma, a learned per-channel scale `gamma` [D] initialised to `init`."""
+
+    init: float
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        gamma = self.param("gamma", nn.initializers.constant(self.init), (x.shape[-1],))
+        return x * gamma.astype(x.dtype)
+
+
 class Block(nn.Module):
-    """Pre-norm transformer block: x + DropPath(Attn(LN(x))), x + DropPath(MLP(LN(x)))."""
+    """Pre-norm transformer block: x + DropPath(Attn(LN(x))), x + DropPath(MLP(LN(x))).
+
+    layerscale > 0 scales each residual branch by a LayerScale (`ls1`, `ls2`) initialised to it
+    (DINOv2: 1e-5); 0 (DINO, the default) has no such parameters.
+    """
 
     num_heads: int
     mlp_ratio: float = 4.0
     drop_path: float = 0.0
     dtype: jnp.dtype = jnp.float32
+    layerscale: float = 0.0
 
     @nn.compact
     def __call__(self, x: jax.Array, deterministic: bool,
@@ -131,11 +147,15 @@ class Block(nn.Module):
         dim = x.shape[-1]
         norm1 = nn.LayerNorm(1e-6, dtype=self.dtype, name="norm1")
         y, attn = Attention(self.num_heads, self.dtype, name="attn")(norm1(x), kv_mask)
+        if self.layerscale:
+            y = LayerScale(self.layerscale, name="ls1")(y)
         x = x + DropPath(self.drop_path)(y, deterministic)
         y = nn.LayerNorm(1e-6, dtype=self.dtype, name="norm2")(x)
         y = nn.Dense(int(dim * self.mlp_ratio), kernel_init=trunc_normal, dtype=self.dtype, name="fc1")(y)
         y = nn.gelu(y, approximate=False)
         y = nn.Dense(dim, kernel_init=trunc_normal, dtype=self.dtype, name="fc2")(y)
+        if self.layerscale:
+            y = LayerScale(self.layerscale, name="ls2")(y)
         return x + DropPath(self.drop_path)(y, deterministic), attn
 
 
@@ -159,6 +179,13 @@ class VisionTransformer(nn.Module):
         any, then the N patches or the K kept ones), not only [CLS].
     `class_token=False` builds a ViT without [CLS] (I-JEPA); its pooled output is then the mean
     of the normed patch tokens.
+
+    DINOv2 options: `layerscale_init` > 0 adds LayerScale to every block (see `Block`);
+    `num_register_tokens` R > 0 adds R learned `register_tokens` (Darcet et al. 2024) after
+    [CLS], without position embedding; they take part in attention but are dropped from the
+    outputs (the returned tokens stay [CLS] + patches; only `return_all`'s per-block `tokens`
+    and `attn` include them, at positions 1..R); `drop_path_uniform` gives every block the
+    rate `drop_path_rate` (DINOv2's drop_path_uniform) instead of DINO's linear ramp from 0.
     """
 
     img_size: int = 224
@@ -173,6 +200,9 @@ class VisionTransformer(nn.Module):
     remat: bool = False  # recompute each block in the backward pass
     mask_token: str = ""  # "" (none), "zeros" (iBOT, DINOv2) or "trunc_normal" (SimMIM): init of `mask_token`
     class_token: bool = True  # False: no [CLS] token (I-JEPA)
+    layerscale_init: float = 0.0  # > 0: LayerScale in every block, gamma initialised to it (DINOv2: 1e-5)
+    num_register_tokens: int = 0  # DINOv2 with registers: 4
+    drop_path_uniform: bool = False  # True: the same drop-path rate in every block (DINOv2)
 
     @nn.compact
     def __call__(self, images: jax.Array, train: bool = False, return_all: bool = False, *,
@@ -220,18 +250,32 @@ class VisionTransformer(nn.Module):
             x = jnp.concatenate([cls, x], axis=1)
             if kv_mask is not None:
                 kv_mask = jnp.concatenate([jnp.ones((batch, 1), bool), kv_mask], axis=1)
+        prefix, registers = int(self.class_token), self.num_register_tokens
+        if registers:
+            # DINOv2's init: normal(std=1e-6); inserted after [CLS], no position embedding.
+            reg = self.param("register_tokens", nn.initializers.normal(1e-6), (1, registers, self.embed_dim))
+            reg = jnp.broadcast_to(reg.astype(x.dtype), (batch, registers, self.embed_dim))
+            x = jnp.concatenate([x[:, :prefix], reg, x[:, prefix:]], axis=1)
+            if kv_mask is not None:
+                kv_mask = jnp.concatenate([kv_mask[:, :prefix], jnp.ones((batch, registers), bool),
+                                           kv_mask[:, prefix:]], axis=1)
 
-        drop_rates = np.linspace(0.0, self.drop_path_rate, self.depth).tolist()
+        if self.drop_path_uniform:
+            drop_rates = [self.drop_path_rate] * self.depth
+        else:
+            drop_rates = np.linspace(0.0, self.drop_path_rate, self.depth).tolist()
         norm = nn.LayerNorm(1e-6, dtype=self.dtype, name="norm")
         block = nn.remat(Block, static_argnums=(2,)) if self.remat else Block  # (self, x, deterministic, kv_mask)
         all_tokens, all_attn = [], []
         for i in range(self.depth):
-            x, attn = block(self.num_heads, self.mlp_ratio, drop_rates[i], self.dtype,
+            x, attn = block(self.num_heads, self.mlp_ratio, drop_rates[i], self.dtype, self.layerscale_init,
                             name=f"blocks_{i}")(x, not train, kv_mask)
             if return_all:
                 all_tokens.append(x)
                 all_attn.append(attn)
         x = norm(x)
+        if registers:
+            x = jnp.concatenate([x[:, :prefix], x[:, prefix + registers:]], axis=1)
         pooled = x[:, 0] if self.class_token else masked_mean(x, keep_valid)
         if return_all:
             return {"cls": pooled, "tokens": jnp.stack(all_tokens), "attn": jnp.stack(all_attn)}
@@ -249,7 +293,8 @@ def masked_mean(tokens: jax.Array, valid: Optional[jax.Array]) -> jax.Array:
 def vit(size: str, *, img_size: int, patch_size: int, drop_path_rate: float = 0.0,
         embed_dim: Optional[int] = None, depth: Optional[int] = None, num_heads: Optional[int] = None,
         pos_embed: str = "learned", dtype: jnp.dtype = jnp.float32, remat: bool = False, mask_token: str = "",
-        class_token: bool = True) -> VisionTransformer:
+        class_token: bool = True, layerscale_init: float = 0.0, num_register_tokens: int = 0,
+        drop_path_uniform: bool = False) -> VisionTransformer:
     """Builds a named ViT (`tiny|small|base|large`) or a custom one when size='custom'."""
     if size == "custom":
         if None in (embed_dim, depth, num_heads):
@@ -261,4 +306,6 @@ def vit(size: str, *, img_size: int, patch_size: int, drop_path_rate: float = 0.
         raise ValueError(f"unknown ViT size {size!r}; choose one of {sorted(VIT_SIZES)} or 'custom'")
     return VisionTransformer(img_size=img_size, patch_size=patch_size, embed_dim=dims[0], depth=dims[1],
                              num_heads=dims[2], drop_path_rate=drop_path_rate, pos_embed=pos_embed, dtype=dtype,
-                             remat=remat, mask_token=mask_token, class_token=class_token)
+                             remat=remat, mask_token=mask_token, class_token=class_token,
+                             layerscale_init=layerscale_init, num_register_tokens=num_register_tokens,
+                             drop_path_uniform=drop_path_uniform)
