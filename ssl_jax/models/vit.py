@@ -78,6 +78,15 @@ def sincos_pos_embed(grid_hw: tuple[int, int], dim: int, temperature: float = 10
     return jnp.asarray(np.concatenate([np.zeros((1, dim)), patches])[None], jnp.float32)
 
 
+def patchify(images: jax.Array, patch_size: int) -> jax.Array:
+    """[B, H, W, C] -> [B, N, p*p*C]: row-major patches, each flattened as (row, column, channel)
+    within the patch (MAE's `patchify` order, 'nchpwq->nhwpqc')."""
+    batch, height, width, channels = images.shape
+    p = patch_size
+    patches = images.reshape(batch, height // p, p, width // p, p, channels).transpose(0, 1, 3, 2, 4, 5)
+    return patches.reshape(batch, (height // p) * (width // p), p * p * channels)
+
+
 class DropPath(nn.Module):
     """Stochastic depth: drops the whole residual branch per sample, rescales the rest."""
 
@@ -208,16 +217,14 @@ class VisionTransformer(nn.Module):
     def __call__(self, images: jax.Array, train: bool = False, return_all: bool = False, *,
                  mask: Optional[jax.Array] = None, keep: Optional[jax.Array] = None,
                  keep_valid: Optional[jax.Array] = None, return_tokens: bool = False):
-        batch, height, width, channels = images.shape
+        batch, height, width, _ = images.shape
         p = self.patch_size
         if height % p or width % p:
             raise ValueError(f"image size {height}x{width} is not a multiple of patch_size={p}")
         grid = (height // p, width // p)
         # Patchify then one matmul: the same map as DINO's Conv2d(k=p, stride=p), faster on CPU.
-        patches = images.reshape(batch, grid[0], p, grid[1], p, channels)
-        patches = patches.transpose(0, 1, 3, 2, 4, 5).reshape(batch, grid[0] * grid[1], p * p * channels)
         x = nn.Dense(self.embed_dim, kernel_init=torch_conv_kernel_init, dtype=self.dtype,
-                     name="patch_embed")(patches)
+                     name="patch_embed")(patchify(images, p))
 
         if self.mask_token:
             inits = {"zeros": nn.initializers.zeros, "trunc_normal": trunc_normal}
