@@ -209,3 +209,45 @@ def normalized_std(embeddings: jax.Array) -> jax.Array:
     """
     z = l2_normalize(embeddings.astype(jnp.float32))
     return jnp.mean(jnp.std(z, axis=0)) * jnp.sqrt(float(z.shape[-1]))
+
+
+# ----------------------------------------------------------------------------
+# Masked image modelling (MAE, SimMIM, I-JEPA): regression on masked patches.
+# ----------------------------------------------------------------------------
+
+
+def normalized_patch_targets(patches: jax.Array, eps: float = 1e-6) -> jax.Array:
+    """MAE's `norm_pix_loss` target: each patch [..., P] minus its mean, over sqrt(var + eps),
+    with torch's default unbiased variance (`target.var(dim=-1)`), in float32."""
+    patches = patches.astype(jnp.float32)
+    mean = jnp.mean(patches, axis=-1, keepdims=True)
+    var = jnp.var(patches, axis=-1, keepdims=True, ddof=1)
+    return (patches - mean) / jnp.sqrt(var + eps)
+
+
+def masked_patch_mse(predictions: jax.Array, targets: jax.Array, mask: jax.Array) -> jax.Array:
+    """MAE's `forward_loss`: the per-patch mean squared error over [B, N, P], averaged over the
+    masked patches only (mask [B, N], True = removed): sum(mse * mask) / sum(mask)."""
+    per_patch = jnp.mean(jnp.square(predictions.astype(jnp.float32) - targets.astype(jnp.float32)), axis=-1)
+    m = mask.astype(jnp.float32)
+    return jnp.sum(per_patch * m) / jnp.sum(m)
+
+
+def masked_pixel_l1(predictions: jax.Array, targets: jax.Array, mask: jax.Array, channels: int = 3) -> jax.Array:
+    """SimMIM's loss: L1 on the pixels of masked patches, predictions/targets [B, N, p*p*C],
+    mask [B, N]: sum(|x_rec - x| * mask) / (number of masked pixels + 1e-5) / C, where the
+    reference's pixel mask counts spatial positions (p*p per masked patch, not channels)."""
+    pixels_per_patch = predictions.shape[-1] // channels
+    l1 = jnp.abs(predictions.astype(jnp.float32) - targets.astype(jnp.float32))
+    m = mask.astype(jnp.float32)
+    return jnp.sum(l1 * m[..., None]) / (jnp.sum(m) * pixels_per_patch + 1e-5) / channels
+
+
+def masked_smooth_l1(predictions: jax.Array, targets: jax.Array, valid: jax.Array, beta: float = 1.0) -> jax.Array:
+    """I-JEPA's `F.smooth_l1_loss(z, h)` (beta 1, mean reduction) over the valid tokens only:
+    predictions/targets [..., T, D], valid [..., T]. Huber per element
+    (0.5 d^2 / beta if |d| < beta else |d| - 0.5 beta), mean over D, then over valid tokens."""
+    d = jnp.abs(predictions.astype(jnp.float32) - targets.astype(jnp.float32))
+    per_token = jnp.mean(jnp.where(d < beta, 0.5 * d * d / beta, d - 0.5 * beta), axis=-1)
+    v = valid.astype(jnp.float32)
+    return jnp.sum(per_token * v) / jnp.maximum(jnp.sum(v), 1.0)
