@@ -153,6 +153,25 @@ def two_view_augment(*, size: int, scale: tuple[float, float], brightness: float
     return a
 
 
+def single_view_augment(*, size: int, scale: tuple[float, float], flip_prob: float) -> ml_collections.ConfigDict:
+    """One random-resized crop (bicubic), an optional horizontal flip, no colour or blur, ImageNet
+    statistics: the input of MAE, SimMIM and I-JEPA (`views["global"]` is [B, 1, S, S, 3])."""
+    a = ml_collections.ConfigDict()
+    a.global_crops = ml_collections.ConfigDict({"number": 1, "size": size, "scale": scale})
+    a.local_crops = ml_collections.ConfigDict({"number": 0, "size": 96, "scale": (0.05, 0.4)})
+    a.flip_prob = flip_prob
+    a.color_jitter = ml_collections.ConfigDict(
+        {"prob": 0.0, "brightness": 0.0, "contrast": 0.0, "saturation": 0.0, "hue": 0.0})
+    a.grayscale_prob = 0.0
+    a.blur_prob = (0.0, 0.0, 0.0)
+    a.blur_sigma = (0.1, 2.0)
+    a.blur_kernel_size = 13
+    a.solarize_prob = (0.0, 0.0, 0.0)
+    a.mean = IMAGENET_MEAN
+    a.std = IMAGENET_STD
+    return a
+
+
 def select_preset(presets: dict[str, Callable[[], ml_collections.ConfigDict]], preset: str,
                   config_file: str) -> ml_collections.ConfigDict:
     """`presets[preset]()` for a config file's `get_config`; '' means 'imagenet' (the paper's recipe)."""
