@@ -1,0 +1,122 @@
+"""Evaluation protocols for frozen checkpoints (`python -m ssl_jax.evaluate --protocol=...`).
+
+    --protocol=configs/eval_protocols.py           the papers' ImageNet protocols
+    --protocol=configs/eval_protocols.py:cifar10   the same protocols sized for a CPU
+    --protocol=configs/eval_protocols.py:smoke     seconds (tests, notebooks in CI)
+
+Sections: `knn` (DINO's eval_knn.py), `linear_dino` (DINO's eval_linear.py), `linear_mae`
+(MAE's main_linprobe.py) and `finetune` (MAE's main_finetune.py). Images are preprocessed
+as the run's own `config.eval` says (resize + centre crop, its normalisation); training
+crops use `config.eval.crop` as their size. Override any field with
+`--protocol.linear_dino.epochs=10`.
+"""
+from __future__ import annotations
+
+import ml_collections
+
+from ssl_jax.config_base import select_preset
+
+
+def _sgd(lr: float, reference_batch: int, warmup_epochs: int = 0) -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict({
+        "name": "sgd", "lr": lr, "lr_reference_batch": reference_batch, "lr_scaling": "linear", "min_lr": 0.0,
+        "warmup_epochs": warmup_epochs, "weight_decay": 0.0, "weight_decay_end": 0.0, "momentum": 0.9})
+
+
+def imagenet() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.knn = ml_collections.ConfigDict()
+    c.knn.k = (10, 20, 100, 200)  # eval_knn.py --nb_knn
+    c.knn.temperature = 0.07  # eval_knn.py --temperature
+
+    # DINO eval_linear.py: a linear layer on the concatenated, normed [CLS] tokens of the last
+    # n blocks (--n_last_blocks 4 for ViT-S; 1 with --avgpool_patchtokens for ViT-B), SGD
+    # momentum 0.9, no weight decay, lr 0.001 x batch / 256, cosine to 0 over 100 epochs.
+    c.linear_dino = ml_collections.ConfigDict()
+    c.linear_dino.n_last_blocks = 4  # --n_last_blocks (ViT-S; use 1 for ViT-B)
+    c.linear_dino.avgpool = False  # --avgpool_patchtokens (True for ViT-B)
+    c.linear_dino.batchnorm = False  # a plain nn.Linear
+    c.linear_dino.init_std = 0.01  # LinearClassifier: weight.normal_(0, 0.01), bias 0
+    c.linear_dino.batch_size = 1024  # --batch_size_per_gpu 128 x 8 GPUs
+    c.linear_dino.epochs = 100  # --epochs
+    c.linear_dino.augment = True  # RandomResizedCrop + RandomHorizontalFlip
+    c.linear_dino.crop_scale = (0.08, 1.0)  # torchvision RandomResizedCrop's default scale
+    c.linear_dino.optim = _sgd(0.001, 256)  # --lr 0.001, scaled by batch / 256; CosineAnnealingLR(eta_min=0)
+
+    # MAE main_linprobe.py: BatchNorm without affine (eps 1e-6) before the linear layer, on the
+    # normed [CLS] token; LARS (trust 0.001, momentum 0.9, no decay), blr 0.1 x batch / 256,
+    # batch 16384, 90 epochs with 10 of warm-up, half-cycle cosine per step.
+    c.linear_mae = ml_collections.ConfigDict()
+    c.linear_mae.n_last_blocks = 1
+    c.linear_mae.avgpool = False  # --global_pool off for linear probing: the [CLS] token
+    c.linear_mae.batchnorm = True  # torch.nn.BatchNorm1d(affine=False, eps=1e-6)
+    c.linear_mae.init_std = 0.01  # trunc_normal_(model.head.weight, std=0.01)
+    c.linear_mae.batch_size = 16384  # 512 per GPU x 32 GPUs
+    c.linear_mae.epochs = 90  # --epochs
+    c.linear_mae.augment = True  # RandomResizedCrop(interpolation=3) + RandomHorizontalFlip
+    c.linear_mae.crop_scale = (0.08, 1.0)
+    c.linear_mae.optim = ml_collections.ConfigDict({
+        "name": "lars", "lr": 0.1, "lr_reference_batch": 256, "lr_scaling": "linear", "min_lr": 0.0,  # --blr 0.1
+        "warmup_epochs": 10, "weight_decay": 0.0, "weight_decay_end": 0.0,  # --warmup_epochs 10, --weight_decay 0
+        "momentum": 0.9, "trust_coefficient": 0.001, "lr_inside_momentum": False,  # util/lars.py
+        "exclude_1d_from_decay": True})  # util/lars.py: no trust ratio for 1-D parameters
+
+    # MAE main_finetune.py (ViT-B): the whole network, AdamW (0.9, 0.999), blr 5e-4 x batch / 256,
+    # layer-wise lr decay 0.65, weight decay 0.05 (not on 1-D parameters, cls_token, pos_embed),
+    # drop path 0.1, label smoothing 0.1, 100 epochs with 5 of warm-up, cosine to 1e-6.
+    # Not reproduced: RandAugment (rand-m9-mstd0.5-inc1), mixup 0.8 / cutmix 1.0, random
+    # erasing 0.25 and the global-pool head (--cls_token is used: the [CLS] token after the
+    # backbone's own norm); the crops are RandomResizedCrop + flip as in the linear probes.
+    c.finetune = ml_collections.ConfigDict()
+    c.finetune.batch_size = 1024  # 32 per GPU x accum 4 x 8 GPUs
+    c.finetune.epochs = 100  # --epochs (ViT-B)
+    c.finetune.layer_decay = 0.65  # --layer_decay (ViT-B; 0.75 for ViT-L)
+    c.finetune.drop_path = 0.1  # --drop_path (ViT-B)
+    c.finetune.label_smoothing = 0.1  # --smoothing
+    c.finetune.init_std = 2e-5  # trunc_normal_(model.head.weight, std=2e-5)
+    c.finetune.crop_scale = (0.08, 1.0)
+    c.finetune.steps_per_epoch = 0  # 0: the whole train split per epoch
+    c.finetune.optim = ml_collections.ConfigDict({
+        "lr": 5e-4, "lr_reference_batch": 256,  # --blr 5e-4
+        "min_lr": 1e-6, "warmup_epochs": 5, "weight_decay": 0.05,  # --min_lr, --warmup_epochs, --weight_decay
+        "b1": 0.9, "b2": 0.999, "eps": 1e-8})  # torch.optim.AdamW defaults
+    c.seed = 0
+    return c
+
+
+def cifar10() -> ml_collections.ConfigDict:
+    """The protocols at CIFAR-10 scale on 2 CPU cores: smaller batches (lr scaled by the same
+    rules), fewer epochs, and the linear probes on cached features (augment=False: the frozen
+    features are extracted once, so an epoch costs milliseconds instead of a backbone pass)."""
+    c = imagenet()
+    for name in ("linear_dino", "linear_mae"):
+        c[name].batch_size = 256
+        c[name].augment = False
+    c.linear_dino.epochs = 100
+    c.linear_mae.epochs = 90
+    c.finetune.batch_size = 128
+    c.finetune.epochs = 1
+    c.finetune.optim.warmup_epochs = 0
+    return c
+
+
+def smoke() -> ml_collections.ConfigDict:
+    """Seconds: a few epochs of everything, with augmentation on for one probe so both paths run."""
+    c = cifar10()
+    c.knn.k = (1, 5, 10, 20)
+    c.linear_dino.epochs = 3
+    c.linear_dino.n_last_blocks = 1  # tiny ViTs have 1-2 blocks; avgpool exercises the patch-token path
+    c.linear_dino.avgpool = True
+    c.linear_dino.batch_size = 64
+    c.linear_mae.epochs = 3
+    c.linear_mae.batch_size = 64
+    c.linear_mae.optim.warmup_epochs = 1
+    c.linear_mae.augment = True
+    c.finetune.batch_size = 16
+    c.finetune.epochs = 1
+    c.finetune.steps_per_epoch = 2
+    return c
+
+
+def get_config(preset: str = "") -> ml_collections.ConfigDict:
+    return select_preset({"imagenet": imagenet, "cifar10": cifar10, "smoke": smoke}, preset, __file__)

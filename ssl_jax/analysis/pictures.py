@@ -1,0 +1,97 @@
+"""Pictures and analyses of a frozen checkpoint, written as PNG files.
+
+    python -m ssl_jax.analysis.pictures --workdir=DIR --out=DIR [--step=N] [--images=8]
+        [--image_files=a.jpg,b.png]
+
+writes attention_maps.png ([CLS] attention per head of the last block, DINO's
+visualisation), attention_distance.png, fourier.png and cka.png (Park et al. 2023's three
+analyses, `metrics.py`) and training_curves.png (from WORKDIR/metrics/metrics.jsonl).
+Images: the first --images of the run's eval test split, or --image_files, preprocessed
+as the run's evaluation (resize + centre crop to config.eval.crop).
+"""
+from __future__ import annotations
+
+import os
+
+import jax
+import numpy as np
+
+from ssl_jax.analysis import figures, metrics
+from ssl_jax.eval.frozen import num_prefix_tokens, vit_module, vit_outputs
+
+
+def load_images(config, count: int = 8, files=()) -> tuple[np.ndarray, np.ndarray]:
+    """(display images [B, H, W, 3] in [0, 1], model inputs [B, H, W, 3] normalised), from
+    `files` or the first `count` images of config.eval.test_split."""
+    import tensorflow as tf
+
+    from ssl_jax.data import pipeline
+
+    if files:
+        inputs = np.stack([pipeline.eval_preprocess(tf.io.decode_image(tf.io.read_file(f), channels=3,
+                                                                        expand_animations=False),
+                                                    config.eval, config.augment).numpy() for f in files])
+    else:
+        inputs = next(pipeline.eval_batches(config, config.eval.test_split, count, 1))["image"]
+    display = np.clip(inputs * np.asarray(config.augment.std) + np.asarray(config.augment.mean), 0, 1)
+    return display, np.asarray(inputs, np.float32)
+
+
+def analyse(frozen, inputs: np.ndarray) -> dict[str, np.ndarray]:
+    """The three analyses and the attention maps of the frozen ViT on inputs [B, H, W, 3]:
+    {'attention_maps' [B, heads, h, w], 'attention_distance' [L, H],
+     'fourier' [L, F], 'cka' [L, L]}."""
+    module = vit_module(frozen.config)
+    prefix = num_prefix_tokens(module)
+    out = jax.device_get(vit_outputs(frozen, inputs))
+    return {"attention_maps": metrics.cls_attention_maps(out["attn"][-1], prefix) if getattr(module, "class_token", True) else None,
+            "attention_distance": metrics.mean_attention_distance(out["attn"], module.patch_size, prefix),
+            "fourier": metrics.relative_log_amplitude(out["tokens"], prefix),
+            "cka": metrics.cka_matrix(out["tokens"])}
+
+
+def write_pictures(frozen, out_dir: str, count: int = 8, files=()) -> list[str]:
+    """Writes the PNG files for one checkpoint into out_dir; returns their paths."""
+    os.makedirs(out_dir, exist_ok=True)
+    display, inputs = load_images(frozen.config, count, files)
+    results = analyse(frozen, inputs)
+    name = f"{os.path.basename(frozen.workdir)} step {frozen.step}"
+    made = {"attention_distance": figures.attention_distance({name: results["attention_distance"]}),
+            "fourier": figures.fourier({name: results["fourier"]}),
+            "cka": figures.cka({name: results["cka"]})}
+    if results["attention_maps"] is not None:
+        made["attention_maps"] = figures.attention_maps(display, results["attention_maps"], name)
+    metrics_path = os.path.join(frozen.workdir, "metrics", "metrics.jsonl")
+    if os.path.exists(metrics_path):
+        made["training_curves"] = figures.training_curves(metrics_path)
+    paths = []
+    for key, fig in made.items():
+        paths.append(os.path.join(out_dir, f"{key}.png"))
+        fig.savefig(paths[-1], dpi=110)
+        figures.plt.close(fig)
+    return paths
+
+
+def main(argv):
+    del argv
+    from absl import logging
+
+    from ssl_jax.eval.frozen import restore
+
+    logging.set_verbosity(logging.WARNING)
+    frozen = restore(WORKDIR.value, STEP.value)
+    files = [f for f in IMAGE_FILES.value.split(",") if f]
+    for path in write_pictures(frozen, OUT.value, IMAGES.value, files):
+        print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    from absl import app, flags
+
+    WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (config.json, checkpoints/).")
+    OUT = flags.DEFINE_string("out", None, "Directory for the PNG files.")
+    STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
+    IMAGES = flags.DEFINE_integer("images", 8, "Number of test-split images to analyse.")
+    IMAGE_FILES = flags.DEFINE_string("image_files", "", "Comma-separated image files instead of the test split.")
+    flags.mark_flags_as_required(["workdir", "out"])
+    app.run(main)

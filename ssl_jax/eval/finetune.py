@@ -1,0 +1,119 @@
+"""Fine-tuning the whole ViT with a linear head (MAE's main_finetune.py recipe, reduced).
+
+    logits = Linear(ViT(images, drop_path)[CLS])        everything trained
+
+AdamW with layer-wise lr decay (MAE's `util/lr_decay.py`: the patch embedding, [CLS],
+registers and position embeddings are layer 0, block i is layer i+1, the final norm and
+the head are layer depth+1; a parameter of layer l trains at lr x decay^(depth+1-l)),
+weight decay on matrices except cls_token / pos_embed, stochastic depth, label smoothing,
+warm-up + cosine. The augmentation is the probes' (random resized crop + flip); MAE's
+RandAugment, mixup/cutmix and random erasing are not reproduced. Slower than the probes:
+every step is a forward and backward pass of the whole network.
+"""
+from __future__ import annotations
+
+import re
+from typing import Iterator
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+from ssl_jax.models.backbones import backbone_kwargs, build_backbone
+from ssl_jax.optim import cosine_schedule
+from ssl_jax.step import batch_sharding, replicated
+
+LAYER0 = ("cls_token", "pos_embed", "patch_embed", "mask_token", "register_tokens")
+NO_DECAY = ("cls_token", "pos_embed", "mask_token", "register_tokens")  # MAE: model.no_weight_decay()
+
+
+def layer_id(path: tuple[str, ...], depth: int) -> int:
+    """MAE's get_layer_id_for_vit on a parameter path ('backbone', 'blocks_3', ...)."""
+    name = path[1] if path[0] == "backbone" and len(path) > 1 else ""
+    if name in LAYER0:
+        return 0
+    match = re.fullmatch(r"blocks_(\d+)", name)
+    return int(match.group(1)) + 1 if match else depth + 1
+
+
+def _names(path) -> tuple[str, ...]:
+    return tuple(str(getattr(k, "key", k)) for k in path)
+
+
+def lr_scales(params, depth: int, layer_decay: float):
+    """Per-parameter lr multipliers: layer_decay ** (depth + 1 - layer_id)."""
+    return jax.tree_util.tree_map_with_path(lambda p, _: layer_decay ** (depth + 1 - layer_id(_names(p), depth)),
+                                            params)
+
+
+def decay_mask(params):
+    """Weight decay on matrices only, and not on cls_token / pos_embed (MAE's param_groups_lrd)."""
+    return jax.tree_util.tree_map_with_path(lambda p, x: x.ndim > 1 and _names(p)[-1] not in NO_DECAY, params)
+
+
+def build_finetune_optimizer(cfg, params, depth: int, steps_per_epoch: int) -> optax.GradientTransformation:
+    """AdamW -> lr schedule -> layer-wise scale (multiplying the final update of a parameter
+    is training it at a scaled lr, weight decay included, as MAE's per-group lr_scale)."""
+    o = cfg.optim
+    total = cfg.epochs * steps_per_epoch
+    peak_lr = o.lr * cfg.batch_size / o.lr_reference_batch  # linear scaling rule, as MAE's blr
+    lr = cosine_schedule(peak_lr, o.min_lr, total, o.warmup_epochs * steps_per_epoch)
+    scales = lr_scales(params, depth, cfg.layer_decay)
+    return optax.chain(optax.scale_by_adam(b1=o.b1, b2=o.b2, eps=o.eps),
+                       optax.add_decayed_weights(o.weight_decay, mask=decay_mask(params)),
+                       optax.scale_by_learning_rate(lr),
+                       optax.stateless(lambda updates, _: jax.tree.map(lambda u, s: u * s, updates, scales)))
+
+
+class FineTuner:
+    """The ViT (with drop-path) + a linear head, initialised from the frozen checkpoint's backbone."""
+
+    def __init__(self, config, cfg, backbone_params, num_classes: int, seed: int = 0):
+        if config.model.name != "vit":
+            raise ValueError("fine-tuning with layer-wise lr decay needs a ViT (config.model.name='vit'), "
+                             f"got {config.model.name!r}")
+        model_cfg = config.model.copy_and_resolve_references()
+        model_cfg.drop_path_rate = cfg.drop_path
+        self.backbone = build_backbone(model_cfg, **backbone_kwargs(config))
+        self.head = nn.Dense(num_classes, kernel_init=nn.initializers.normal(cfg.init_std))
+        dim = backbone_params["cls_token"].shape[-1]
+        head = self.head.init(jax.random.key(seed), jnp.zeros((1, dim)))["params"]
+        self.params = {"backbone": backbone_params, "head": head}
+        self.depth = self.backbone.depth
+        self.cfg = cfg
+        self.num_classes = num_classes
+        self.seed = seed
+
+    def logits(self, params, images, train: bool = False, rng=None) -> jax.Array:
+        cls = self.backbone.apply({"params": params["backbone"]}, images, train=train,
+                                  rngs={"drop_path": rng} if train else None)
+        return self.head.apply({"params": params["head"]}, cls).astype(jnp.float32)
+
+    def train(self, batches: Iterator[dict], steps_per_epoch: int, mesh) -> tuple[dict, list[float]]:
+        """Trains cfg.epochs x steps_per_epoch steps on `batches` (global, sharded); returns
+        (params, mean loss per epoch)."""
+        tx = build_finetune_optimizer(self.cfg, self.params, self.depth, steps_per_epoch)
+
+        def step(params, opt_state, images, labels, rng):
+            def loss_fn(p):
+                targets = optax.smooth_labels(jax.nn.one_hot(labels, self.num_classes), self.cfg.label_smoothing)
+                return optax.softmax_cross_entropy(self.logits(p, images, True, rng), targets).mean()
+
+            loss, grads = jax.value_and_grad(loss_fn)(params)
+            updates, opt_state = tx.update(grads, opt_state, params)
+            return optax.apply_updates(params, updates), opt_state, loss
+
+        rep, data = replicated(mesh), batch_sharding(mesh)
+        jitted = jax.jit(step, in_shardings=(rep, rep, data, data, rep), out_shardings=rep, donate_argnums=(0, 1))
+        params, opt_state = self.params, tx.init(self.params)
+        rng, losses = jax.random.key(self.seed + 1), []
+        for _ in range(self.cfg.epochs):
+            epoch_losses = []
+            for _ in range(steps_per_epoch):
+                batch = next(batches)
+                rng, sub = jax.random.split(rng)
+                params, opt_state, loss = jitted(params, opt_state, batch["image"], batch["label"], sub)
+                epoch_losses.append(loss)
+            losses.append(float(jnp.mean(jnp.stack(jax.device_get(epoch_losses)))))
+        return params, losses

@@ -1,0 +1,109 @@
+"""A trained run's frozen backbone: its config, its restored checkpoint, and what the
+evaluations and analyses read off it (features of several kinds, every block's tokens and
+attention weights). Nothing is trained here."""
+from __future__ import annotations
+
+import json
+import os
+from typing import NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from ssl_jax import train
+from ssl_jax.checkpoint import Checkpointer
+from ssl_jax.models.backbones import backbone_kwargs, build_backbone
+from ssl_jax.run_config import CONFIG_FILE
+
+
+class Frozen(NamedTuple):
+    """A restored checkpoint: `variables` are what `method.features` takes (the method's
+    evaluation backbone: DINO's teacher, the two-view methods' online network)."""
+
+    config: ml_collections.ConfigDict
+    run: train.Run
+    state: object
+    step: int
+    workdir: str
+
+    @property
+    def variables(self):
+        return self.run.method.eval_variables(self.state), self.state.model_state
+
+
+def load_config(workdir: str) -> ml_collections.ConfigDict:
+    """WORKDIR/config.json (the resolved config the run trained with) as a ConfigDict."""
+    path = os.path.join(workdir, CONFIG_FILE)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path} does not exist: --workdir must be a directory written by "
+                                f"`python -m ssl_jax.main` (it holds config.json and checkpoints/)")
+    with open(path) as f:
+        return ml_collections.ConfigDict(json.load(f))
+
+
+def restore(workdir: str, step: int | None = None, config=None) -> Frozen:
+    """Restores `step` (default: the latest) of the run in `workdir` with orbax, using the
+    run's own config (or `config`)."""
+    config = load_config(workdir) if config is None else config
+    run = train.setup(config)
+    checkpointer = Checkpointer(workdir, config.checkpoint.every_steps, config.checkpoint.max_to_keep)
+    step = checkpointer.latest_step() if step is None else step
+    if step is None:
+        raise FileNotFoundError(f"no checkpoint in {checkpointer.directory}; train first or pass the right --workdir")
+    state = train.restore_or_create(config, run, checkpointer, step)
+    if len(run.mesh.axis_names) > 1:  # an FSDP-sharded state is gathered for evaluation
+        state = jax.jit(lambda s: s, out_shardings=train.replicated(run.mesh))(state)
+    return Frozen(config, run, state, step, os.path.abspath(workdir))
+
+
+def vit_module(config) -> nn.Module:
+    """The run's ViT without drop-path (evaluation), or a clear error for other backbones."""
+    if config.model.name != "vit":
+        raise ValueError(f"this analysis needs a ViT backbone; the run uses config.model.name={config.model.name!r}")
+    return build_backbone(config.model, with_drop_path=False, **backbone_kwargs(config))
+
+
+def num_prefix_tokens(module: nn.Module) -> int:
+    """Tokens before the patch grid: [CLS] (when the ViT has one) and registers (if any)."""
+    return int(getattr(module, "class_token", True)) + int(getattr(module, "num_registers", 0) or 0)
+
+
+def vit_outputs(frozen: Frozen, images: jax.Array) -> dict:
+    """Every block's output tokens [L, B, T, D] (before the final norm), attention weights
+    [L, B, H, T, T] and the normed [CLS] [B, D] of the frozen ViT on images [B, H, W, 3]."""
+    module = vit_module(frozen.config)
+    params = frozen.run.method.eval_variables(frozen.state)
+    return jax.jit(lambda p, x: module.apply({"params": p}, x, return_all=True))(params, images)
+
+
+def probe_features_fn(config, method, n_last_blocks: int = 1, avgpool: bool = False):
+    """features_fn(variables, images [B, H, W, 3]) -> [B, F] for the linear probes.
+
+    ViT: the final LayerNorm applied to each of the last `n_last_blocks` blocks' outputs,
+    their [CLS] tokens concatenated (DINO's `get_intermediate_layers` + eval_linear.py), and
+    with `avgpool` the mean of the last block's normed patch tokens appended:
+    F = (n_last_blocks + avgpool) * D. n_last_blocks=1 without avgpool is the normed [CLS]
+    (MAE's linear probe). A ViT without [CLS] (I-JEPA) gives each block's mean patch token
+    in its place. Other backbones: the method's own pooled features.
+    """
+    if config.model.name != "vit":
+        return lambda variables, images: method.features(variables[0], variables[1], images)
+    module = vit_module(config)
+    prefix = num_prefix_tokens(module)
+    has_cls = bool(getattr(module, "class_token", True))
+    norm = nn.LayerNorm(1e-6, dtype=module.dtype)
+
+    def features(variables, images):
+        params = variables[0]
+        out = module.apply({"params": params}, images, return_all=True)
+        if n_last_blocks > len(out["tokens"]):
+            raise ValueError(f"n_last_blocks={n_last_blocks} but the ViT has {len(out['tokens'])} blocks")
+        normed = norm.apply({"params": params["norm"]}, out["tokens"][-n_last_blocks:])  # [n, B, T, D]
+        parts = [normed[i, :, 0] if has_cls else jnp.mean(normed[i, :, prefix:], axis=1) for i in range(n_last_blocks)]
+        if avgpool:
+            parts.append(jnp.mean(normed[-1, :, prefix:], axis=1))
+        return jnp.concatenate(parts, axis=-1).astype(jnp.float32)
+
+    return features

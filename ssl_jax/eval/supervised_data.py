@@ -1,0 +1,48 @@
+"""Labelled, lightly augmented training batches for the probes and fine-tuning (imports tensorflow).
+
+RandomResizedCrop (bicubic, the pre-training pipeline's `augment.random_resized_crop`) to
+`config.eval.crop` + horizontal flip, normalised like the eval images: the train
+transform of DINO's eval_linear.py and MAE's main_linprobe.py. Each epoch reshuffles
+with seed (seed, epoch); each image's crop is a pure function of (seed, epoch, index).
+"""
+from __future__ import annotations
+
+from typing import Iterator
+
+import jax
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from ssl_jax import sharding
+from ssl_jax.data import augment, pipeline
+
+
+def augmented_batches(config, split: str, global_batch: int, scale: tuple[float, float], seed: int,
+                      mesh) -> Iterator[dict]:
+    """Endless global batches {'image' [B, crop, crop, 3], 'label' [B]} of `split`, sharded on the mesh."""
+    dataset_cfg = config.dataset
+    local_batch = sharding.check_global_batch(global_batch, mesh, field="protocol batch_size")
+    builder = pipeline.get_builder(dataset_cfg)
+    base = pipeline._process_split(builder, split)  # this process's shard, decoded, fixed order
+    mean, std = tf.constant(config.augment.mean), tf.constant(config.augment.std)
+    size = config.eval.crop
+
+    def epoch_dataset(epoch):
+        ds = base.shuffle(dataset_cfg.shuffle_buffer, seed=seed * 1_000_003 + epoch, reshuffle_each_iteration=False)
+        return ds.enumerate().map(lambda index, ex: (tf.stack([epoch, index]), ex))
+
+    def prepare(epoch_and_index, ex):
+        key = tf.random.experimental.stateless_fold_in(
+            tf.stack([tf.constant(seed, tf.int64), tf.constant(jax.process_index(), tf.int64)]), epoch_and_index[0])
+        crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(
+            tf.random.experimental.stateless_fold_in(key, epoch_and_index[1]), 2))
+        image = tf.image.convert_image_dtype(ex[dataset_cfg.image_key], tf.float32)
+        image = augment.random_resized_crop(image, crop_seed, size=size, scale=tuple(scale))
+        image = tf.image.stateless_random_flip_left_right(image, flip_seed)
+        return {"image": (image - mean) / std, "label": tf.cast(ex[dataset_cfg.label_key], tf.int32)}
+
+    ds = tf.data.Dataset.range(np.iinfo(np.int64).max).flat_map(epoch_dataset)
+    ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.batch(local_batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+    return (sharding.to_global_batch(batch, mesh) for batch in tfds.as_numpy(ds))

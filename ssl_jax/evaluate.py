@@ -1,0 +1,189 @@
+"""Evaluate a frozen checkpoint: python -m ssl_jax.evaluate --workdir=DIR --eval=knn,linear_dino,...
+
+    --workdir     a run directory written by `python -m ssl_jax.main` (its config.json is read)
+    --step        the checkpoint step (default: the latest)
+    --eval        comma-separated: knn, linear_dino, linear_mae, finetune (`linear` = both probes)
+    --protocol    configs/eval_protocols.py[:cifar10|:smoke] (default: ':cifar10' for CIFAR-10
+                  runs, the papers' ImageNet protocols otherwise); --protocol.x.y=... overrides
+
+This is the evaluation entry point for frozen checkpoints. It reads the run's own config
+rather than taking `--config`, because a checkpoint restores only into the config it was
+trained with. (`python -m ssl_jax.main --mode=eval` stays what it was: the training loop's
+own kNN monitor, `config.eval.knn_k`, on a saved step; both use `eval/knn.py` and
+`eval/features.py`.) The backbone is frozen (except for
+`finetune`, which trains a copy). Each evaluation prints a table, appends its numbers to
+WORKDIR/metrics/metrics.jsonl (split 'eval', for the curves) and merges them into
+WORKDIR/checkpoints/eval_<step>.json next to the checkpoint. Frozen features are cached in
+WORKDIR/eval_cache/<step>/ (`ssl_jax/eval/cache.py`).
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+import jax
+
+EVALS = ("knn", "linear_dino", "linear_mae", "finetune")
+ALIASES = {"linear": ("linear_dino", "linear_mae")}
+
+
+def parse_evals(spec: str) -> list[str]:
+    """'knn,linear' -> ['knn', 'linear_dino', 'linear_mae']; unknown names are an error."""
+    names = []
+    for name in filter(None, (s.strip() for s in spec.split(","))):
+        expanded = ALIASES.get(name, (name,))
+        for n in expanded:
+            if n not in EVALS:
+                raise ValueError(f"unknown evaluation {name!r} in --eval; choose from {', '.join(EVALS + tuple(ALIASES))}")
+            if n not in names:
+                names.append(n)
+    if not names:
+        raise ValueError("--eval is empty; pass e.g. --eval=knn,linear")
+    return names
+
+
+def default_protocol(config):
+    """configs/eval_protocols.py's preset for the run's dataset (':cifar10' or the ImageNet one)."""
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "eval_protocols.py")
+    spec = importlib.util.spec_from_file_location("eval_protocols", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config("cifar10" if config.dataset.name == "cifar10" else "")
+
+
+def run_knn(frozen, protocol) -> dict[str, float]:
+    """Weighted kNN on cached [CLS] features (the method's `features`) for every k at once."""
+    from ssl_jax.eval.cache import cached_features
+    from ssl_jax.eval.knn import knn_accuracy
+
+    config, method = frozen.config, frozen.run.method
+    features_fn = lambda v, images: method.features(v[0], v[1], images)  # noqa: E731
+    train_x, train_y = cached_features(frozen, "knn", {}, features_fn, config.eval.train_split)
+    test_x, test_y = cached_features(frozen, "knn", {}, features_fn, config.eval.test_split)
+    return {f"knn_top1@{k}": knn_accuracy(train_x, train_y, test_x, test_y, k=k, temperature=protocol.knn.temperature,
+                                          num_classes=config.dataset.num_classes) for k in protocol.knn.k}
+
+
+def run_linear(frozen, protocol, name: str) -> dict[str, float]:
+    """A linear probe (`linear_dino` / `linear_mae`): on cached features when the protocol's
+    augment is off, else on augmented images through the frozen backbone."""
+    from ssl_jax.eval import linear
+    from ssl_jax.eval.cache import cached_features
+    from ssl_jax.eval.frozen import probe_features_fn
+
+    cfg, config = protocol[name], frozen.config
+    params = {"n_last_blocks": cfg.n_last_blocks, "avgpool": cfg.avgpool}
+    features_fn = probe_features_fn(config, frozen.run.method, cfg.n_last_blocks, cfg.avgpool)
+    test_x, test_y = cached_features(frozen, "probe", params, features_fn, config.eval.test_split)
+    num_classes = config.dataset.num_classes
+    if cfg.augment:
+        from ssl_jax.data import pipeline
+        from ssl_jax.eval.supervised_data import augmented_batches
+
+        num_train = pipeline.num_examples(config.dataset, config.eval.train_split)
+        batches = augmented_batches(config, config.eval.train_split, cfg.batch_size, cfg.crop_scale, protocol.seed,
+                                    frozen.run.mesh)
+        probe, state, losses = linear.train_on_images(cfg, features_fn, frozen.variables, batches, test_x.shape[1],
+                                                      num_train, num_classes, frozen.run.mesh)
+    else:
+        train_x, train_y = cached_features(frozen, "probe", params, features_fn, config.eval.train_split)
+        probe, state, losses = linear.train_on_features(cfg, train_x, train_y, num_classes, protocol.seed)
+    accuracy = linear.top_k_accuracy(probe.logits(state, test_x), test_y)
+    return {**{f"{name}_{k}": v for k, v in accuracy.items()}, f"{name}_final_loss": losses[-1]}
+
+
+def run_finetune(frozen, protocol) -> dict[str, float]:
+    """Fine-tunes a copy of the whole ViT (`ssl_jax/eval/finetune.py`), then top-1/top-5."""
+    from ssl_jax.data import pipeline
+    from ssl_jax.eval.features import extract_features
+    from ssl_jax.eval.finetune import FineTuner
+    from ssl_jax.eval.linear import top_k_accuracy
+    from ssl_jax.eval.supervised_data import augmented_batches
+
+    cfg, config, mesh = protocol.finetune, frozen.config, frozen.run.mesh
+    tuner = FineTuner(config, cfg, frozen.run.method.eval_variables(frozen.state), config.dataset.num_classes,
+                      protocol.seed)
+    steps = cfg.steps_per_epoch or pipeline.num_examples(config.dataset, config.eval.train_split) // cfg.batch_size
+    batches = augmented_batches(config, config.eval.train_split, cfg.batch_size, cfg.crop_scale, protocol.seed, mesh)
+    params, losses = tuner.train(batches, steps, mesh)
+    logits, labels = extract_features(config, lambda p, images: tuner.logits(p, images), params,
+                                      config.eval.test_split, mesh)
+    return {**{f"finetune_{k}": v for k, v in top_k_accuracy(logits, labels).items()}, "finetune_final_loss": losses[-1]}
+
+
+def evaluate_workdir(workdir: str, evals=("knn",), step: int | None = None, protocol=None, config=None,
+                     printer=print) -> dict:
+    """Runs `evals` on checkpoint `step` (default: latest) of the run in `workdir`; prints a
+    table, logs to metrics.jsonl and merges the results into checkpoints/eval_<step>.json.
+    `config` defaults to WORKDIR/config.json; `protocol` to `default_protocol(config)`."""
+    from ssl_jax.eval.frozen import restore
+    from ssl_jax.logger import MetricLogger
+
+    start = time.time()
+    frozen = restore(workdir, step, config)
+    printer(f"restored {workdir} step {frozen.step} ({time.time() - start:.1f}s)")
+    protocol = default_protocol(frozen.config) if protocol is None else protocol
+    runners = {"knn": run_knn, "finetune": run_finetune,
+               "linear_dino": lambda f, p: run_linear(f, p, "linear_dino"),
+               "linear_mae": lambda f, p: run_linear(f, p, "linear_mae")}
+    results, rows = {}, []
+    logger = MetricLogger(frozen.workdir)
+    try:
+        for name in evals:
+            start = time.time()
+            numbers = runners[name](frozen, protocol)
+            seconds = time.time() - start
+            results.update(numbers)
+            results[f"{name}_seconds"] = seconds
+            logger.write(frozen.step, {k: v for k, v in numbers.items() if "loss" not in k}, prefix="eval")
+            rows += [(name, metric, value, seconds) for metric, value in numbers.items()]
+    finally:
+        logger.close()
+    printer(format_table(rows))
+    if jax.process_index() == 0:
+        path = os.path.join(frozen.workdir, "checkpoints", f"eval_{frozen.step}.json")
+        saved = json.load(open(path)) if os.path.exists(path) else {}
+        with open(path, "w") as f:
+            json.dump({**saved, "step": frozen.step, **results}, f, indent=2, sort_keys=True)
+        printer(f"wrote {path}")
+    return results
+
+
+def format_table(rows) -> str:
+    """Markdown table of (evaluation, metric, value, seconds) rows; accuracies in %."""
+    lines = ["| evaluation | metric | value | seconds |", "|---|---|---|---|"]
+    for name, metric, value, seconds in rows:
+        shown = f"{value:.4f}" if "loss" in metric else f"{100 * value:.2f} %"
+        lines.append(f"| {name} | {metric} | {shown} | {seconds:.1f} |")
+    return "\n".join(lines)
+
+
+def main(argv):
+    from absl import logging
+
+    from ssl_jax.errors import UserError
+
+    del argv
+    logging.set_verbosity(logging.WARNING)
+    try:
+        evaluate_workdir(WORKDIR.value, parse_evals(EVAL.value), STEP.value, PROTOCOL.value)
+    except (UserError, ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    from absl import app, flags
+    from ml_collections import config_flags
+
+    WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (config.json, checkpoints/).")
+    STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
+    EVAL = flags.DEFINE_string("eval", "knn", f"Comma-separated evaluations: {', '.join(EVALS)}, or linear (both probes).")
+    PROTOCOL = config_flags.DEFINE_config_file("protocol", None, "configs/eval_protocols.py[:preset]",
+                                               lock_config=True)
+    flags.mark_flags_as_required(["workdir"])
+    app.run(main)
