@@ -160,19 +160,58 @@ def peak_learning_rate(optim_cfg, global_batch: int) -> float:
     raise ValueError(f"unknown optim.lr_scaling {scaling!r}; choose 'linear' or 'sqrt'")
 
 
+def multistep_schedule(base: float, milestones: tuple[int, ...], gamma: float, warmup_steps: int = 0,
+                       warmup_start: float = 0.0) -> Schedule:
+    """Linear warm-up from `warmup_start` to `base`, then `base * gamma^k` after k of the
+    `milestones` (steps) have passed: SimMIM's 'multistep' scheduler (timm MultiStepLRScheduler)."""
+    steps = jnp.asarray(milestones, jnp.int32)
+
+    def schedule(i):
+        decayed = base * gamma ** jnp.sum(i >= steps)
+        if warmup_steps == 0:
+            return decayed
+        ramp = warmup_start + (base - warmup_start) * i / warmup_steps
+        return jnp.where(i < warmup_steps, ramp, decayed)
+
+    return schedule
+
+
 def build_schedules(optim_cfg, total_steps: int, steps_per_epoch: int, global_batch: int) -> Schedules:
     """lr: warm-up then cosine from the scaled peak to min_lr (per step, or per epoch with
     optim.schedule_per_epoch as SimSiam); weight decay cosine from weight_decay to
-    weight_decay_end; teacher momentum cosine to teacher_momentum_end."""
+    weight_decay_end; teacher momentum cosine to teacher_momentum_end.
+
+    Options for the masked-image-modelling recipes (defaults keep the above):
+    `warmup_lr` (scaled like `lr`): where the warm-up starts (SimMIM, I-JEPA; default 0);
+    `lr_schedule='multistep'` with `lr_milestones` (epochs) and `lr_gamma` (SimMIM);
+    `schedule_horizon` h: every schedule runs over h x total_steps, of which the run does
+    the first 1/h (I-JEPA's ipe_scale 1.25); `teacher_momentum_schedule='linear'` (I-JEPA)."""
     peak_lr = peak_learning_rate(optim_cfg, global_batch)
-    lr = cosine_schedule(peak_lr, optim_cfg.min_lr, total_steps, optim_cfg.warmup_epochs * steps_per_epoch)
+    horizon = int(round(optim_cfg.get("schedule_horizon", 1.0) * total_steps))
+    warmup_steps = optim_cfg.warmup_epochs * steps_per_epoch
+    warmup_start = optim_cfg.get("warmup_lr", 0.0) * peak_lr / optim_cfg.lr if optim_cfg.lr else 0.0
+    lr_schedule = optim_cfg.get("lr_schedule", "cosine")
+    if lr_schedule == "cosine":
+        lr = cosine_schedule(peak_lr, optim_cfg.min_lr, horizon, warmup_steps, warmup_start)
+    elif lr_schedule == "multistep":
+        milestones = tuple(int(e * steps_per_epoch) for e in optim_cfg.lr_milestones)
+        lr = multistep_schedule(peak_lr, milestones, optim_cfg.lr_gamma, warmup_steps, warmup_start)
+    else:
+        raise ValueError(f"unknown optim.lr_schedule {lr_schedule!r}; choose 'cosine' or 'multistep'")
     if optim_cfg.get("schedule_per_epoch", False):
         per_step = lr
         lr = lambda step: per_step((step // steps_per_epoch) * steps_per_epoch)  # noqa: E731
-    wd = cosine_schedule(optim_cfg.weight_decay, optim_cfg.weight_decay_end, total_steps)
+    wd = cosine_schedule(optim_cfg.weight_decay, optim_cfg.weight_decay_end, horizon)
     momentum = None
     if optim_cfg.get("teacher_momentum") is not None:
-        momentum = cosine_schedule(optim_cfg.teacher_momentum, optim_cfg.teacher_momentum_end, total_steps)
+        start, end = optim_cfg.teacher_momentum, optim_cfg.teacher_momentum_end
+        kind = optim_cfg.get("teacher_momentum_schedule", "cosine")
+        if kind == "cosine":
+            momentum = cosine_schedule(start, end, horizon)
+        elif kind == "linear":
+            momentum = optax.linear_schedule(start, end, horizon)
+        else:
+            raise ValueError(f"unknown optim.teacher_momentum_schedule {kind!r}; choose 'cosine' or 'linear'")
     return Schedules(lr, wd, momentum, peak_lr)
 
 
