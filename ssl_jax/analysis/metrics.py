@@ -56,12 +56,13 @@ def mean_attention_distance(attn: np.ndarray, patch_size: int, num_prefix: int =
 
 
 def relative_log_amplitude(tokens: np.ndarray, num_prefix: int = 1) -> np.ndarray:
-    """Fourier analysis of feature maps (Park & Kim 2022, `fourier_analysis.ipynb`): [L, B, T, D] -> [L, side//2 + 1].
+    """Fourier analysis of feature maps (Park & Kim 2022, `fourier_analysis.ipynb`): [L, B, T, D] -> [L, ceil(side / 2)].
 
     Each layer's patch tokens form feature maps [B, D, h, w]; their 2-D FFT's log
     amplitude, centred and averaged over images and channels, is read along the
-    half-diagonal from frequency 0 to pi, minus its value at 0. The last entry (pi) is
-    the "relative log amplitude of high frequencies" plotted against depth.
+    half-diagonal, frequencies (k, k) for k = 0 .. side//2 - 1 (the reference's
+    `diag()[h//2:]`, which stops below pi for an even grid), minus its value at 0. The last
+    entry is the "relative log amplitude of high frequencies" plotted against depth.
     """
     tokens = np.asarray(tokens, np.float64)
     side = _patch_grid(tokens.shape[2], num_prefix)
