@@ -6,12 +6,13 @@ from ssl_jax.methods.dino import DINO
 from ssl_jax.methods.mae import MAE
 from ssl_jax.methods.mocov3 import MoCoV3
 from ssl_jax.methods.simclr import SimCLR
+from ssl_jax.methods.simmim import SimMIM
 from ssl_jax.methods.simsiam import SimSiam
 
 METHODS = {"dino": DINO, "simclr": SimCLR, "byol": BYOL, "mocov3": MoCoV3, "simsiam": SimSiam}
 
 # Masked image modelling: one view, masks drawn inside the step (ssl_jax/masks.py).
-METHODS.update({"mae": MAE})
+METHODS.update({"mae": MAE, "simmim": SimMIM})
 
 
 def build_method(config, steps_per_epoch: int):
