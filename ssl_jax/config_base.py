@@ -153,6 +153,28 @@ def two_view_augment(*, size: int, scale: tuple[float, float], brightness: float
     return a
 
 
+def multicrop_augment(*, global_scale: tuple[float, float], local_scale: tuple[float, float], local_number: int,
+                      global_size: int = 224, local_size: int = 96) -> ml_collections.ConfigDict:
+    """DINO's `DataAugmentationDINO` as an `augment` section, which iBOT's `DataAugmentationiBOT`
+    and DINOv2's `DataAugmentationDINO` repeat: 2 global + `local_number` local crops, flip,
+    colour jitter (0.4, 0.4, 0.2, 0.1) with p 0.8, grayscale 0.2, blur (1.0, 0.1, 0.5) and
+    solarisation (0, 0.2, 0) for (global crop 1, global crop 2, local crops), ImageNet statistics."""
+    a = ml_collections.ConfigDict()
+    a.global_crops = ml_collections.ConfigDict({"number": 2, "size": global_size, "scale": global_scale})
+    a.local_crops = ml_collections.ConfigDict({"number": local_number, "size": local_size, "scale": local_scale})
+    a.flip_prob = 0.5
+    a.color_jitter = ml_collections.ConfigDict(
+        {"prob": 0.8, "brightness": 0.4, "contrast": 0.4, "saturation": 0.2, "hue": 0.1})
+    a.grayscale_prob = 0.2
+    a.blur_prob = (1.0, 0.1, 0.5)
+    a.blur_sigma = (0.1, 2.0)
+    a.blur_kernel_size = 13  # covers +-3 sigma of the largest sigma (2.0)
+    a.solarize_prob = (0.0, 0.2, 0.0)
+    a.mean = IMAGENET_MEAN
+    a.std = IMAGENET_STD
+    return a
+
+
 def single_view_augment(*, size: int, scale: tuple[float, float], flip_prob: float) -> ml_collections.ConfigDict:
     """One random-resized crop (bicubic), an optional horizontal flip, no colour or blur, ImageNet
     statistics: the input of MAE, SimMIM and I-JEPA (`views["global"]` is [B, 1, S, S, 3])."""

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from ssl_jax.methods.byol import BYOL
 from ssl_jax.methods.dino import DINO
+from ssl_jax.methods.ijepa import IJEPA
 from ssl_jax.methods.mae import MAE
 from ssl_jax.methods.mocov3 import MoCoV3
 from ssl_jax.methods.simclr import SimCLR
@@ -12,7 +13,7 @@ from ssl_jax.methods.simsiam import SimSiam
 METHODS = {"dino": DINO, "simclr": SimCLR, "byol": BYOL, "mocov3": MoCoV3, "simsiam": SimSiam}
 
 # Masked image modelling: one view, masks drawn inside the step (ssl_jax/masks.py).
-METHODS.update({"mae": MAE, "simmim": SimMIM})
+METHODS.update({"mae": MAE, "simmim": SimMIM, "ijepa": IJEPA})
 
 
 def build_method(config, steps_per_epoch: int):
