@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from ssl_jax.methods.byol import BYOL
 from ssl_jax.methods.dino import DINO
+from ssl_jax.methods.dinov2 import DINOv2
+from ssl_jax.methods.ibot import IBOT
 from ssl_jax.methods.ijepa import IJEPA
 from ssl_jax.methods.mae import MAE
 from ssl_jax.methods.mocov3 import MoCoV3
@@ -10,7 +12,8 @@ from ssl_jax.methods.simclr import SimCLR
 from ssl_jax.methods.simmim import SimMIM
 from ssl_jax.methods.simsiam import SimSiam
 
-METHODS = {"dino": DINO, "simclr": SimCLR, "byol": BYOL, "mocov3": MoCoV3, "simsiam": SimSiam}
+METHODS = {"dino": DINO, "simclr": SimCLR, "byol": BYOL, "mocov3": MoCoV3, "simsiam": SimSiam, "ibot": IBOT,
+           "dinov2": DINOv2}
 
 # Masked image modelling: one view, masks drawn inside the step (ssl_jax/masks.py).
 METHODS.update({"mae": MAE, "simmim": SimMIM, "ijepa": IJEPA})
