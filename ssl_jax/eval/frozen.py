@@ -67,7 +67,7 @@ def vit_module(config) -> nn.Module:
 
 def num_prefix_tokens(module: nn.Module) -> int:
     """Tokens before the patch grid: [CLS] (when the ViT has one) and registers (if any)."""
-    return int(getattr(module, "class_token", True)) + int(getattr(module, "num_registers", 0) or 0)
+    return int(getattr(module, "class_token", True)) + int(getattr(module, "num_register_tokens", 0) or 0)
 
 
 def vit_outputs(frozen: Frozen, images: jax.Array) -> dict:

@@ -1,0 +1,1 @@
+"""Loading official PyTorch checkpoints into ssl_jax's ViT (`pytorch.py`)."""
