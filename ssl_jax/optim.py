@@ -139,6 +139,26 @@ def scale_per_parameter(multipliers: Any) -> optax.GradientTransformation:
     return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
 
 
+def normalize_columns_after_update(mask: Any) -> optax.GradientTransformation:
+    """Makes each masked [D, K] parameter's columns unit-norm after the update: the update
+    becomes `normalize(p + u) - p`. SwAV's prototypes (`main_swav.py` L2-normalises the
+    prototype weights in place before every forward pass, so the loss, the weight decay and
+    LARS all see unit-norm prototypes; renormalising after each update, starting from
+    normalised ones at init, gives the same parameters at every forward pass)."""
+
+    def update_fn(updates, state, params=None):
+        def renormalize(u, p, masked):
+            if not masked:
+                return u
+            new = p + u
+            norm = jnp.sqrt(jnp.sum(jnp.square(new.astype(jnp.float32)), axis=0, keepdims=True))
+            return (new / jnp.maximum(norm, 1e-12).astype(new.dtype) - p).astype(u.dtype)
+
+        return jax.tree.map(renormalize, updates, params, mask), state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
+
+
 class Schedules(NamedTuple):
     """Per-step hyper-parameters the train step reports and the optimiser uses."""
 
@@ -238,6 +258,8 @@ def build_optimizer(optim_cfg, schedules: Schedules, params: Any, steps_per_epoc
         buffers start when they unfreeze, as PyTorch's per-parameter state does;
       * optim.frozen_patterns: never updated (MoCo v3's random patch projection);
       * optim.fixed_lr_patterns: trained at the peak lr, never scheduled (SimSiam's predictor).
+    optim.normalize_patterns: those [D, K] parameters' columns are L2-normalised after every
+    update (SwAV's prototypes, `normalize_columns_after_update`).
     Per-parameter lr multipliers (`lr_multipliers`): optim.layer_decay (< 1: layer-wise lr
     decay over the backbone's blocks) and optim.lr_multipliers ((regex, factor), ...) scale
     each parameter's step (lr and decoupled weight decay alike, as a PyTorch param group's lr).
@@ -281,4 +303,6 @@ def build_optimizer(optim_cfg, schedules: Schedules, params: Any, steps_per_epoc
     chain.append(optax.masked(optax.transforms.conditionally_mask(optax.identity(), unfrozen), frozen_at_start))
     if optim_cfg.get("frozen_patterns"):
         chain.append(optax.masked(optax.set_to_zero(), path_mask(params, tuple(optim_cfg.frozen_patterns))))
+    if optim_cfg.get("normalize_patterns"):
+        chain.append(normalize_columns_after_update(path_mask(params, tuple(optim_cfg.normalize_patterns))))
     return optax.chain(*chain)

@@ -24,6 +24,9 @@ os.environ.setdefault("TFDS_DATA_DIR", os.path.normpath(os.path.join(REPO, "..",
 import pytest  # noqa: E402
 
 TFDS_DATA_DIR = os.environ["TFDS_DATA_DIR"]
+# Cheaper XLA CPU compiles for the tiny shapes of unit tests (`jax.jit(..., compiler_options=FAST_COMPILE)`).
+FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True,
+                "xla_cpu_use_fusion_emitters": False}
 CONFIG_FILE = os.path.join(REPO, "configs", "dino_small.py")
 
 # The smoke preset made smaller still: compile time dominates these tests on 2 CPU cores.

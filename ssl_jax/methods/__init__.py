@@ -8,15 +8,19 @@ from ssl_jax.methods.ibot import IBOT
 from ssl_jax.methods.ijepa import IJEPA
 from ssl_jax.methods.mae import MAE
 from ssl_jax.methods.mocov3 import MoCoV3
-from ssl_jax.methods.simclr import SimCLR
 from ssl_jax.methods.simmim import SimMIM
+from ssl_jax.methods.simclr import SimCLR
 from ssl_jax.methods.simsiam import SimSiam
+from ssl_jax.methods.swav import SwAV
 
 METHODS = {"dino": DINO, "simclr": SimCLR, "byol": BYOL, "mocov3": MoCoV3, "simsiam": SimSiam, "ibot": IBOT,
            "dinov2": DINOv2}
 
 # Masked image modelling: one view, masks drawn inside the step (ssl_jax/masks.py).
 METHODS.update({"mae": MAE, "simmim": SimMIM, "ijepa": IJEPA})
+
+# Clustering and pretext tasks (issue 9).
+METHODS.update({"swav": SwAV})
 
 
 def build_method(config, steps_per_epoch: int):

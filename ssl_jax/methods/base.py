@@ -47,3 +47,18 @@ class Method(Protocol):
 
     def eval_variables(self, state) -> PyTree:
         """Which weights evaluation uses (DINO: the teacher's)."""
+
+
+class OnlineBackboneEval:
+    """`eval_variables` / `features` of a method whose `self.network` (`ssl_jax.models.network.Network`)
+    starts with a 'backbone' module that is trained online (no EMA teacher is evaluated):
+    the two-view methods, SwAV and the pretext-task methods."""
+
+    def eval_variables(self, state):
+        """The online backbone is the one evaluated (and the one the papers release)."""
+        return state.params["backbone"]
+
+    def features(self, backbone_params, model_state, images: jax.Array) -> jax.Array:
+        """Pooled backbone features [B, D] (ResNet: BatchNorm with its running averages)."""
+        return self.network.apply({"backbone": backbone_params}, model_state or {}, images, train=False,
+                                  upto="backbone")[0].astype(jax.numpy.float32)

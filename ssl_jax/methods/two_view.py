@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from ssl_jax import losses
-from ssl_jax.methods.base import LossOutput, MethodVariables
+from ssl_jax.methods.base import LossOutput, MethodVariables, OnlineBackboneEval
 from ssl_jax.models.backbones import backbone_kwargs, build_backbone, compute_dtype
 from ssl_jax.models.heads import projection_mlp
 from ssl_jax.models.network import Network
@@ -28,7 +28,7 @@ from ssl_jax.models.network import Network
 TARGETS = ("ema", "stop_gradient", "online")
 
 
-class TwoViewMethod:
+class TwoViewMethod(OnlineBackboneEval):
     """Base class. Batch: {'views': {'global': [B, 2, H, W, 3]}} (two augmented views per image)."""
 
     target: str  # one of TARGETS
@@ -111,12 +111,3 @@ class TwoViewMethod:
             "projection_std": losses.normalized_std(projections[0]),
         }
         return loss, LossOutput(metrics, method_state, new_stats or None)
-
-    def eval_variables(self, state):
-        """The online backbone is the one evaluated (and the one the papers release)."""
-        return state.params["backbone"]
-
-    def features(self, backbone_params, model_state, images: jax.Array) -> jax.Array:
-        """Pooled backbone features [B, D] (ResNet: BatchNorm with its running averages)."""
-        return self.network.apply({"backbone": backbone_params}, model_state or {}, images, train=False,
-                                  upto="backbone")[0].astype(jnp.float32)
