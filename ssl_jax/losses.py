@@ -123,18 +123,20 @@ def koleo(features: jax.Array, eps: float = 1e-8) -> jax.Array:
 
     features: [..., n, D]; each [n, D] set is separate (the reference computes it per GPU
     batch). Features are L2-normalised, in float32; the nearest neighbour is the max inner
-    product excluding the sample itself; d(x, y) = ||x - y + eps|| (torch's
-    `PairwiseDistance(eps=1e-8)`). Mean over every sample of every set.
+    product excluding the sample itself; d(x, y) = max(||x - y||, eps). Mean over every
+    sample of every set.
 
     Guard: users of the reference hit an inf loss (then NaN gradients) when two samples of a
-    set coincide (duplicate images in small batches, a collapsed backbone) with fp16/bf16
-    features: eps = 1e-8 rounds to 0 there, so d = 0 and -log(0) = inf. Here the features
-    are cast to float32 first (where eps survives), and the distance is floored at eps
-    (sqrt(max(||x - y + eps||^2, eps^2)), which also covers x - y = -eps exactly and keeps
-    sqrt's gradient finite). A duplicate then costs -log((sqrt(D) + 1) eps) ~ 18 - log(sqrt(D) + 1)
-    with a finite gradient; distinct samples are unaffected. The normalisation takes sqrt after
-    the max too, so all-zero features give a finite loss and gradient. A set of n < 2 samples
-    has no neighbour: a ValueError.
+    set coincide (duplicate images in small batches, a collapsed backbone, or a [CLS] that
+    drop-path cut off from the image) with fp16/bf16 features: the reference's
+    d = ||x - y + eps|| (torch's `PairwiseDistance(eps=1e-8)`) loses eps to rounding there,
+    so d = 0 and -log(0) = inf. Here the features are cast to float32 first and d is floored
+    at eps as sqrt(max(||x - y||^2, eps^2)): a duplicate costs -log(2 eps) ~ 17.7 and gets a
+    zero gradient from that pair (the reference's eps-shifted difference would push it along
+    the arbitrary direction (1, ..., 1) with a ~1/eps gradient instead); for d >> eps the
+    two definitions agree to O(eps). The normalisation also takes sqrt after the max, so
+    all-zero features give a finite loss and gradient. A set of n < 2 samples has no
+    neighbour: a ValueError.
     """
     n = features.shape[-2]
     if n < 2:
@@ -146,7 +148,7 @@ def koleo(features: jax.Array, eps: float = 1e-8) -> jax.Array:
     dots = jnp.einsum("...id,...jd->...ij", x, x)
     dots = jnp.where(jnp.eye(n, dtype=bool), -jnp.inf, dots)  # never its own neighbour
     neighbour = jnp.take_along_axis(x, jnp.argmax(dots, axis=-1)[..., None], axis=-2)  # [..., n, D]
-    sq_dist = jnp.sum(jnp.square(x - neighbour + eps), axis=-1)
+    sq_dist = jnp.sum(jnp.square(x - neighbour), axis=-1)
     dist = jnp.sqrt(jnp.maximum(sq_dist, eps * eps))
     return -jnp.mean(jnp.log(dist + eps))
 
