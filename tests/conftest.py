@@ -101,13 +101,19 @@ def run_main(workdir, *args, timeout: int = 300, **override_kwargs) -> subproces
     return finish(start_main(workdir, *args, **override_kwargs), timeout)
 
 
-def run_config(config_spec: str, workdir, *args, timeout: int = 300) -> subprocess.CompletedProcess:
-    """Runs `python -m ssl_jax.main --config=CONFIG_SPEC --workdir=WORKDIR ARGS` to completion in a
-    fresh process (any method's config; never downloads)."""
+def start_config(config_spec: str, workdir, *args) -> subprocess.Popen:
+    """Starts `python -m ssl_jax.main --config=CONFIG_SPEC --workdir=WORKDIR ARGS` in a fresh process
+    (any method's config; never downloads). XLA compiles mostly on one core, so two of these
+    started together take little more wall time than one on 2 cores."""
     command = [sys.executable, "-m", "ssl_jax.main", f"--config={config_spec}", f"--workdir={workdir}",
                "--config.dataset.download=False", *args]
-    return finish(subprocess.Popen(command, cwd=REPO, env=dict(os.environ), stdout=subprocess.PIPE,
-                                   stderr=subprocess.PIPE, text=True), timeout)
+    return subprocess.Popen(command, cwd=REPO, env=dict(os.environ), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def run_config(config_spec: str, workdir, *args, timeout: int = 300) -> subprocess.CompletedProcess:
+    """`start_config` and `finish`: runs ssl_jax.main on CONFIG_SPEC to completion."""
+    return finish(start_config(config_spec, workdir, *args), timeout)
 
 
 def dataset_available() -> bool:

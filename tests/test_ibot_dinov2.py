@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh
 
-from conftest import REPO, run_config
+from conftest import REPO, finish, start_config
 from ssl_jax import losses, sharding, train
 from ssl_jax.batch import example_batch
 from ssl_jax.optim import build_optimizer, build_schedules, lr_multipliers
@@ -257,7 +257,7 @@ def test_ibot_objective_matches_ibotloss_and_centers():
     out["patch_weights"] = out["mask"]
     state = {"center": 0.3 * rng.randn(k).astype(np.float32), "center2": 0.3 * rng.randn(k).astype(np.float32)}
     step = 0  # epoch 0 of a 2-epoch warm-up: both teacher temperatures 0.04
-    loss, new_state, metrics = method.objective(out, state, jnp.asarray(step))
+    loss, new_state, metrics = jax.jit(method.objective, compiler_options=FAST)(out, state, jnp.asarray(step))
     cls, patch, center, center2 = np_ibot_loss(
         out["student_logits"], out["student_patch_logits"], out["teacher_logits"], out["teacher_patch_logits"],
         out["mask"], state["center"], state["center2"], 0.04, 0.04, cfg.student_temp, cfg.lambda1, cfg.lambda2,
@@ -291,7 +291,7 @@ def test_dinov2_objective_matches_forward_backward(centering):
              "center2": 0.3 * rng.randn(cfg.ibot_out_dim).astype(np.float32)}
     step = 4  # mid warm-up: 0.04 + (0.07 - 0.04) * 4 / 5 per iteration
     temp = 0.04 + 0.03 * 4 / 5
-    loss, new_state, metrics = method.objective(out, state, jnp.asarray(step))
+    loss, new_state, metrics = jax.jit(method.objective, compiler_options=FAST)(out, state, jnp.asarray(step))
     want, terms = np_dinov2_loss(out["student_logits"], out["teacher_logits"], s_patch, t_patch, mask,
                                  out["student_global_cls"], centering=centering, center=state["center"],
                                  center2=state["center2"], temp=temp, student_temp=cfg.student_temp,
@@ -429,12 +429,21 @@ def test_teacher_gets_no_gradient(loss_on_meshes):
 
 # ----------------------------------------------------------------------------- end to end
 
+@pytest.fixture(scope="module")
+def smoke_runs(tfds_data_dir, tmp_path_factory):
+    """Both `:smoke` presets started together (compilation is mostly single-threaded): {method: workdir}
+    after `python -m ssl_jax.main --config=configs/<paper>.py:smoke` finished."""
+    workdirs = {method: tmp_path_factory.mktemp(method) for method in CONFIGS}
+    procs = {method: start_config(os.path.join(REPO, "configs", f"{CONFIGS[method]}.py") + ":smoke", workdirs[method])
+             for method in CONFIGS}
+    results = {method: finish(proc) for method, proc in procs.items()}
+    return {method: (results[method], workdirs[method]) for method in CONFIGS}
+
+
 @pytest.mark.parametrize("method", sorted(CONFIGS))
-def test_smoke_preset_end_to_end(method, tfds_data_dir, tmp_path):
-    """`python -m ssl_jax.main --config=configs/<paper>.py:smoke` trains 6 steps on CIFAR-10,
-    checkpoints and reports kNN."""
-    workdir = tmp_path / method
-    result = run_config(os.path.join(REPO, "configs", f"{CONFIGS[method]}.py") + ":smoke", workdir)
+def test_smoke_preset_end_to_end(method, smoke_runs):
+    """The `:smoke` preset trains 6 steps on CIFAR-10 from the command line, checkpoints and reports kNN."""
+    result, workdir = smoke_runs[method]
     assert result.returncode == 0, result.stderr[-3000:]
     records = [json.loads(line) for line in open(workdir / "metrics" / "metrics.jsonl")]
     train_records = [r for r in records if r["split"] == "train"]
