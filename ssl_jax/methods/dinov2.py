@@ -104,7 +104,8 @@ class DINOv2(IBOT):
 
     def teacher_probs(self, cls_logits, patch_logits, weights, method_state, step):
         """Sinkhorn-Knopp over all global crops' [CLS] and over all masked patches of the global
-        batch, or softmax centering (patch center: mean over masked patches)."""
+        batch (the centers in method_state then stay unused), or softmax centering (patch
+        center: mean over masked patches)."""
         temp = self.teacher_temp(step)
         if self.centering == "sinkhorn_knopp":
             probs = losses.sinkhorn_knopp(cls_logits.reshape(-1, cls_logits.shape[-1]), temp)

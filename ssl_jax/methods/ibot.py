@@ -50,7 +50,8 @@ class IBOT(DINO):
     # ------------------------------------------------------------------ hooks (DINOv2 overrides)
 
     def _build(self, cfg, steps_per_epoch: int, dtype) -> None:
-        """iBOT's heads, patch temperature, loss weights and mask distribution."""
+        """iBOT's heads, patch temperature, loss weights and mask distribution (DINO's own
+        `self.head` stays unused: iBOT's heads take the patch tokens too)."""
         if cfg.shared_head and not cfg.shared_head_teacher:
             raise ValueError("method.shared_head=True needs method.shared_head_teacher=True: a teacher "
                              "'last_layer2' would have no student counterpart to follow")
@@ -63,8 +64,11 @@ class IBOT(DINO):
         # uses g exactly when the student trains it.
         self.student_head = IBOTHead(shared=cfg.shared_head, **head)
         self.teacher_head = IBOTHead(shared=cfg.shared_head_teacher, **head)
-        self.teacher_patch_temp = per_epoch_linear_warmup(cfg.warmup_teacher_patch_temp, cfg.teacher_patch_temp,
-                                                          cfg.warmup_teacher_temp_epochs, steps_per_epoch)
+        # iBOTLoss's teacher_temp2_schedule: held at the warm-up value until pred_start_epoch, then warmed up.
+        patch_temp = per_epoch_linear_warmup(cfg.warmup_teacher_patch_temp, cfg.teacher_patch_temp,
+                                             cfg.warmup_teacher_temp_epochs, steps_per_epoch)
+        delay = cfg.pred_start_epoch * steps_per_epoch
+        self.teacher_patch_temp = lambda step: patch_temp(jnp.maximum(step - delay, 0))
         self.loss_weights = {"cls": cfg.lambda1, "patch": cfg.lambda2}
         self.pred_ratio = jnp.asarray(cfg.pred_ratio, jnp.float32)
         self.pred_ratio_var = jnp.asarray(cfg.pred_ratio_var, jnp.float32)
