@@ -123,7 +123,7 @@ class DINOv2(IBOT):
     def extra_losses(self, student_global_cls: jax.Array) -> dict:
         """KoLeo summed over the global crops (each over groups of the batch), koleo_loss_weight."""
         batch, crops, dim = student_global_cls.shape
-        group = self.koleo_group_size or batch
+        group = min(self.koleo_group_size or batch, batch)  # a batch below the group size is one group
         if batch % group:
             raise ValueError(f"the batch ({batch}) must be a multiple of method.koleo_group_size ({group}); "
                              "0 computes KoLeo over the whole batch")
