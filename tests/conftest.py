@@ -116,6 +116,23 @@ def run_config(config_spec: str, workdir, *args, timeout: int = 300) -> subproce
     return finish(start_config(config_spec, workdir, *args), timeout)
 
 
+# Modules that start many `ssl_jax.main` processes, longest first. The README's test command
+# runs the suite on up to 4 pytest-xdist workers with `--dist loadfile` (a module's tests, and so
+# its module-scoped fixtures, stay on one worker); starting the longest modules first keeps one
+# worker from being left with a long module at the end.
+LONGEST_MODULES = ("test_reliability.py", "test_distributed.py", "test_contrastive.py", "test_precision.py",
+                   "test_train.py")
+
+
+def pytest_collection_modifyitems(items):
+    """Orders the collected tests so that LONGEST_MODULES come first (stable otherwise)."""
+    def rank(item):
+        name = os.path.basename(str(item.fspath))
+        return LONGEST_MODULES.index(name) if name in LONGEST_MODULES else len(LONGEST_MODULES)
+
+    items.sort(key=rank)
+
+
 def dataset_available() -> bool:
     return os.path.isdir(os.path.join(TFDS_DATA_DIR, "cifar10"))
 
