@@ -83,7 +83,7 @@ def cifar10_config() -> ml_collections.ConfigDict:
 def smoke_config() -> ml_collections.ConfigDict:
     """A few steps on tiny shapes (32 px, 4 px patches, a 1-block 16-wide predictor)."""
     c = base.use_smoke(cifar10_config())
-    c.model.update({"embed_dim": 32, "depth": 1, "num_heads": 2})
+    c.model.update({"embed_dim": 16, "depth": 1, "num_heads": 2})
     c.method.update({"predictor_embed_dim": 16, "predictor_depth": 1, "predictor_num_heads": 2})
     return c
 

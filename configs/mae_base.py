@@ -74,10 +74,10 @@ def cifar10_config() -> ml_collections.ConfigDict:
 
 
 def smoke_config() -> ml_collections.ConfigDict:
-    """A few steps on tiny shapes: 32 px, 8 px patches (16 tokens, 4 visible), 1-block decoder."""
+    """A few steps on tiny shapes: a 1-block 16-wide ViT, 32 px, 8 px patches (16 tokens, 4 visible), 1-block decoder."""
     c = base.use_smoke(cifar10_config())
-    c.model.update({"embed_dim": 32, "depth": 2, "num_heads": 2, "patch_size": 8})
-    c.method.update({"decoder_embed_dim": 32, "decoder_depth": 1, "decoder_num_heads": 2})
+    c.model.update({"embed_dim": 16, "depth": 1, "num_heads": 2, "patch_size": 8})
+    c.method.update({"decoder_embed_dim": 16, "decoder_depth": 1, "decoder_num_heads": 2})
     return c
 
 

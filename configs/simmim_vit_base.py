@@ -77,7 +77,7 @@ def cifar10_config() -> ml_collections.ConfigDict:
 def smoke_config() -> ml_collections.ConfigDict:
     """A few steps on tiny shapes: 32 px, 8 px patches, 16 px mask cells."""
     c = base.use_smoke(cifar10_config())
-    c.model.update({"embed_dim": 32, "depth": 2, "num_heads": 2, "patch_size": 8})
+    c.model.update({"embed_dim": 16, "depth": 1, "num_heads": 2, "patch_size": 8})
     c.method.mask_patch_size = 16
     return c
 

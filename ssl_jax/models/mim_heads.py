@@ -33,6 +33,15 @@ def run_blocks(x: jax.Array, *, depth: int, num_heads: int, mlp_ratio: float, dt
     return nn.LayerNorm(1e-6, dtype=dtype, name=f"{prefix}_norm")(x)
 
 
+def unshuffle(visible: jax.Array, mask_token: jax.Array, restore: jax.Array) -> jax.Array:
+    """MAE's unshuffle: visible [B, K, E] (in shuffled order), mask_token [1, 1, E], restore
+    [B, N] -> [B, N, E] in patch order, mask_token at the removed patches
+    (`torch.gather(cat([x[:, 1:], mask_tokens]), 1, ids_restore)`)."""
+    batch, visible_count, dim = visible.shape
+    removed = jnp.broadcast_to(mask_token.astype(visible.dtype), (batch, restore.shape[1] - visible_count, dim))
+    return jnp.take_along_axis(jnp.concatenate([visible, removed], axis=1), restore[..., None], axis=1)
+
+
 class MAEDecoder(nn.Module):
     """MAE's decoder: latent [B, 1+K, D] ([CLS] then the K visible tokens in shuffled order),
     restore [B, N] (`masks.RandomMasks.restore`) -> pixel predictions [B, N, patch_dim] in
@@ -49,14 +58,9 @@ class MAEDecoder(nn.Module):
 
     @nn.compact
     def __call__(self, latent: jax.Array, restore: jax.Array) -> jax.Array:
-        batch, visible, _ = latent.shape
-        num = restore.shape[1]
         x = nn.Dense(self.embed_dim, kernel_init=trunc_normal, dtype=self.dtype, name="decoder_embed")(latent)
         mask_token = self.param("mask_token", nn.initializers.normal(0.02), (1, 1, self.embed_dim))
-        removed = jnp.broadcast_to(mask_token.astype(x.dtype), (batch, num + 1 - visible, self.embed_dim))
-        tokens = jnp.concatenate([x[:, 1:], removed], axis=1)  # [B, N, E] in shuffled order
-        tokens = jnp.take_along_axis(tokens, restore[..., None], axis=1)  # unshuffle: patch order
-        x = jnp.concatenate([x[:, :1], tokens], axis=1)
+        x = jnp.concatenate([x[:, :1], unshuffle(x[:, 1:], mask_token, restore)], axis=1)
         x = x + sincos_pos_embed(self.grid_hw, self.embed_dim).astype(x.dtype)
         x = run_blocks(x, depth=self.depth, num_heads=self.num_heads, mlp_ratio=self.mlp_ratio, dtype=self.dtype,
                        remat=self.remat, prefix="decoder_blocks")
