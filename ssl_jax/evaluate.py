@@ -44,15 +44,20 @@ def parse_evals(spec: str) -> list[str]:
     return names
 
 
-def default_protocol(config):
-    """configs/eval_protocols.py's preset for the run's dataset (':cifar10' or the ImageNet one)."""
+def load_protocol(preset: str = ""):
+    """configs/eval_protocols.py's `preset` ('' = the papers' ImageNet protocols, 'cifar10', 'smoke')."""
     import importlib.util
 
     path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "eval_protocols.py")
     spec = importlib.util.spec_from_file_location("eval_protocols", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.get_config("cifar10" if config.dataset.name == "cifar10" else "")
+    return module.get_config(preset)
+
+
+def default_protocol(config):
+    """The protocol preset for the run's dataset: ':cifar10' for CIFAR-10, else the ImageNet one."""
+    return load_protocol("cifar10" if config.dataset.name == "cifar10" else "")
 
 
 def run_knn(frozen, protocol) -> dict[str, float]:
@@ -117,15 +122,22 @@ def run_finetune(frozen, protocol) -> dict[str, float]:
 
 def evaluate_workdir(workdir: str, evals=("knn",), step: int | None = None, protocol=None, config=None,
                      printer=print) -> dict:
-    """Runs `evals` on checkpoint `step` (default: latest) of the run in `workdir`; prints a
-    table, logs to metrics.jsonl and merges the results into checkpoints/eval_<step>.json.
-    `config` defaults to WORKDIR/config.json; `protocol` to `default_protocol(config)`."""
+    """Restores checkpoint `step` (default: latest) of the run in `workdir` (with its
+    config.json, or `config`) and runs `evaluate_frozen` on it."""
     from ssl_jax.eval.frozen import restore
-    from ssl_jax.logger import MetricLogger
 
     start = time.time()
     frozen = restore(workdir, step, config)
     printer(f"restored {workdir} step {frozen.step} ({time.time() - start:.1f}s)")
+    return evaluate_frozen(frozen, evals, protocol, printer)
+
+
+def evaluate_frozen(frozen, evals=("knn",), protocol=None, printer=print) -> dict:
+    """Runs `evals` on a restored checkpoint (`ssl_jax.eval.frozen.restore`); prints a table,
+    logs to metrics.jsonl and merges the results into checkpoints/eval_<step>.json.
+    `protocol` defaults to `default_protocol(frozen.config)`."""
+    from ssl_jax.logger import MetricLogger
+
     protocol = default_protocol(frozen.config) if protocol is None else protocol
     runners = {"knn": run_knn, "finetune": run_finetune,
                "linear_dino": lambda f, p: run_linear(f, p, "linear_dino"),
@@ -146,7 +158,10 @@ def evaluate_workdir(workdir: str, evals=("knn",), step: int | None = None, prot
     printer(format_table(rows))
     if jax.process_index() == 0:
         path = os.path.join(frozen.workdir, "checkpoints", f"eval_{frozen.step}.json")
-        saved = json.load(open(path)) if os.path.exists(path) else {}
+        saved = {}
+        if os.path.exists(path):
+            with open(path) as f:
+                saved = json.load(f)
         with open(path, "w") as f:
             json.dump({**saved, "step": frozen.step, **results}, f, indent=2, sort_keys=True)
         printer(f"wrote {path}")

@@ -2,7 +2,8 @@
 kNN at every k of the DINO protocol vs brute force, linear probes on a linearly separable
 problem, top-k accuracy, linear CKA (identity, invariances), mean attention distance of
 known patterns, the Fourier analysis of known feature maps, the DINO linear-probe
-features of a ViT, and fine-tuning's layer-wise lr decay."""
+features of a ViT, fine-tuning's layer-wise lr decay, the PyTorch name mapping (without
+torch) and MAE's reconstruction panels."""
 from __future__ import annotations
 
 import importlib.util
@@ -195,3 +196,70 @@ def test_layer_wise_lr_decay_follows_mae(tiny_vit):
     updates, _ = jax.jit(tx.update)(grads, tx.init(tree), tree)
     ratio = updates["backbone"]["blocks_0"]["fc1"]["kernel"] / updates["head"]["kernel"][0, 0]
     np.testing.assert_allclose(ratio, cfg.layer_decay**3, rtol=1e-6)
+
+
+def test_unpatchify_inverts_patchify():
+    from ssl_jax.analysis.reconstruction import unpatchify
+    from ssl_jax.models.vit import patchify
+
+    images = np.random.RandomState(0).rand(2, 16, 16, 3).astype(np.float32)
+    np.testing.assert_array_equal(unpatchify(np.asarray(patchify(jnp.asarray(images), 4)), 4), images)
+
+
+def test_convert_vit_maps_a_pytorch_layout_onto_the_vit_parameters():
+    """Without torch: a ViT's own parameters written out under the PyTorch names and layouts (by
+    hand, the inverse of the documented mapping) convert back to the same tree and architecture."""
+    from ssl_jax.convert.pytorch import convert_vit
+    from ssl_jax.models.vit import vit
+
+    module = vit("custom", img_size=16, patch_size=4, embed_dim=128, depth=2, num_heads=2, layerscale_init=0.1,
+                 num_register_tokens=2)
+    params = jax.device_get(jax.jit(module.init)(jax.random.key(0), jnp.zeros((1, 16, 16, 3)))["params"])
+    state = {"cls_token": params["cls_token"], "pos_embed": params["pos_embed"],
+             "register_tokens": params["register_tokens"], "mask_token": np.zeros((1, 1, 128)),
+             "patch_embed.proj.weight": params["patch_embed"]["kernel"].reshape(4, 4, 3, 128).transpose(3, 2, 0, 1),
+             "patch_embed.proj.bias": params["patch_embed"]["bias"],
+             "norm.weight": params["norm"]["scale"], "norm.bias": params["norm"]["bias"],
+             "head.weight": np.zeros((10, 128))}
+    for i in range(2):
+        block = params[f"blocks_{i}"]
+        for torch_name, ours in (("attn.qkv", block["attn"]["qkv"]), ("attn.proj", block["attn"]["proj"]),
+                                 ("mlp.fc1", block["fc1"]), ("mlp.fc2", block["fc2"])):
+            state[f"blocks.{i}.{torch_name}.weight"] = ours["kernel"].T
+            state[f"blocks.{i}.{torch_name}.bias"] = ours["bias"]
+        for norm in ("norm1", "norm2"):
+            state[f"blocks.{i}.{norm}.weight"] = block[norm]["scale"]
+            state[f"blocks.{i}.{norm}.bias"] = block[norm]["bias"]
+        for ls in ("ls1", "ls2"):
+            state[f"blocks.{i}.{ls}.gamma"] = block[ls]["gamma"]
+    converted, kwargs = convert_vit({f"module.backbone.{k}": v for k, v in state.items()})
+    assert kwargs == {"size": "custom", "embed_dim": 128, "depth": 2, "num_heads": 2, "patch_size": 4,
+                      "img_size": 16, "num_register_tokens": 2, "layerscale_init": 1e-5}
+    jax.tree.map(np.testing.assert_array_equal, converted, params)
+    with pytest.raises(ValueError, match="blocks.0.attn.q_bias"):
+        convert_vit({**state, "blocks.0.attn.q_bias": np.zeros(128)})
+
+
+def test_mae_reconstructions_keep_visible_patches_and_grey_out_masked_ones():
+    from ssl_jax.analysis.reconstruction import mae_reconstructions
+    from ssl_jax.batch import example_batch
+    from ssl_jax.methods.mae import MAE
+
+    spec = importlib.util.spec_from_file_location("mae_small_config", os.path.join(REPO, "configs", "mae_small.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config("smoke")
+    config.model.update({"embed_dim": 16, "depth": 1, "num_heads": 2})
+    config.method.update({"decoder_embed_dim": 16, "decoder_depth": 1, "decoder_num_heads": 2})
+    method = MAE(config, steps_per_epoch=1)
+    params = jax.jit(method.init)(jax.random.key(0), example_batch(config.augment, 1)).params
+    mean, std = np.array([0.4, 0.5, 0.6]), np.array([0.2, 0.25, 0.3])
+    display = np.random.RandomState(0).rand(3, 32, 32, 3)
+    panels = mae_reconstructions(method, params, ((display - mean) / std).astype(np.float32), mean, std, seed=1)
+    assert list(panels) == ["original", "masked", "reconstruction", "visible + reconstruction"]
+    np.testing.assert_allclose(panels["original"], display, atol=1e-5)
+    visible = np.all(np.isclose(panels["masked"], display, atol=1e-5), axis=-1)  # [B, H, W]
+    grey = np.all(np.isclose(panels["masked"], 0.5, atol=1e-5), axis=-1)
+    assert np.all(visible | grey) and 0.2 < visible.mean() < 0.3  # 75 % masked (4 of 16 patches visible)
+    np.testing.assert_allclose(panels["visible + reconstruction"][visible], display[visible], atol=1e-5)
+    np.testing.assert_allclose(panels["visible + reconstruction"][~visible], panels["reconstruction"][~visible])

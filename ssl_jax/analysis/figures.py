@@ -1,16 +1,14 @@
 """Matplotlib figures of the analyses (PNG files); each function returns the Figure.
 
-Models are compared by passing {name: result} dicts, one entry per checkpoint.
+Models are compared by passing {name: result} dicts, one entry per checkpoint. pyplot's
+backend is left alone (inline in notebooks; `pictures.main` selects Agg for files).
 """
 from __future__ import annotations
 
 import json
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only; notebooks display the returned figures themselves
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
 
 def attention_maps(images: np.ndarray, maps: np.ndarray, title: str = ""):
@@ -100,5 +98,21 @@ def training_curves(metrics_path: str, keys=("loss", "learning_rate")):
             ax.set_ylabel(key)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def reconstructions(panels: dict[str, np.ndarray], title: str = ""):
+    """One row per image, one column per panel (`reconstruction.mae_reconstructions`)."""
+    names = list(panels)
+    num_images = len(panels[names[0]])
+    fig, axes = plt.subplots(num_images, len(names), figsize=(1.8 * len(names), 1.8 * num_images), squeeze=False)
+    for j, name in enumerate(names):
+        for i in range(num_images):
+            axes[i, j].imshow(panels[name][i])
+            axes[i, j].axis("off")
+        axes[0, j].set_title(name, fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     return fig

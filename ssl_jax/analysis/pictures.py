@@ -5,7 +5,8 @@
 
 writes attention_maps.png ([CLS] attention per head of the last block, DINO's
 visualisation), attention_distance.png, fourier.png and cka.png (Park et al. 2023's three
-analyses, `metrics.py`) and training_curves.png (from WORKDIR/metrics/metrics.jsonl).
+analyses, `metrics.py`), training_curves.png (from WORKDIR/metrics/metrics.jsonl) and, for
+an MAE run, mae_reconstructions.png (original / masked / reconstruction).
 Images: the first --images of the run's eval test split, or --image_files, preprocessed
 as the run's evaluation (resize + centre crop to config.eval.crop).
 """
@@ -17,7 +18,9 @@ import jax
 import numpy as np
 
 from ssl_jax.analysis import figures, metrics
+from ssl_jax.analysis.reconstruction import mae_reconstructions
 from ssl_jax.eval.frozen import num_prefix_tokens, vit_module, vit_outputs
+from ssl_jax.methods.mae import MAE
 
 
 def load_images(config, count: int = 8, files=()) -> tuple[np.ndarray, np.ndarray]:
@@ -61,6 +64,10 @@ def write_pictures(frozen, out_dir: str, count: int = 8, files=()) -> list[str]:
             "cka": figures.cka({name: results["cka"]})}
     if results["attention_maps"] is not None:
         made["attention_maps"] = figures.attention_maps(display, results["attention_maps"], name)
+    if isinstance(frozen.run.method, MAE):
+        panels = mae_reconstructions(frozen.run.method, frozen.state.params, inputs, frozen.config.augment.mean,
+                                     frozen.config.augment.std)
+        made["mae_reconstructions"] = figures.reconstructions(panels, name)
     metrics_path = os.path.join(frozen.workdir, "metrics", "metrics.jsonl")
     if os.path.exists(metrics_path):
         made["training_curves"] = figures.training_curves(metrics_path)
@@ -74,11 +81,13 @@ def write_pictures(frozen, out_dir: str, count: int = 8, files=()) -> list[str]:
 
 def main(argv):
     del argv
+    import matplotlib
     from absl import logging
 
     from ssl_jax.eval.frozen import restore
 
     logging.set_verbosity(logging.WARNING)
+    matplotlib.use("Agg")  # files only
     frozen = restore(WORKDIR.value, STEP.value)
     files = [f for f in IMAGE_FILES.value.split(",") if f]
     for path in write_pictures(frozen, OUT.value, IMAGES.value, files):
