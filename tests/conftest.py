@@ -121,7 +121,7 @@ def run_config(config_spec: str, workdir, *args, timeout: int = 300) -> subproce
 # its module-scoped fixtures, stay on one worker); starting the longest modules first keeps one
 # worker from being left with a long module at the end.
 LONGEST_MODULES = ("test_reliability.py", "test_distributed.py", "test_contrastive.py", "test_precision.py",
-                   "test_train.py")
+                   "test_train.py", "test_evaluate.py")
 
 
 def pytest_collection_modifyitems(items):
