@@ -7,8 +7,7 @@
 Defaults are microsoft/SimMIM's `configs/vit_base__800ep/simmim_pretrain__vit_base__img224__800ep.yaml`
 (cited as KEY) on top of its `config.py` defaults, and `main_simmim.py` / `data/data_simmim.py`.
 Not reproduced: the reference's ViT-B uses a shared relative position bias (USE_SHARED_RPB)
-instead of absolute position embeddings and LayerScale (INIT_VALUES 0.1); this ViT has learned
-absolute position embeddings and no LayerScale.
+instead of absolute position embeddings; this ViT has learned absolute ones.
 """
 from __future__ import annotations
 
@@ -25,6 +24,7 @@ def imagenet_config() -> ml_collections.ConfigDict:
 
     c.model = base.vit_model("base", patch_size=16, img_size=224, drop_path_rate=0.1)  # MODEL.DROP_PATH_RATE 0.1
     c.model.mask_token = "trunc_normal"  # VisionTransformerForSimMIM: mask_token ~ trunc_normal(std .02)
+    c.model.layerscale = 0.1  # MODEL.VIT.INIT_VALUES 0.1: LayerScale gamma_1, gamma_2 in every block
 
     c.method = ml_collections.ConfigDict()
     c.method.name = "simmim"
@@ -61,7 +61,8 @@ def cifar10_config() -> ml_collections.ConfigDict:
 
     The CIFAR10_VIT encoder with 4 px patches (64 tokens) and masks on 8 px cells (4 x 4
     cells, ceil(0.6 x 16) = 10 masked), the ratio of cell to patch size the paper uses for
-    ViT (32 / 16 = 2); constant weight decay 0.05 as the paper, cosine lr.
+    ViT (32 / 16 = 2); constant weight decay 0.05 as the paper, cosine lr. Like the other
+    methods' CIFAR-10 presets, the ViT has no LayerScale.
     """
     c = base.use_cifar10_vit(imagenet_config())
     c.model.patch_size = 4
