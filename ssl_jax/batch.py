@@ -1,15 +1,32 @@
 """The batch layout every method consumes, and in-memory example batches.
 
-    batch = {"views": {"global": [B, G, S, S, 3], "local": [B, L, s, s, 3]}}
+    batch = {"views": {"global": [B, G, S, S, 3], "local": [B, L, s, s, 3]},
+             "label": [B] int32, "index": [B] int32}     # only the fields config.dataset.fields names
 
-float32, normalised with config.augment.mean/std. `example_batch` builds one of
-the right shapes without tensorflow (for `init`, tests and benchmarks).
+Views are float32, normalised with config.augment.mean/std. The optional fields are for the
+methods that need more than images: "label" the class (-1 where the image is outside the
+labelled subset, `config.dataset.labelled_fraction`: semi-supervised methods), "index" the
+image's position in the train split, the same in every epoch and on any number of processes
+(instance discrimination). `example_batch` builds one of the right shapes without tensorflow
+(for `init`, tests and benchmarks).
 """
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+
+BATCH_FIELDS = ("label", "index")
+
+
+def batch_fields(dataset_cfg) -> tuple[str, ...]:
+    """config.dataset.fields (default none), checked against BATCH_FIELDS."""
+    fields = tuple(dataset_cfg.get("fields", ()))
+    unknown = [f for f in fields if f not in BATCH_FIELDS]
+    if unknown:
+        raise ValueError(f"unknown config.dataset.fields {unknown}; choose among {BATCH_FIELDS}")
+    return fields
 
 
 def view_shapes(augment_cfg, batch_size: int) -> dict[str, tuple[int, ...]]:
@@ -22,10 +39,13 @@ def view_shapes(augment_cfg, batch_size: int) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def example_batch(augment_cfg, batch_size: int, rng: jax.Array | None = None) -> dict:
-    """A batch of the configured shapes: zeros, or standard-normal values when `rng` is given."""
+def example_batch(augment_cfg, batch_size: int, rng: jax.Array | None = None, fields: tuple[str, ...] = ()) -> dict:
+    """A batch of the configured shapes: zeros, or standard-normal values when `rng` is given;
+    each of `fields` ("label", "index") as int32 zeros [B]."""
     shapes = view_shapes(augment_cfg, batch_size)
+    extras = {field: np.zeros((batch_size,), np.int32) for field in fields}
     if rng is None:
-        return {"views": {k: np.zeros(s, np.float32) for k, s in shapes.items()}}
+        return {"views": {k: np.zeros(s, np.float32) for k, s in shapes.items()}, **extras}
     keys = jax.random.split(rng, len(shapes))
-    return {"views": {k: np.asarray(jax.random.normal(key, s, jnp.float32)) for key, (k, s) in zip(keys, shapes.items())}}
+    return {"views": {k: np.asarray(jax.random.normal(key, s, jnp.float32)) for key, (k, s) in zip(keys, shapes.items())},
+            **extras}

@@ -278,3 +278,15 @@ def use_cifar10_vit(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     c.augment.blur_prob = (0.0, 0.0, 0.0)
     c.eval.knn_k = (20, 200)
     return c
+
+
+def sgd_multistep_optim(lr: float, milestones: tuple, gamma: float, weight_decay: float, nesterov: bool,
+                        batch_size: int) -> ml_collections.ConfigDict:
+    """An `optim` section for PyTorch's SGD (momentum 0.9, weight decay on every parameter) with a
+    step-wise lr x gamma at each milestone (epochs), no warm-up, unscaled at `batch_size`: the
+    recipes of the classification pretext tasks (RotNet, SLA)."""
+    return ml_collections.ConfigDict({
+        "name": "sgd", "lr": lr, "lr_reference_batch": batch_size, "lr_scaling": "linear", "min_lr": 0.0,
+        "warmup_epochs": 0, "weight_decay": weight_decay, "weight_decay_end": weight_decay, "momentum": 0.9,
+        "nesterov": nesterov, "exclude_1d_from_decay": False, "lr_schedule": "multistep",
+        "lr_milestones": milestones, "lr_gamma": gamma})

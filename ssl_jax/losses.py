@@ -253,3 +253,29 @@ def masked_smooth_l1(predictions: jax.Array, targets: jax.Array, valid: jax.Arra
     per_token = jnp.mean(jnp.where(d < beta, 0.5 * d * d / beta, d - 0.5 * beta), axis=-1)
     v = valid.astype(jnp.float32)
     return jnp.sum(per_token * v) / jnp.maximum(jnp.sum(v), 1.0)
+
+
+# ----------------------------------------------------------------------------
+# Classification pretext tasks (rotation, label augmentation, position prediction,
+# instance discrimination): cross-entropy with integer targets.
+# ----------------------------------------------------------------------------
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array, weights: jax.Array | None = None,
+                  label_smoothing: float = 0.0) -> jax.Array:
+    """Mean cross-entropy of logits [..., C] against integer labels [...] (torch's
+    `F.cross_entropy(..., label_smoothing=s)`: target (1 - s) one-hot + s / C uniform), in float32.
+
+    `weights` [...] (0/1, or any non-negative) makes it the weighted mean over the entries that
+    count, e.g. only the labelled examples; entries with weight 0 get exactly zero gradient and
+    may hold any label (-1 for "unknown"). All-zero weights give 0.
+    """
+    log_p = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    safe_labels = jnp.clip(labels, 0, logits.shape[-1] - 1)
+    nll = -jnp.take_along_axis(log_p, safe_labels[..., None], axis=-1)[..., 0]
+    if label_smoothing:
+        nll = (1.0 - label_smoothing) * nll - label_smoothing * jnp.mean(log_p, axis=-1)
+    if weights is None:
+        return jnp.mean(nll)
+    w = weights.astype(jnp.float32)
+    return jnp.sum(jnp.where(w > 0, nll, 0.0) * w) / jnp.maximum(jnp.sum(w), 1e-12)

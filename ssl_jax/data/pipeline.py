@@ -24,6 +24,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from ssl_jax.batch import batch_fields
 from ssl_jax.data import augment
 from ssl_jax.errors import UserError
 
@@ -152,8 +153,31 @@ def _bad_batch_message(step: int, bad: list[str], error: Exception) -> str:
     return f"{what}, then run the same command again (checkpoints are untouched)"
 
 
+INDEX_KEY = "_ssl_jax_index"  # the example's position in the train split (added when a batch field needs it)
+
+
+def _with_split_index(ds: tf.data.Dataset, builder, split: str) -> tf.data.Dataset:
+    """Adds INDEX_KEY: the example's position in the whole `split` (not just this process's shard),
+    so it is the same in every epoch and for any number of processes."""
+    count, process = jax.process_count(), jax.process_index()
+    if isinstance(builder, tfds.folder_dataset.ImageFolder):  # ds.shard(count, process): every count-th example
+        position = lambda i: i * count + process  # noqa: E731
+    else:  # tfds.split_for_jax_process: contiguous sub-splits
+        offset = sum(builder.info.splits[s].num_examples for s in tfds.even_splits(split, n=count)[:process])
+        position = lambda i: i + offset  # noqa: E731
+    return ds.enumerate().map(lambda i, ex: {**ex, INDEX_KEY: position(i)})
+
+
+def _labelled(index: tf.Tensor, fraction: float, seed: int) -> tf.Tensor:
+    """Whether image `index` is in the labelled subset: a fixed pseudo-random `fraction` of the split
+    (stateless in (seed, index), so the same images in every epoch, run and process count)."""
+    draw = tf.random.stateless_uniform([], tf.stack([tf.constant(seed, tf.int64) + 7919, tf.cast(index, tf.int64)]))
+    return draw < fraction
+
+
 def train_batches(config, start_step: int, steps_per_epoch: int, local_batch: int) -> Iterator[dict]:
-    """Yields per-process batches {'views': {'global': [b, G, S, S, 3], 'local': [b, L, s, s, 3]}}.
+    """Yields per-process batches {'views': {'global': [b, G, S, S, 3], 'local': [b, L, s, s, 3]}}, plus
+    'label' / 'index' [b] int32 when config.dataset.fields names them (`ssl_jax.batch`).
 
     The batch for step i depends only on (config.seed, i): see the module docstring.
     """
@@ -161,34 +185,50 @@ def train_batches(config, start_step: int, steps_per_epoch: int, local_batch: in
     builder = get_builder(dataset_cfg)
     check_split(dataset_cfg, dataset_cfg.train_split, config.batch_size, "dataset.train_split", builder)
     base = _encoded_split(builder, dataset_cfg.train_split, dataset_cfg.image_key)
+    fields = batch_fields(dataset_cfg)
+    if fields:
+        base = _with_split_index(base, builder, dataset_cfg.train_split)
+    fraction = dataset_cfg.get("labelled_fraction", 1.0)
     examples_per_epoch = steps_per_epoch * local_batch
     process = jax.process_index()
+
+    def extras(ex) -> dict:
+        """The requested fields of one example; labels outside the labelled subset are -1."""
+        out = {}
+        if "label" in fields:
+            label = tf.cast(ex[dataset_cfg.label_key], tf.int32)
+            out["label"] = label if fraction >= 1.0 else tf.where(
+                _labelled(ex[INDEX_KEY], fraction, config.seed), label, -1)
+        if "index" in fields:
+            out["index"] = tf.cast(ex[INDEX_KEY], tf.int32)
+        return out
 
     def epoch_dataset(epoch):
         epoch = tf.cast(epoch, tf.int64)
         ds = base.shuffle(dataset_cfg.shuffle_buffer, seed=config.seed * 1_000_003 + epoch,
                           reshuffle_each_iteration=False)
         ds = ds.take(examples_per_epoch).enumerate()
-        return ds.map(lambda index, ex: (tf.stack([epoch, index]), ex[dataset_cfg.image_key], _name_of(ex)))
+        return ds.map(lambda index, ex: (tf.stack([epoch, index]), ex[dataset_cfg.image_key], _name_of(ex),
+                                         extras(ex)))
 
     def undecodable(step):
         """Names of the images of `step`'s batch that do not decode (eagerly, one by one)."""
         epoch, offset = divmod(step, steps_per_epoch)
         bad = []
-        for epoch_and_index, image_bytes, name in epoch_dataset(epoch).skip(offset * local_batch).take(local_batch):
+        for epoch_and_index, image_bytes, name, _ in epoch_dataset(epoch).skip(offset * local_batch).take(local_batch):
             try:
                 _decode(image_bytes)
             except tf.errors.OpError:
                 bad.append(name.numpy().decode() or f"example {int(epoch_and_index[1])} of epoch {epoch}")
         return bad
 
-    def make_views(epoch_and_index, image_bytes, name):
+    def make_views(epoch_and_index, image_bytes, name, example_fields):
         del name
         key = tf.stack([tf.constant(config.seed, tf.int64), tf.constant(process, tf.int64)])
         key = tf.random.experimental.stateless_fold_in(key, epoch_and_index[0])
         key = tf.random.experimental.stateless_fold_in(key, epoch_and_index[1])
         views, _ = augment.multi_crop(_decode(image_bytes), key, config.augment)
-        return {"views": views}
+        return {"views": views, **example_fields}
 
     first_epoch, offset = divmod(start_step, steps_per_epoch)
     ds = epoch_dataset(first_epoch).skip(offset * local_batch)

@@ -10,6 +10,7 @@ from ssl_jax.methods.mae import MAE
 from ssl_jax.methods.mocov3 import MoCoV3
 from ssl_jax.methods.simmim import SimMIM
 from ssl_jax.methods.simclr import SimCLR
+from ssl_jax.methods.rotation import Rotation
 from ssl_jax.methods.simsiam import SimSiam
 from ssl_jax.methods.swav import SwAV
 
@@ -20,7 +21,7 @@ METHODS = {"dino": DINO, "simclr": SimCLR, "byol": BYOL, "mocov3": MoCoV3, "sims
 METHODS.update({"mae": MAE, "simmim": SimMIM, "ijepa": IJEPA})
 
 # Clustering and pretext tasks (issue 9).
-METHODS.update({"swav": SwAV})
+METHODS.update({"swav": SwAV, "rotation": Rotation})
 
 
 def build_method(config, steps_per_epoch: int):

@@ -163,3 +163,17 @@ def projection_mlp(mlp_cfg, dtype: jnp.dtype = jnp.float32) -> ProjectionMLP:
     return ProjectionMLP(mlp_cfg.hidden_dim, mlp_cfg.out_dim, mlp_cfg.num_layers, mlp_cfg.get("last_bn", False),
                          mlp_cfg.get("last_bn_scale", False), mlp_cfg.get("last_bias", True),
                          mlp_cfg.get("init", "torch"), dtype)
+
+
+class LinearHead(nn.Module):
+    """One linear layer x [B, D] -> logits [B, num_outputs]: the pretext classifiers (rotation,
+    joint label x rotation, instance discrimination). `train` is accepted so it chains in a
+    `Network`."""
+
+    num_outputs: int
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        del train
+        return nn.Dense(self.num_outputs, kernel_init=LINEAR_INITS["torch"], dtype=self.dtype, name="linear")(x)

@@ -1,0 +1,148 @@
+"""Classification pretext tasks: rotation prediction (RotNet) and self-supervised label augmentation
+(SLA): rotations, targets and the aggregated inference against ports of the references, the shared
+cross-entropy against float64 numpy, labels used only where they exist, the batch's label/index
+fields from the pipeline, and the `:smoke` presets end to end.
+"""
+from __future__ import annotations
+
+import functools
+import importlib
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import FAST_COMPILE, REPO, TFDS_DATA_DIR, run_config
+from ssl_jax import losses, train
+from ssl_jax.batch import example_batch
+from ssl_jax.methods.rotation import aggregate_joint_logits, rotate_four, rotation_targets
+
+
+def np_cross_entropy(logits, labels, weights, smoothing):
+    """torch F.cross_entropy(reduction='none', label_smoothing=s), then the weighted mean, in float64."""
+    logits = np.float64(logits)
+    log_p = logits - logits.max(-1, keepdims=True)
+    log_p = log_p - np.log(np.exp(log_p).sum(-1, keepdims=True))
+    num_classes = logits.shape[-1]
+    per = []
+    for row, label in zip(log_p.reshape(-1, num_classes), labels.reshape(-1)):
+        target = np.full(num_classes, smoothing / num_classes)
+        target[max(label, 0)] += 1.0 - smoothing
+        per.append(-(target * row).sum())
+    per = np.array(per)
+    w = np.ones_like(per) if weights is None else np.float64(weights).reshape(-1)
+    return (per * w).sum() / w.sum()
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_cross_entropy_matches_torch_formula(smoothing):
+    rng = np.random.RandomState(0)
+    logits = rng.randn(6, 4, 7).astype(np.float32) * 3
+    labels = rng.randint(0, 7, size=(6, 4))
+    weights = (rng.rand(6, 4) > 0.4).astype(np.float32)
+    for w in (None, weights):
+        got = float(losses.cross_entropy(logits, labels, None if w is None else jnp.asarray(w), smoothing))
+        np.testing.assert_allclose(got, np_cross_entropy(logits, labels, w, smoothing), rtol=1e-5)
+    # Entries with zero weight may hold any label (-1 = unknown) and get no gradient.
+    unknown = np.where(weights > 0, labels, -1)
+    grad = jax.grad(lambda x: losses.cross_entropy(x, unknown, jnp.asarray(weights), smoothing))(jnp.asarray(logits))
+    assert not np.asarray(grad)[weights == 0].any() and np.asarray(grad)[weights > 0].any()
+
+
+def test_rotations_targets_and_aggregation_follow_the_references():
+    images = np.random.RandomState(1).randn(3, 5, 5, 2).astype(np.float32)
+    rotated = np.asarray(rotate_four(jnp.asarray(images)))
+    for k in range(4):  # torch.rot90(x, k, (2, 3)) on NCHW == np.rot90 over (H, W)
+        np.testing.assert_array_equal(rotated[:, k], np.rot90(images, k, axes=(1, 2)))
+    labels = np.array([2, 0, 1])
+    # SLA: labels = torch.stack([labels * n + i for i in range(n)], 1).view(-1)
+    np.testing.assert_array_equal(np.asarray(rotation_targets(3, jnp.asarray(labels))).reshape(-1),
+                                  np.stack([labels * 4 + i for i in range(4)], 1).reshape(-1))
+    np.testing.assert_array_equal(np.asarray(rotation_targets(3)), np.tile(np.arange(4), (3, 1)))
+    # Aggregated inference: agg = sum_i preds[i::n, i::n] / n over the image-major [B * 4, 4C] logits.
+    preds = np.random.RandomState(2).randn(3 * 4, 4 * 5)
+    want = sum(preds[i::4, i::4] / 4 for i in range(4))
+    np.testing.assert_allclose(np.asarray(aggregate_joint_logits(jnp.asarray(preds.reshape(3, 4, 20)))), want,
+                               rtol=1e-6)
+    with pytest.raises(ValueError, match="square"):
+        rotate_four(jnp.zeros((1, 4, 6, 3)))
+
+
+def test_sla_uses_labels_only_where_they_exist():
+    """The SLA loss is the joint cross-entropy over the labelled examples only (label -1 = outside the
+    labelled fraction): it equals the numpy loss over the labelled rows of the same logits, and
+    relabelling a labelled example changes it."""
+    config = importlib.import_module("configs.sla_resnet").get_config("smoke")
+    config.augment.global_crops.size = 8
+    run = train.setup(config, steps_per_epoch=3)
+    variables = jax.jit(run.method.init, compiler_options=FAST_COMPILE)(jax.random.key(0),
+                                                                        example_batch(config.augment, 1))
+    batch = example_batch(config.augment, 8, jax.random.key(1), fields=("label",))
+    batch["label"] = np.array([3, -1, 5, -1, 0, 9, -1, 2], np.int32)
+    rng = jax.random.key(2)
+
+    @functools.partial(jax.jit, compiler_options=FAST_COMPILE)
+    def loss_and_logits(b):
+        loss = run.method.loss(variables.params, None, None, variables.model_state, b, rng, 0)[0]
+        logits = run.method.rotated_logits(variables.params, variables.model_state, b["views"]["global"][:, 0],
+                                           train=True, rng=rng)[0]  # the same train-mode forward
+        return loss, logits
+
+    loss, logits = loss_and_logits(batch)
+    labelled = batch["label"] >= 0
+    targets = np.stack([batch["label"][labelled] * 4 + i for i in range(4)], 1)
+    np.testing.assert_allclose(float(loss), np_cross_entropy(np.asarray(logits)[labelled], targets, None, 0.0),
+                               rtol=1e-5)
+    relabelled = dict(batch, label=np.where(labelled, (batch["label"] + 1) % 10, -1).astype(np.int32))
+    assert abs(float(loss_and_logits(relabelled)[0]) - float(loss)) > 1e-4
+
+
+def test_pipeline_label_and_index_fields(tfds_data_dir):
+    """'index' is the image's position in the split (the same image in every epoch), 'label' its tfds
+    label, or -1 outside a fixed labelled fraction of the images."""
+    import tensorflow_datasets as tfds
+
+    from ssl_jax.data import pipeline
+
+    config = importlib.import_module("configs.sla_resnet").get_config("smoke")
+    config.dataset.train_split = "train[:48]"
+    config.dataset.fields = ("label", "index")
+    config.dataset.labelled_fraction = 0.25
+    batches = pipeline.train_batches(config, 0, 3, 16)
+    epochs = [[next(batches) for _ in range(3)] for _ in range(2)]
+    labels = np.array([int(e["label"]) for e in tfds.as_numpy(tfds.load("cifar10", split="train[:48]",
+                                                                          data_dir=TFDS_DATA_DIR))])
+    labelled_sets = []
+    for epoch in epochs:
+        index = np.concatenate([b["index"] for b in epoch])
+        label = np.concatenate([b["label"] for b in epoch])
+        assert sorted(index) == list(range(48))
+        known = label >= 0
+        np.testing.assert_array_equal(label[known], labels[index[known]])
+        labelled_sets.append(set(index[known]))
+        assert 0 < known.sum() < 48
+    assert labelled_sets[0] == labelled_sets[1]
+    assert not np.array_equal(np.concatenate([b["index"] for b in epochs[0]]),
+                              np.concatenate([b["index"] for b in epochs[1]]))  # reshuffled
+
+
+# ----------------------------------------------------------------------------- end to end
+
+
+@pytest.mark.parametrize("config_file", ["sla_resnet"])
+def test_smoke_preset_end_to_end(config_file, tfds_data_dir, tmp_path):
+    """`python -m ssl_jax.main --config=configs/<paper>.py:smoke` trains 6 steps on CIFAR-10,
+    checkpoints and reports kNN."""
+    workdir = tmp_path / config_file
+    result = run_config(os.path.join(REPO, "configs", f"{config_file}.py") + ":smoke", workdir,
+                        "--config.eval.train_split=train[:400]", "--config.eval.test_split=test[:200]")
+    assert result.returncode == 0, result.stderr[-3000:]
+    records = [json.loads(line) for line in open(workdir / "metrics" / "metrics.jsonl")]
+    train_records = [r for r in records if r["split"] == "train"]
+    assert train_records and all(np.isfinite(r["loss"]) for r in train_records)
+    assert train_records[-1]["step"] == 6
+    evals = [r for r in records if r["split"] == "eval"]
+    assert evals and 0.0 < evals[-1]["knn_top1@20"] <= 1.0
