@@ -129,10 +129,72 @@ def test_pipeline_label_and_index_fields(tfds_data_dir):
                               np.concatenate([b["index"] for b in epochs[1]]))  # reshuffled
 
 
+# ----------------------------------------------------------------------------- MP3
+
+
+def _grid_permute(images, perm, patch):
+    """Rearranges the patch grid of images [B, S, S, C]: output patch i is input patch perm[i] (row-major)."""
+    b, size, _, ch = images.shape
+    g = size // patch
+    blocks = images.reshape(b, g, patch, g, patch, ch).transpose(0, 1, 3, 2, 4, 5).reshape(b, g * g, patch, patch, ch)
+    blocks = blocks[:, perm]
+    return blocks.reshape(b, g, g, patch, patch, ch).transpose(0, 1, 3, 2, 4, 5).reshape(b, size, size, ch)
+
+
+@pytest.fixture(scope="module")
+def mp3_method():
+    config = importlib.import_module("configs.mp3_vit_small").get_config("smoke")
+    run = train.setup(config, steps_per_epoch=3)
+    variables = jax.jit(run.method.init, compiler_options=FAST_COMPILE)(jax.random.key(0),
+                                                                        example_batch(config.augment, 1))
+    return config, run.method, variables.params
+
+
+def test_mp3_has_no_position_information(mp3_method):
+    """No position parameter anywhere, a config with position embeddings is refused, and permuting the
+    input patches permutes the output tokens (and their position logits): nothing to cheat with."""
+    config, method, params = mp3_method
+    names = ["/".join(str(k.key) for k in path) for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+    assert not [n for n in names if "pos_embed" in n or "cls_token" in n], names
+    leaky = config.copy_and_resolve_references()
+    leaky.model.pos_embed = "learned"
+    with pytest.raises(ValueError, match="pos_embed='none'"):
+        type(method)(leaky, 3)
+    images = np.random.RandomState(3).randn(2, 16, 16, 3).astype(np.float32)
+    perm = np.random.RandomState(4).permutation(16)
+    logits = jax.jit(lambda x, c: method.position_logits(params, x, c), compiler_options=FAST_COMPILE)
+    base = np.asarray(logits(images, None))
+    permuted = np.asarray(logits(_grid_permute(images, perm, 4), None))
+    np.testing.assert_allclose(permuted, base[:, perm], rtol=1e-4, atol=1e-5)
+    context = np.random.RandomState(5).rand(2, 16) > 0.5
+    np.testing.assert_allclose(np.asarray(logits(_grid_permute(images, perm, 4), context[:, perm])),
+                               np.asarray(logits(images, context))[:, perm], rtol=1e-4, atol=1e-5)
+
+
+def test_mp3_keys_are_the_context_tokens_only(mp3_method):
+    """Changing a patch outside the context changes no context token's output (it is never a key),
+    but changes its own output (it is still a query); changing a context patch changes the others."""
+    _, method, params = mp3_method
+    images = np.random.RandomState(6).randn(1, 16, 16, 3).astype(np.float32)
+    context = np.zeros((1, 16), bool)
+    context[0, [0, 5, 9, 14]] = True
+    logits = jax.jit(lambda x: method.position_logits(params, x, context), compiler_options=FAST_COMPILE)
+    base = np.asarray(logits(images))
+    changed = images.copy()
+    changed[0, 4:8, 4:8] += 3.0  # patch (row 1, col 1) = token 5, in the context
+    outside = images.copy()
+    outside[0, 0:4, 4:8] += 3.0  # token 1, not in the context
+    out = np.asarray(logits(outside))
+    np.testing.assert_allclose(out[0, context[0]], base[0, context[0]], rtol=1e-5, atol=1e-6)
+    assert np.abs(out[0, 1] - base[0, 1]).max() > 1e-3
+    inside = np.asarray(logits(changed))
+    assert np.abs(inside[0, ~context[0]] - base[0, ~context[0]]).max() > 1e-3
+
+
 # ----------------------------------------------------------------------------- end to end
 
 
-@pytest.mark.parametrize("config_file", ["sla_resnet"])
+@pytest.mark.parametrize("config_file", ["sla_resnet", "mp3_vit_small"])
 def test_smoke_preset_end_to_end(config_file, tfds_data_dir, tmp_path):
     """`python -m ssl_jax.main --config=configs/<paper>.py:smoke` trains 6 steps on CIFAR-10,
     checkpoints and reports kNN."""

@@ -8,6 +8,7 @@ from ssl_jax.methods.ibot import IBOT
 from ssl_jax.methods.ijepa import IJEPA
 from ssl_jax.methods.mae import MAE
 from ssl_jax.methods.mocov3 import MoCoV3
+from ssl_jax.methods.mp3 import MP3
 from ssl_jax.methods.simmim import SimMIM
 from ssl_jax.methods.simclr import SimCLR
 from ssl_jax.methods.rotation import Rotation
@@ -21,7 +22,7 @@ METHODS = {"dino": DINO, "simclr": SimCLR, "byol": BYOL, "mocov3": MoCoV3, "sims
 METHODS.update({"mae": MAE, "simmim": SimMIM, "ijepa": IJEPA})
 
 # Clustering and pretext tasks (issue 9).
-METHODS.update({"swav": SwAV, "rotation": Rotation})
+METHODS.update({"swav": SwAV, "rotation": Rotation, "mp3": MP3})
 
 
 def build_method(config, steps_per_epoch: int):

@@ -184,6 +184,8 @@ class VisionTransformer(nn.Module):
         the position embeddings are added (MAE's visible tokens, I-JEPA's context), [CLS] first;
       * `keep_valid` [B, K] bool (with `keep`): False marks padding entries of `keep`, which
         no token attends to and pooling ignores (I-JEPA's per-image context sizes at a static K);
+      * `context` [B, N] bool: in every block only these patch tokens (and [CLS], registers)
+        serve as keys/values, while every token stays a query (MP3's masked context keys);
       * `return_tokens=True`: returns every normed output token [B, T, D] ([CLS] first, if
         any, then the N patches or the K kept ones), not only [CLS].
     `class_token=False` builds a ViT without [CLS] (I-JEPA); its pooled output is then the mean
@@ -204,7 +206,7 @@ class VisionTransformer(nn.Module):
     num_heads: int = 6
     mlp_ratio: float = 4.0
     drop_path_rate: float = 0.0
-    pos_embed: str = "learned"  # "learned" (DINO, timm) or "sincos" (fixed, MoCo v3)
+    pos_embed: str = "learned"  # "learned" (DINO, timm), "sincos" (fixed, MoCo v3) or "none" (MP3)
     dtype: jnp.dtype = jnp.float32  # compute dtype; parameters are float32
     remat: bool = False  # recompute each block in the backward pass
     mask_token: str = ""  # "" (none), "zeros" (iBOT, DINOv2) or "trunc_normal" (SimMIM): init of `mask_token`
@@ -216,7 +218,8 @@ class VisionTransformer(nn.Module):
     @nn.compact
     def __call__(self, images: jax.Array, train: bool = False, return_all: bool = False, *,
                  mask: Optional[jax.Array] = None, keep: Optional[jax.Array] = None,
-                 keep_valid: Optional[jax.Array] = None, return_tokens: bool = False):
+                 keep_valid: Optional[jax.Array] = None, context: Optional[jax.Array] = None,
+                 return_tokens: bool = False):
         batch, height, width, _ = images.shape
         p = self.patch_size
         if height % p or width % p:
@@ -239,18 +242,25 @@ class VisionTransformer(nn.Module):
 
         if self.pos_embed == "sincos":
             pos = sincos_pos_embed(grid, self.embed_dim)
+        elif self.pos_embed == "none":  # MP3: no position information at all (no parameter either)
+            pos = jnp.zeros((1, 1 + grid[0] * grid[1], self.embed_dim), x.dtype)
         elif self.pos_embed == "learned":
             num_patches = (self.img_size // p) ** 2
             pos = interpolate_pos_embed(self.param("pos_embed", trunc_normal, (1, 1 + num_patches, self.embed_dim)),
                                         grid)
         else:
-            raise ValueError(f"unknown pos_embed {self.pos_embed!r} (config.model.pos_embed); use 'learned' or 'sincos'")
+            raise ValueError(f"unknown pos_embed {self.pos_embed!r} (config.model.pos_embed); use 'learned', "
+                             f"'sincos' or 'none'")
         pos = pos.astype(x.dtype)  # [1, 1 + N, D], the [CLS] slot first
         x = x + pos[:, 1:]
         kv_mask = None
         if keep is not None:
             x = jnp.take_along_axis(x, keep[..., None], axis=1)  # [B, K, D]
             kv_mask = keep_valid
+        if context is not None:
+            if keep is not None:
+                raise ValueError("pass either `keep` or `context` to the ViT, not both")
+            kv_mask = context
         if self.class_token:
             cls_token = self.param("cls_token", trunc_normal, (1, 1, self.embed_dim))
             cls = jnp.broadcast_to(cls_token.astype(x.dtype) + pos[:, :1], (batch, 1, self.embed_dim))
