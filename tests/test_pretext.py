@@ -191,10 +191,56 @@ def test_mp3_keys_are_the_context_tokens_only(mp3_method):
     assert np.abs(inside[0, ~context[0]] - base[0, ~context[0]]).max() > 1e-3
 
 
+# ----------------------------------------------------------------------------- instance discrimination
+
+
+def test_instance_head_sharded_over_8_devices_equals_unsharded():
+    """The [D, N_images] classifier split over its N axis on 8 devices (config.parallel.fsdp = 8 with the
+    config's rules) gives the loss and gradients of one device; the loss is the smoothed cross-entropy
+    of each crop against its image's index."""
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+    from ssl_jax import partition
+    from ssl_jax.step import batch_sharding
+
+    config = importlib.import_module("configs.instance_vit_tiny").get_config("smoke")
+    config.parallel.fsdp = 8
+    run = train.setup(config, steps_per_epoch=3)
+    assert dict(run.mesh.shape) == {"data": 1, "fsdp": 8}
+    params = jax.jit(run.method.init, compiler_options=FAST_COMPILE)(jax.random.key(0),
+                                                                     example_batch(config.augment, 1)).params
+    batch = example_batch(config.augment, 16, jax.random.key(1), fields=("index",))
+    batch["index"] = np.random.RandomState(2).randint(0, 512, 16).astype(np.int32)
+
+    def loss_fn(p, b):
+        loss, aux = run.method.loss(p, None, None, None, b, jax.random.key(3), 0)
+        return loss, aux.metrics
+
+    shardings = partition.state_shardings(params, run.mesh, config.parallel.rules)
+    assert shardings["instances"]["linear"]["kernel"].spec == P(None, "fsdp")
+    assert shardings["instances"]["linear"]["bias"].spec == P("fsdp")
+    sharded = jax.jit(jax.value_and_grad(loss_fn, has_aux=True), compiler_options=FAST_COMPILE,
+                      in_shardings=(shardings, batch_sharding(run.mesh)))
+    placed = jax.device_put(params, shardings)
+    assert placed["instances"]["linear"]["kernel"].addressable_shards[0].data.shape == (32, 512 // 8)
+    (loss8, metrics8), grads8 = jax.device_get(sharded(placed, jax.device_put(batch, batch_sharding(run.mesh))))
+    one = Mesh(np.array(jax.devices()[:1]), ("data",))
+    single = jax.jit(jax.value_and_grad(loss_fn, has_aux=True), compiler_options=FAST_COMPILE)
+    (loss1, _), grads1 = jax.device_get(single(jax.device_put(params, NamedSharding(one, P())), batch))
+    np.testing.assert_allclose(loss8, loss1, rtol=1e-5)
+    for (path, a), b in zip(jax.tree_util.tree_flatten_with_path(grads8)[0], jax.tree.leaves(grads1)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * float(np.abs(b).max()) + 1e-7,
+                                   err_msg=jax.tree_util.keystr(path))
+    assert float(metrics8["instances_out_of_range"]) == 0
+    # The loss is the smoothed cross-entropy of each crop against its image's index (no drop-path here).
+    logits, _ = run.method.network.apply(params, {}, batch["views"]["global"][:, 0], train=True)
+    np.testing.assert_allclose(loss1, np_cross_entropy(np.asarray(logits), batch["index"], None, 0.1), rtol=1e-5)
+
+
 # ----------------------------------------------------------------------------- end to end
 
 
-@pytest.mark.parametrize("config_file", ["sla_resnet", "mp3_vit_small"])
+@pytest.mark.parametrize("config_file", ["sla_resnet", "mp3_vit_small", "instance_vit_tiny"])
 def test_smoke_preset_end_to_end(config_file, tfds_data_dir, tmp_path):
     """`python -m ssl_jax.main --config=configs/<paper>.py:smoke` trains 6 steps on CIFAR-10,
     checkpoints and reports kNN."""

@@ -6,6 +6,7 @@ from ssl_jax.methods.dino import DINO
 from ssl_jax.methods.dinov2 import DINOv2
 from ssl_jax.methods.ibot import IBOT
 from ssl_jax.methods.ijepa import IJEPA
+from ssl_jax.methods.instance import InstanceDiscrimination
 from ssl_jax.methods.mae import MAE
 from ssl_jax.methods.mocov3 import MoCoV3
 from ssl_jax.methods.mp3 import MP3
@@ -22,7 +23,8 @@ METHODS = {"dino": DINO, "simclr": SimCLR, "byol": BYOL, "mocov3": MoCoV3, "sims
 METHODS.update({"mae": MAE, "simmim": SimMIM, "ijepa": IJEPA})
 
 # Clustering and pretext tasks (issue 9).
-METHODS.update({"swav": SwAV, "rotation": Rotation, "mp3": MP3})
+METHODS.update({"swav": SwAV, "rotation": Rotation, "mp3": MP3,
+                "instance": InstanceDiscrimination})
 
 
 def build_method(config, steps_per_epoch: int):
