@@ -1,23 +1,29 @@
-"""Time ssl_jax's real train step (the one `ssl_jax.main` jits) on in-memory batches.
+"""Time ssl_jax's real train step (the one `ssl_jax.main` jits) beside the PyTorch reference.
 
-    python -m benchmarks.step_time --config=configs/dino_small.py:cifar10 [--steps=10]
+    python -m benchmarks.step_time --config=configs/dino_small.py --config.batch_size=8 \
+        --config.compute_dtype=float32 [--steps=10] [--reference=pytorch|none]
+
+In one process: ssl_jax's step and the PyTorch reference for the same config and batch
+shapes (timm backbone + lightly heads/losses, `benchmarks/pytorch_reference.py`, from the
+`[bench]` extra), each warmed up, then timed alternately step by step (load from other
+processes hits both alike), median of --steps. Prints a table: compile time, ms/step,
+images/s, model GFLOP per step (XLA's cost analysis of ssl_jax's step, used for both rows:
+the same model), achieved GFLOP/s and its fraction of the matmul peak measured in the same
+run, peak memory, and the ssl_jax / PyTorch speed ratio (> 1: ssl_jax is faster).
 
 Needs no tensorflow: batches are `ssl_jax.batch.example_batch` arrays of the configured
-shapes, so it runs on accelerator hosts with only JAX installed. Prints one table row:
-compile time, median ms/step after warm-up, images/s, GFLOP per step (XLA cost analysis),
-achieved GFLOP/s and its fraction of a float32 matmul peak measured in the same process.
-The side-by-side PyTorch reference column is not part of this script yet.
+shapes, so it runs on accelerator hosts with only JAX (and torch) installed.
 
     python -m benchmarks.step_time --config=configs/mae_small.py:cifar10 --compare=method.encode_all_tokens=True
 
-`--compare=KEY=VALUE[,KEY=VALUE...]` builds a second variant of the config in the same process
-and times the two alternately, step by step, so that load from other processes on a shared
-machine hits both alike; it prints a row per variant and their ratio.
+`--compare=KEY=VALUE[,KEY=VALUE...]` builds a second ssl_jax variant of the config in the same
+process and times it in the same alternation; it prints a row per variant and their ratio.
 """
 from __future__ import annotations
 
 import ast
 import time
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -33,6 +39,8 @@ _STEPS = flags.DEFINE_integer("steps", 10, "Timed steps (after one warm-up step)
 _STEPS_PER_EPOCH = flags.DEFINE_integer("steps_per_epoch", 1000, "Schedules' epoch length (no dataset is read).")
 _COMPARE = flags.DEFINE_string("compare", "", "KEY=VALUE[,KEY=VALUE...]: also time the config with these "
                                "overrides, alternating steps with the unchanged config (same process).")
+_REFERENCE = flags.DEFINE_enum("reference", "pytorch", ["pytorch", "none"],
+                               "Also time the PyTorch reference (needs the [bench] extra), or not.")
 flags.mark_flags_as_required(["config"])
 
 
@@ -73,48 +81,81 @@ def with_overrides(config, spec: str):
     return variant
 
 
-def compile_step(config):
-    """(compiled step, state, global batch, compile seconds, FLOP per step) for `config`."""
+class Contender(NamedTuple):
+    """One timed row: `run()` does one synchronised training step."""
+
+    label: str
+    run: Callable[[], None]
+    compile_seconds: float | None
+    peak_memory_bytes: int | None
+
+
+def jax_contender(label: str, config) -> tuple[Contender, float, int]:
+    """(contender, FLOP per step, device count) for ssl_jax's jitted step on `config`."""
     run = train.setup(config, steps_per_epoch=_STEPS_PER_EPOCH.value)
     state = train.create_state(config, run)
     batch = sharding.to_global_batch(example_batch(config.augment, config.batch_size, jax.random.key(1)), run.mesh)
     start = time.perf_counter()
     step = train.jit_step(config, run).lower(state, batch).compile()  # the config's FSDP / accumulation
     compile_seconds = time.perf_counter() - start
-    state, metrics = step(state, batch)  # warm-up
-    jax.block_until_ready(metrics)
-    return step, state, batch, compile_seconds, train.step_flops(step), run.mesh.devices.size
+    holder = {"state": state}
+
+    def one_step():
+        holder["state"], metrics = step(holder["state"], batch)
+        jax.block_until_ready(metrics)
+
+    one_step()  # warm-up
+    memory = step.memory_analysis()
+    peak = None if memory is None else memory.argument_size_in_bytes + memory.temp_size_in_bytes
+    return Contender(label, one_step, compile_seconds, peak), train.step_flops(step), run.mesh.devices.size
+
+
+def pytorch_contender(config) -> Contender:
+    """The PyTorch reference (benchmarks/pytorch_reference.py) on a batch of the same shapes."""
+    try:
+        from benchmarks.pytorch_reference import Reference
+    except ImportError as e:
+        raise app.UsageError(f"the PyTorch reference needs the [bench] extra ({e}); pip install -e '.[bench]', "
+                             f"or pass --reference=none") from e
+    reference = Reference(config, example_batch(config.augment, config.batch_size, jax.random.key(1)))
+    for _ in range(2):  # warm-up: allocator, autotuning
+        reference.step()
+    return Contender("PyTorch (timm + lightly)", reference.step, None, reference.peak_memory_bytes())
 
 
 def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)
-    configs = [("", _CONFIG.value)]
+    config = _CONFIG.value
+    name = f"{config.method.name} {describe_model(config.model)}"
+    contender, flops, num_devices = jax_contender(f"ssl_jax {name}", config)
+    contenders = [contender]
     if _COMPARE.value:
-        configs.append((f" [{_COMPARE.value}]", with_overrides(_CONFIG.value, _COMPARE.value)))
-    variants = [compile_step(config) for _, config in configs]
-    states = [v[1] for v in variants]
-    times = [[] for _ in variants]
+        contenders.append(jax_contender(f"ssl_jax {name} [{_COMPARE.value}]",
+                                        with_overrides(config, _COMPARE.value))[0])
+    if _REFERENCE.value == "pytorch":
+        contenders.append(pytorch_contender(config))
+    times = [[] for _ in contenders]
     for _ in range(_STEPS.value):
-        for i, (step, _, batch, *_) in enumerate(variants):  # alternate: shared-machine load hits all alike
+        for contender, contender_times in zip(contenders, times):  # alternate, step by step
             start = time.perf_counter()
-            states[i], metrics = step(states[i], batch)
-            jax.block_until_ready(metrics)
-            times[i].append(time.perf_counter() - start)
+            contender.run()
+            contender_times.append(time.perf_counter() - start)
     peak = matmul_peak_flops()
-    print(f"| config | devices | batch | compile s | ms/step | images/s | GFLOP/step | GFLOP/s | matmul peak GFLOP/s | of peak |")
-    print(f"|---|---|---|---|---|---|---|---|---|---|")
-    medians = []
-    for (label, config), (_, _, _, compile_seconds, flops, num_devices), step_times in zip(configs, variants, times):
-        seconds = float(np.median(step_times))
-        medians.append(seconds)
-        devices = f"{num_devices}x {jax.devices()[0].device_kind}"
-        print(f"| {config.method.name} {describe_model(config.model)}{label} | {devices} | {config.batch_size} "
-              f"| {compile_seconds:.1f} | {1000 * seconds:.0f} | {config.batch_size / seconds:.1f} | {flops / 1e9:.1f} "
-              f"| {flops / seconds / 1e9:.1f} | {peak / 1e9:.1f} | {flops / seconds / peak:.0%} |")
-    if len(medians) == 2:
-        print(f"median step time of [{_COMPARE.value}] / unchanged: {medians[1] / medians[0]:.2f}x "
-              f"({_STEPS.value} alternating steps each)")
+    medians = [float(np.median(t)) for t in times]
+    print(f"{num_devices}x {jax.devices()[0].device_kind}, batch {config.batch_size}, "
+          f"{config.compute_dtype}, median of {_STEPS.value} alternating steps, model "
+          f"{flops / 1e9:.1f} GFLOP/step (XLA cost analysis), matmul peak {peak / 1e9:.0f} GFLOP/s")
+    print("| step | compile s | ms/step | images/s | GFLOP/s | of peak | peak memory MiB |")
+    print("|---|---|---|---|---|---|---|")
+    for contender, seconds in zip(contenders, medians):
+        compile_s = "-" if contender.compile_seconds is None else f"{contender.compile_seconds:.1f}"
+        memory = "not measured" if contender.peak_memory_bytes is None else f"{contender.peak_memory_bytes / 2**20:.0f}"
+        print(f"| {contender.label} | {compile_s} | {1000 * seconds:.0f} | {config.batch_size / seconds:.1f} "
+              f"| {flops / seconds / 1e9:.1f} | {flops / seconds / peak:.0%} | {memory} |")
+    for contender, seconds in zip(contenders[1:], medians[1:]):
+        print(f"speed ratio, ssl_jax / {contender.label}: {seconds / medians[0]:.2f}x (its ms/step over ssl_jax's; "
+              f"> 1: ssl_jax is faster)")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,195 @@
+"""The PyTorch step a researcher would otherwise run, built from the same ssl_jax config.
+
+timm backbones with lightly's heads and losses (the `[bench]` extra), one optimiser step
+with the recipe's optimiser, per-tensor gradient clipping and EMA teacher update, on the
+same batch shapes that `benchmarks.step_time` feeds ssl_jax's step:
+
+| config.method.name | backbone | heads and loss (lightly) | optimiser |
+|---|---|---|---|
+| dino | timm VisionTransformer (`dynamic_img_size`: local crops interpolate the position embeddings) | DINOProjectionHead, DINOLoss; backbone once per crop resolution, head once, as `MultiCropWrapper` | AdamW, clip per tensor, EMA teacher |
+| simclr | timm ResNet | SimCLRProjectionHead, NTXentLoss, both views through BN together | LARS (lightly) |
+| byol | timm ResNet | BYOLProjectionHead + BYOLPredictionHead, NegativeCosineSimilarity (= 2 - 2cos up to constants), EMA target | LARS (lightly) |
+
+Imported only by the benchmark, never by ssl_jax. Mixed precision follows
+config.compute_dtype: bfloat16 runs the forward under `torch.autocast` (AMP), as the
+references' `--use_fp16` does with float16.
+"""
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import torch
+import torch.nn as nn
+from timm.models import resnet as timm_resnet
+from timm.models.vision_transformer import VisionTransformer
+
+from ssl_jax.models.vit import VIT_SIZES
+
+# lightly imports torchvision, which is part of the [bench] extra.
+from lightly.loss import DINOLoss, NegativeCosineSimilarity, NTXentLoss  # noqa: E402
+from lightly.models.modules import heads  # noqa: E402
+from lightly.models.utils import update_momentum  # noqa: E402
+from lightly.utils.lars import LARS  # noqa: E402
+
+
+def torch_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def views_to_torch(views: np.ndarray, device: torch.device) -> torch.Tensor:
+    """[B, V, S, S, 3] channels-last views -> [V * B, 3, S, S], crop-major like DINO's data loader."""
+    b, v, s, _, c = views.shape
+    nchw = np.ascontiguousarray(views.transpose(1, 0, 4, 2, 3).reshape(v * b, c, s, s))
+    return torch.from_numpy(nchw).to(device)
+
+
+def timm_vit(model_cfg) -> VisionTransformer:
+    """ssl_jax's ViT section as timm's VisionTransformer ([CLS] pooled, no classifier)."""
+    if model_cfg.size == "custom":
+        embed_dim, depth, num_heads = model_cfg.embed_dim, model_cfg.depth, model_cfg.num_heads
+    else:
+        embed_dim, depth, num_heads = VIT_SIZES[model_cfg.size]
+    return VisionTransformer(img_size=model_cfg.img_size, patch_size=model_cfg.patch_size, embed_dim=embed_dim,
+                             depth=depth, num_heads=num_heads, num_classes=0, global_pool="token",
+                             drop_path_rate=model_cfg.drop_path_rate, dynamic_img_size=True)
+
+
+def timm_resnet_backbone(model_cfg) -> nn.Module:
+    """ssl_jax's ResNet section as timm's ResNet (pooled features, no classifier)."""
+    if model_cfg.cifar_stem:
+        raise ValueError("the PyTorch reference builds ImageNet-stem ResNets only; benchmark a config without "
+                         "model.cifar_stem")
+    return getattr(timm_resnet, f"resnet{model_cfg.depth}")(num_classes=0, zero_init_last=model_cfg.zero_init_residual)
+
+
+def clip_per_tensor(parameters, max_norm: float) -> None:
+    """DINO's `utils.clip_gradients`: each tensor's gradient scaled to norm <= max_norm."""
+    for p in parameters:
+        if p.grad is not None:
+            norm = p.grad.norm(2)
+            p.grad.mul_(torch.clamp(max_norm / (norm + 1e-6), max=1.0))
+
+
+def adamw_groups(module: nn.Module, weight_decay: float) -> list[dict]:
+    """DINO's `get_params_groups`: no weight decay on biases and norms (1-D tensors)."""
+    decay = [p for p in module.parameters() if p.requires_grad and p.ndim > 1]
+    no_decay = [p for p in module.parameters() if p.requires_grad and p.ndim <= 1]
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+class Reference:
+    """One training step of the PyTorch reference: `step()` runs it on the stored batch and
+    returns the loss (synchronised, so timing `step()` times the device work)."""
+
+    def __init__(self, config, batch: dict):
+        self.device = torch_device()
+        self.config = config
+        self.autocast_dtype = torch.bfloat16 if config.compute_dtype == "bfloat16" else None
+        self.views = {name: views_to_torch(v, self.device) for name, v in batch["views"].items()}
+        build = {"dino": self._build_dino, "simclr": self._build_two_view, "byol": self._build_two_view}
+        if config.method.name not in build:
+            raise ValueError(f"no PyTorch reference for method {config.method.name!r}; have {sorted(build)}")
+        build[config.method.name]()
+
+    def _autocast(self):
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None)
+
+    # --- DINO -------------------------------------------------------------------------------
+    def _build_dino(self):
+        cfg, m = self.config, self.config.method
+
+        def network() -> nn.ModuleDict:
+            backbone = timm_vit(cfg.model)
+            head = heads.DINOProjectionHead(backbone.embed_dim, m.head_hidden_dim, m.head_bottleneck_dim, m.out_dim,
+                                            norm_last_layer=m.norm_last_layer)
+            return nn.ModuleDict({"backbone": backbone, "head": head}).to(self.device)
+
+        # A second network loaded with the student's weights (weight-normalised layers cannot be deep-copied).
+        self.student, self.teacher = network(), network()
+        self.teacher.load_state_dict(self.student.state_dict())
+        self.teacher.requires_grad_(False)
+        self.loss_fn = DINOLoss(m.out_dim, m.warmup_teacher_temp, m.teacher_temp, m.warmup_teacher_temp_epochs,
+                                m.student_temp, m.center_momentum).to(self.device)
+        self.optimizer = torch.optim.AdamW(adamw_groups(self.student, cfg.optim.weight_decay), lr=cfg.optim.lr,
+                                           betas=(cfg.optim.b1, cfg.optim.b2), eps=cfg.optim.eps)
+        self.step = self._dino_step
+
+    def _dino_forward(self, network, groups: list[torch.Tensor]) -> torch.Tensor:
+        """Backbone once per resolution, head once on all [CLS] tokens (DINO's MultiCropWrapper)."""
+        cls = torch.cat([network["backbone"](group) for group in groups])
+        return network["head"](cls)
+
+    def _dino_step(self) -> float:
+        num_global = self.config.augment.global_crops.number
+        groups = [self.views["global"]] + ([self.views["local"]] if "local" in self.views else [])
+        with self._autocast():
+            with torch.no_grad():
+                teacher_out = self._dino_forward(self.teacher, groups[:1]).chunk(num_global)
+            student_out = self._dino_forward(self.student, groups)
+            num_views = sum(g.shape[0] for g in groups) // teacher_out[0].shape[0]
+            loss = self.loss_fn(list(teacher_out), list(student_out.chunk(num_views)), epoch=0)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.config.optim.clip_grad:
+            clip_per_tensor(self.student.parameters(), self.config.optim.clip_grad)
+        self.optimizer.step()
+        with torch.no_grad():
+            update_momentum(self.student, self.teacher, self.config.optim.teacher_momentum)
+        return self._sync(loss)
+
+    # --- SimCLR / BYOL -----------------------------------------------------------------------
+    def _build_two_view(self):
+        cfg, m = self.config, self.config.method
+        backbone = timm_resnet_backbone(cfg.model)
+        width = backbone.num_features
+        if m.name == "simclr":
+            projector = heads.SimCLRProjectionHead(width, m.projector.hidden_dim, m.projector.out_dim,
+                                                   num_layers=m.projector.num_layers)
+            modules = {"backbone": backbone, "projector": projector}
+            self.loss_fn = NTXentLoss(temperature=m.temperature)
+        else:
+            projector = heads.BYOLProjectionHead(width, m.projector.hidden_dim, m.projector.out_dim)
+            predictor = heads.BYOLPredictionHead(m.projector.out_dim, m.predictor.hidden_dim, m.predictor.out_dim)
+            modules = {"backbone": backbone, "projector": projector, "predictor": predictor}
+            self.loss_fn = NegativeCosineSimilarity()
+        self.student = nn.ModuleDict(modules).to(self.device)
+        if m.name == "byol":
+            self.teacher = copy.deepcopy(nn.ModuleDict({"backbone": backbone, "projector": projector})).to(
+                self.device).requires_grad_(False)
+        self.optimizer = LARS(self.student.parameters(), lr=cfg.optim.lr, momentum=cfg.optim.momentum,
+                              weight_decay=cfg.optim.weight_decay)
+        self.step = self._two_view_step
+
+    def _two_view_step(self) -> float:
+        views = self.views["global"]
+        with self._autocast():
+            if self.config.method.name == "simclr":
+                z = self.student["projector"](self.student["backbone"](views))  # both views through BN together
+                z1, z2 = z.chunk(2)
+                loss = self.loss_fn(z1, z2)
+            else:
+                v1, v2 = views.chunk(2)
+                online = [self.student["projector"](self.student["backbone"](v)) for v in (v1, v2)]
+                p1, p2 = (self.student["predictor"](z) for z in online)
+                with torch.no_grad():
+                    t1, t2 = (self.teacher["projector"](self.teacher["backbone"](v)) for v in (v1, v2))
+                loss = 2 * (self.loss_fn(p1, t2) + self.loss_fn(p2, t1)) + 4  # 2 - 2 cos, summed over both pairs
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        if self.config.method.name == "byol":
+            with torch.no_grad():
+                update_momentum(self.student["backbone"], self.teacher["backbone"], self.config.optim.teacher_momentum)
+                update_momentum(self.student["projector"], self.teacher["projector"],
+                                self.config.optim.teacher_momentum)
+        return self._sync(loss)
+
+    def _sync(self, loss: torch.Tensor) -> float:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        return float(loss.detach())
+
+    def peak_memory_bytes(self) -> int | None:
+        """Peak allocated device memory on a GPU; None on the CPU (not tracked by torch)."""
+        return torch.cuda.max_memory_allocated() if self.device.type == "cuda" else None
