@@ -9,6 +9,7 @@ same batch shapes that `benchmarks.step_time` feeds ssl_jax's step:
 | dino | timm VisionTransformer (`dynamic_img_size`: local crops interpolate the position embeddings) | DINOProjectionHead, DINOLoss; backbone once per crop resolution, head once, as `MultiCropWrapper` | AdamW, clip per tensor, EMA teacher |
 | simclr | timm ResNet | SimCLRProjectionHead, NTXentLoss, both views through BN together | LARS (lightly) |
 | byol | timm ResNet | BYOLProjectionHead + BYOLPredictionHead, NegativeCosineSimilarity (= 2 - 2cos up to constants), EMA target | LARS (lightly) |
+| mae | timm VisionTransformer in MaskedVisionTransformerTIMM (encoder on the kept tokens) | MAEDecoderTIMM, random_token_mask, MSE on masked patches with norm-pix targets (lightly's MAE example) | AdamW |
 
 Imported only by the benchmark, never by ssl_jax. Mixed precision follows
 config.compute_dtype: bfloat16 runs the forward under `torch.autocast` (AMP), as the
@@ -29,6 +30,8 @@ from ssl_jax.models.vit import VIT_SIZES
 # lightly imports torchvision, which is part of the [bench] extra.
 from lightly.loss import DINOLoss, NegativeCosineSimilarity, NTXentLoss  # noqa: E402
 from lightly.models.modules import heads  # noqa: E402
+from lightly.models import utils as lightly_utils  # noqa: E402
+from lightly.models.modules import MAEDecoderTIMM, MaskedVisionTransformerTIMM  # noqa: E402
 from lightly.models.utils import update_momentum  # noqa: E402
 from lightly.utils.lars import LARS  # noqa: E402
 
@@ -87,7 +90,8 @@ class Reference:
         self.config = config
         self.autocast_dtype = torch.bfloat16 if config.compute_dtype == "bfloat16" else None
         self.views = {name: views_to_torch(v, self.device) for name, v in batch["views"].items()}
-        build = {"dino": self._build_dino, "simclr": self._build_two_view, "byol": self._build_two_view}
+        build = {"dino": self._build_dino, "simclr": self._build_two_view, "byol": self._build_two_view,
+                 "mae": self._build_mae}
         if config.method.name not in build:
             raise ValueError(f"no PyTorch reference for method {config.method.name!r}; have {sorted(build)}")
         build[config.method.name]()
@@ -183,6 +187,42 @@ class Reference:
                 update_momentum(self.student["backbone"], self.teacher["backbone"], self.config.optim.teacher_momentum)
                 update_momentum(self.student["projector"], self.teacher["projector"],
                                 self.config.optim.teacher_momentum)
+        return self._sync(loss)
+
+    # --- MAE ----------------------------------------------------------------------------------
+    def _build_mae(self):
+        cfg, m = self.config, self.config.method
+        vit = timm_vit(cfg.model)
+        self.encoder = MaskedVisionTransformerTIMM(vit=vit)
+        self.decoder = MAEDecoderTIMM(num_patches=vit.patch_embed.num_patches, patch_size=cfg.model.patch_size,
+                                      embed_dim=vit.embed_dim, decoder_embed_dim=m.decoder_embed_dim,
+                                      decoder_depth=m.decoder_depth, decoder_num_heads=m.decoder_num_heads)
+        self.student = nn.ModuleDict({"encoder": self.encoder, "decoder": self.decoder}).to(self.device)
+        self.optimizer = torch.optim.AdamW(adamw_groups(self.student, cfg.optim.weight_decay), lr=cfg.optim.lr,
+                                           betas=(cfg.optim.b1, cfg.optim.b2), eps=cfg.optim.eps)
+        self.step = self._mae_step
+
+    def _mae_step(self) -> float:
+        """lightly's MAE example: encoder on the kept tokens, decoder with mask tokens, loss on masked patches."""
+        images = self.views["global"]
+        batch_size, sequence_length = images.shape[0], self.encoder.sequence_length
+        with self._autocast():
+            idx_keep, idx_mask = lightly_utils.random_token_mask((batch_size, sequence_length),
+                                                                 mask_ratio=self.config.method.mask_ratio,
+                                                                 device=images.device)
+            encoded = self.encoder.encode(images=images, idx_keep=idx_keep)
+            tokens = lightly_utils.repeat_token(self.decoder.mask_token, (batch_size, sequence_length))
+            tokens = lightly_utils.set_at_index(tokens, idx_keep, self.decoder.embed(encoded).type_as(tokens))
+            prediction = self.decoder.predict(lightly_utils.get_at_index(self.decoder.decode(tokens), idx_mask))
+            target = lightly_utils.get_at_index(lightly_utils.patchify(images, self.config.model.patch_size),
+                                                idx_mask - 1)
+            if self.config.method.norm_pix_loss:
+                mean, var = target.mean(dim=-1, keepdim=True), target.var(dim=-1, keepdim=True)
+                target = (target - mean) / (var + 1e-6) ** 0.5
+            loss = nn.functional.mse_loss(prediction.float(), target.float())
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
         return self._sync(loss)
 
     def _sync(self, loss: torch.Tensor) -> float:
