@@ -279,3 +279,13 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, weights: jax.Array | Non
         return jnp.mean(nll)
     w = weights.astype(jnp.float32)
     return jnp.sum(jnp.where(w > 0, nll, 0.0) * w) / jnp.maximum(jnp.sum(w), 1e-12)
+
+
+def labelled_targets(soft_targets: jax.Array, labels: jax.Array) -> jax.Array:
+    """Semi-supervised targets (Suave / Daino): soft_targets [B, V, K] (Sinkhorn codes or teacher
+    probabilities over K = number of classes) with each labelled example's rows replaced by its
+    one-hot label; labels [B] int, -1 where unknown. Unlabelled rows are returned unchanged and
+    a label is read only where it is >= 0. No gradient."""
+    labelled = labels >= 0
+    one_hot = jax.nn.one_hot(jnp.maximum(labels, 0), soft_targets.shape[-1], dtype=soft_targets.dtype)
+    return jax.lax.stop_gradient(jnp.where(labelled[:, None, None], one_hot[:, None, :], soft_targets))

@@ -1,6 +1,7 @@
 """SwAV: the loss against a float64 numpy port of `main_swav.py`, Sinkhorn-Knopp marginals over
 [queue; batch], symmetry of the swapped prediction, the queue, prototype normalisation and
-freezing, 8 devices = 1, and the `:smoke` preset end to end.
+freezing, 8 devices = 1. Suave / Daino: labels used only where they exist, Sinkhorn over the
+unlabelled images only. The `:smoke` presets end to end.
 """
 from __future__ import annotations
 
@@ -132,6 +133,40 @@ def test_queue_pushes_newest_first_only_while_active():
     np.testing.assert_array_equal(pushed[1, :, 0], [-11, -12, 6, 7, 8, 9])
 
 
+# ----------------------------------------------------------------------------- Suave / Daino
+
+
+def test_labelled_targets_read_labels_only_where_they_exist():
+    """Labelled rows (label >= 0) become one-hot, unlabelled ones keep the method's targets, and what
+    an unknown label holds (-1, -7) is never read."""
+    soft = jax.nn.softmax(jnp.asarray(np.random.RandomState(7).randn(5, 2, 4), jnp.float32))
+    labels = np.array([2, -1, 0, -1, 3])
+    got = np.asarray(losses.labelled_targets(soft, jnp.asarray(labels)))
+    for b, label in enumerate(labels):
+        want = np.asarray(soft[b]) if label < 0 else np.tile(np.eye(4)[label], (2, 1))
+        np.testing.assert_array_equal(got[b], want)
+    np.testing.assert_array_equal(np.asarray(losses.labelled_targets(soft, jnp.asarray(np.where(labels < 0, -7, labels)))),
+                                  got)
+
+
+def test_suave_codes_balance_the_unlabelled_images_only():
+    """Suave's Sinkhorn runs over the unlabelled rows alone (numpy port on those rows), so the labelled
+    images' scores cannot move the unlabelled codes; the labelled rows are their one-hot labels."""
+    z, c, _ = _swav_inputs(8, batch=10, prototypes=4)
+    scores = jnp.asarray(z[:, :2] @ c, jnp.float32)  # [B, A, K]
+    labels = np.array([1, -1, -1, 3, -1, 0, -1, -1, 2, -1])
+    unlabelled = labels < 0
+    codes = assignment_codes(scores, None, jnp.asarray(False), 0.05, 3, batch_weights=jnp.asarray(unlabelled))
+    targets = np.asarray(losses.labelled_targets(codes, jnp.asarray(labels)))
+    for a in range(2):
+        np.testing.assert_allclose(targets[unlabelled, a], np_sinkhorn(np.float64(scores[unlabelled, a]), 0.05, 3),
+                                   rtol=1e-4, atol=1e-6)
+    np.testing.assert_array_equal(targets[~unlabelled, 0], np.eye(4)[labels[~unlabelled]])
+    moved = scores.at[~unlabelled].multiply(-1.0)
+    moved_codes = assignment_codes(moved, None, jnp.asarray(False), 0.05, 3, batch_weights=jnp.asarray(unlabelled))
+    np.testing.assert_allclose(np.asarray(moved_codes)[unlabelled], np.asarray(codes)[unlabelled], rtol=1e-6)
+
+
 # ----------------------------------------------------------------------------- the method on the mesh
 
 
@@ -199,7 +234,7 @@ def test_prototypes_frozen_for_an_epoch_then_unit_norm(swav_on_meshes):
 # ----------------------------------------------------------------------------- end to end
 
 
-@pytest.mark.parametrize("config_file", ["swav_resnet50"])
+@pytest.mark.parametrize("config_file", ["swav_resnet50", "suave_resnet50", "daino_small"])
 def test_smoke_preset_end_to_end(config_file, tfds_data_dir, tmp_path):
     """`python -m ssl_jax.main --config=configs/<paper>.py:smoke` trains 6 steps on CIFAR-10,
     checkpoints and reports kNN."""

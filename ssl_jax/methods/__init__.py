@@ -13,6 +13,7 @@ from ssl_jax.methods.mp3 import MP3
 from ssl_jax.methods.simmim import SimMIM
 from ssl_jax.methods.simclr import SimCLR
 from ssl_jax.methods.rotation import Rotation
+from ssl_jax.methods.semisup import Daino, Suave
 from ssl_jax.methods.simsiam import SimSiam
 from ssl_jax.methods.swav import SwAV
 
@@ -24,7 +25,7 @@ METHODS.update({"mae": MAE, "simmim": SimMIM, "ijepa": IJEPA})
 
 # Clustering and pretext tasks (issue 9).
 METHODS.update({"swav": SwAV, "rotation": Rotation, "mp3": MP3,
-                "instance": InstanceDiscrimination})
+                "instance": InstanceDiscrimination, "suave": Suave, "daino": Daino})
 
 
 def build_method(config, steps_per_epoch: int):

@@ -69,7 +69,7 @@ class DINO:
 
         center = method_state["center"]
         teacher_temp = self.teacher_temp(step)
-        teacher_probs = losses.dino_teacher_probs(teacher_logits, center, teacher_temp)
+        teacher_probs = self.targets(losses.dino_teacher_probs(teacher_logits, center, teacher_temp), batch)
         loss = losses.dino_cross_entropy(student_logits, teacher_probs, self.student_temp)
         new_center = losses.ema_center(center, teacher_logits, self.center_momentum)
 
@@ -85,6 +85,11 @@ class DINO:
             "teacher_kl_uniform": jnp.log(float(self.head.out_dim)) - teacher_entropy,
         }
         return loss, LossOutput(metrics, {"center": new_center}, model_state)
+
+    def targets(self, teacher_probs: jax.Array, batch: dict) -> jax.Array:
+        """What the student crops predict [B, V_t, K]: the teacher's distributions (Daino overrides)."""
+        del batch
+        return teacher_probs
 
     def teacher_targets(self, params):
         return params

@@ -34,20 +34,22 @@ from ssl_jax.models.network import Network
 
 
 def assignment_codes(scores: jax.Array, queue_scores: jax.Array | None, use_queue: jax.Array, epsilon: float,
-                     num_iters: int) -> jax.Array:
+                     num_iters: int, batch_weights: jax.Array | None = None) -> jax.Array:
     """SwAV's codes q for the crops used for assignment: scores [B, A, K] (z_a C of the batch),
     queue_scores [A, L, K] (queue_a C) or None. Sinkhorn-Knopp runs per crop over the rows
-    [queue; batch] (the queue's rows only while `use_queue`), and the batch's rows are kept:
-    `distributed_sinkhorn(torch.cat((queue C, out)))[-bs:]`. Returns [B, A, K], no gradient."""
+    [queue; batch] (the queue's rows only while `use_queue`; the batch's only where
+    `batch_weights` [B] is True, default all: Suave balances the unlabelled images only), and the
+    batch's rows are kept: `distributed_sinkhorn(torch.cat((queue C, out)))[-bs:]`.
+    Returns [B, A, K], no gradient."""
     batch, num_assign, _ = scores.shape
+    in_batch = jnp.ones((batch,), bool) if batch_weights is None else batch_weights.astype(bool)
     codes = []
     for a in range(num_assign):
         logits = scores[:, a]
-        weights = None
+        weights = None if batch_weights is None else in_batch
         if queue_scores is not None:
             logits = jnp.concatenate([queue_scores[a], logits], axis=0)
-            weights = jnp.concatenate([jnp.broadcast_to(use_queue, queue_scores.shape[1:2]),
-                                       jnp.ones((batch,), bool)])
+            weights = jnp.concatenate([jnp.broadcast_to(use_queue, queue_scores.shape[1:2]), in_batch])
         codes.append(losses.sinkhorn_knopp(logits, epsilon, num_iters, weights)[-batch:])
     return jnp.stack(codes, axis=1)
 
@@ -142,9 +144,8 @@ class SwAV(OnlineBackboneEval):
             new_queue, new_filled = push_queue(queue, filled, jax.lax.stop_gradient(z[:, assigned]),
                                                step >= self.queue_start_step)
             new_method_state = {"queue": new_queue, "queue_filled": new_filled}
-        codes = assignment_codes(jax.lax.stop_gradient(scores[:, assigned]),
-                                 None if queue_scores is None else jax.lax.stop_gradient(queue_scores),
-                                 use_queue, self.epsilon, self.sinkhorn_iterations)
+        codes = self.targets(jax.lax.stop_gradient(scores[:, assigned]),
+                             None if queue_scores is None else jax.lax.stop_gradient(queue_scores), use_queue, batch)
         loss = swapped_prediction(scores, codes, self.crops_for_assign, self.temperature)
         predictions = jax.nn.softmax(scores / self.temperature, axis=-1)
         metrics = {
@@ -156,6 +157,11 @@ class SwAV(OnlineBackboneEval):
             "queue_in_use": use_queue.astype(jnp.float32),
         }
         return loss, LossOutput(metrics, new_method_state, new_stats or None)
+
+    def targets(self, scores, queue_scores, use_queue, batch) -> jax.Array:
+        """The codes [B, A, K] the other crops predict: Sinkhorn-Knopp assignments (Suave overrides)."""
+        del batch
+        return assignment_codes(scores, queue_scores, use_queue, self.epsilon, self.sinkhorn_iterations)
 
     def teacher_targets(self, params):
         return None
