@@ -37,9 +37,11 @@ def attention_maps(images: np.ndarray, maps: np.ndarray, title: str = ""):
 def attention_distance(results: dict[str, np.ndarray]):
     """Mean attention distance (pixels) of every head against depth; results {name: [L, H]}."""
     fig, ax = plt.subplots(figsize=(5, 3.5))
-    for offset, (name, distance) in zip(np.linspace(-0.15, 0.15, len(results)), results.items()):
+    offsets = np.linspace(-0.15, 0.15, len(results)) if len(results) > 1 else [0.0]  # side by side per block
+    for offset, (name, distance) in zip(offsets, results.items()):
         layers = np.repeat(np.arange(1, len(distance) + 1), distance.shape[1]) + offset
         ax.scatter(layers, distance.ravel(), s=12, alpha=0.7, label=name)
+    ax.set_xticks(np.arange(1, max(len(d) for d in results.values()) + 1))
     ax.set_xlabel("block")
     ax.set_ylabel("mean attention distance (pixels)")
     ax.grid(alpha=0.3)
@@ -54,6 +56,7 @@ def fourier(results: dict[str, np.ndarray]):
     fig, ax = plt.subplots(figsize=(5, 3.5))
     for name, amplitude in results.items():
         ax.plot(np.arange(1, len(amplitude) + 1), amplitude[:, -1], "o-", label=name)
+    ax.set_xticks(np.arange(1, max(len(a) for a in results.values()) + 1))
     ax.set_xlabel("block")
     ax.set_ylabel("Δ log amplitude, high frequency")
     ax.grid(alpha=0.3)
