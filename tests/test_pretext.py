@@ -1,7 +1,8 @@
-"""Classification pretext tasks: rotation prediction (RotNet) and self-supervised label augmentation
-(SLA): rotations, targets and the aggregated inference against ports of the references, the shared
-cross-entropy against float64 numpy, labels used only where they exist, the batch's label/index
-fields from the pipeline, and the `:smoke` presets end to end.
+"""Pretext tasks: rotation prediction (RotNet) and label augmentation (SLA) against ports of the
+references, the shared cross-entropy against float64 numpy, labels used only where they exist, the
+batch's label/index fields from the pipeline; MP3 without position information and with masked
+context keys; the instance-discrimination head sharded over 8 devices; SiT's corruption, tokens
+and losses; and the `:smoke` presets end to end.
 """
 from __future__ import annotations
 
@@ -237,10 +238,54 @@ def test_instance_head_sharded_over_8_devices_equals_unsharded():
     np.testing.assert_allclose(loss1, np_cross_entropy(np.asarray(logits), batch["index"], None, 0.1), rtol=1e-5)
 
 
+# ----------------------------------------------------------------------------- SiT
+
+
+def test_sit_drag_and_drop_corruption():
+    from ssl_jax.methods.sit import drag_and_drop
+
+    images = jnp.asarray(np.random.RandomState(8).randn(4, 16, 16, 3), jnp.float32)
+    np.testing.assert_array_equal(drag_and_drop(jax.random.key(0), images, 4, 0.0), images)
+    np.testing.assert_array_equal(drag_and_drop(jax.random.key(0), images, 4, 1.0), jnp.roll(images, 1, axis=0))
+    out = np.asarray(drag_and_drop(jax.random.key(1), images, 4, 0.5))
+    cells = out.reshape(4, 4, 4, 4, 4, 3)  # [B, row, py, col, px, C]
+    src, prev = np.asarray(images).reshape(cells.shape), np.roll(np.asarray(images), 1, axis=0).reshape(cells.shape)
+    replaced = np.all(cells == prev, axis=(2, 4, 5))
+    kept = np.all(cells == src, axis=(2, 4, 5))
+    assert np.all(replaced | kept) and 0 < replaced.mean() < 1  # whole patches, from the previous image
+
+
+def test_sit_tokens_heads_and_gradients():
+    """The rotation token is the register kept in the ViT's output (dropping it gives the plain output);
+    the loss is the weighted sum of its three logged terms, and every head, the [CLS] and the register
+    token receive gradient."""
+    config = importlib.import_module("configs.sit_vit_small").get_config("smoke")
+    run = train.setup(config, steps_per_epoch=3)
+    method = run.method
+    params = jax.jit(method.init, compiler_options=FAST_COMPILE)(jax.random.key(0),
+                                                                 example_batch(config.augment, 1)).params
+    backbone = method.network.modules["backbone"]
+    images = jnp.asarray(np.random.RandomState(9).randn(2, 16, 16, 3), jnp.float32)
+    with_reg = backbone.apply({"params": params["backbone"]}, images, return_tokens=True, keep_registers=True)
+    plain = backbone.apply({"params": params["backbone"]}, images, return_tokens=True)
+    assert with_reg.shape[1] == plain.shape[1] + 1 == 2 + (16 // config.model.patch_size) ** 2
+    np.testing.assert_allclose(np.delete(np.asarray(with_reg), 1, axis=1), np.asarray(plain), rtol=1e-6)
+    batch = example_batch(config.augment, 8, jax.random.key(1))
+    grad_fn = jax.jit(jax.value_and_grad(lambda p: method.loss(p, None, None, None, batch, jax.random.key(2), 0),
+                                         has_aux=True), compiler_options=FAST_COMPILE)
+    (loss, aux), grads = grad_fn(params)
+    weights = config.method.weights
+    want = sum(weights[name] * float(aux.metrics[f"{name}_loss"]) for name in ("reconstruction", "rotation", "contrastive"))
+    np.testing.assert_allclose(float(loss), want, rtol=1e-5)
+    for name in ("reconstruction", "rotation", "contrastive"):
+        assert max(float(np.abs(g).max()) for g in jax.tree.leaves(grads[name])) > 0, name
+    assert np.abs(grads["backbone"]["register_tokens"]).max() > 0 and np.abs(grads["backbone"]["cls_token"]).max() > 0
+
+
 # ----------------------------------------------------------------------------- end to end
 
 
-@pytest.mark.parametrize("config_file", ["sla_resnet", "mp3_vit_small", "instance_vit_tiny"])
+@pytest.mark.parametrize("config_file", ["sla_resnet", "mp3_vit_small", "instance_vit_tiny", "sit_vit_small"])
 def test_smoke_preset_end_to_end(config_file, tfds_data_dir, tmp_path):
     """`python -m ssl_jax.main --config=configs/<paper>.py:smoke` trains 6 steps on CIFAR-10,
     checkpoints and reports kNN."""

@@ -15,6 +15,7 @@ from ssl_jax.methods.simclr import SimCLR
 from ssl_jax.methods.rotation import Rotation
 from ssl_jax.methods.semisup import Daino, Suave
 from ssl_jax.methods.simsiam import SimSiam
+from ssl_jax.methods.sit import SiT
 from ssl_jax.methods.swav import SwAV
 
 METHODS = {"dino": DINO, "simclr": SimCLR, "byol": BYOL, "mocov3": MoCoV3, "simsiam": SimSiam, "ibot": IBOT,
@@ -25,7 +26,8 @@ METHODS.update({"mae": MAE, "simmim": SimMIM, "ijepa": IJEPA})
 
 # Clustering and pretext tasks (issue 9).
 METHODS.update({"swav": SwAV, "rotation": Rotation, "mp3": MP3,
-                "instance": InstanceDiscrimination, "suave": Suave, "daino": Daino})
+                "instance": InstanceDiscrimination, "suave": Suave, "daino": Daino,
+                "sit": SiT})
 
 
 def build_method(config, steps_per_epoch: int):

@@ -187,7 +187,8 @@ class VisionTransformer(nn.Module):
       * `context` [B, N] bool: in every block only these patch tokens (and [CLS], registers)
         serve as keys/values, while every token stays a query (MP3's masked context keys);
       * `return_tokens=True`: returns every normed output token [B, T, D] ([CLS] first, if
-        any, then the N patches or the K kept ones), not only [CLS].
+        any, then the N patches or the K kept ones), not only [CLS]; with `keep_registers=True`
+        the R register outputs stay in, after [CLS] (SiT's rotation token).
     `class_token=False` builds a ViT without [CLS] (I-JEPA); its pooled output is then the mean
     of the normed patch tokens.
 
@@ -219,7 +220,7 @@ class VisionTransformer(nn.Module):
     def __call__(self, images: jax.Array, train: bool = False, return_all: bool = False, *,
                  mask: Optional[jax.Array] = None, keep: Optional[jax.Array] = None,
                  keep_valid: Optional[jax.Array] = None, context: Optional[jax.Array] = None,
-                 return_tokens: bool = False):
+                 return_tokens: bool = False, keep_registers: bool = False):
         batch, height, width, _ = images.shape
         p = self.patch_size
         if height % p or width % p:
@@ -291,7 +292,7 @@ class VisionTransformer(nn.Module):
                 all_tokens.append(x)
                 all_attn.append(attn)
         x = norm(x)
-        if registers:
+        if registers and not keep_registers:
             x = jnp.concatenate([x[:, :prefix], x[:, prefix + registers:]], axis=1)
         pooled = x[:, 0] if self.class_token else masked_mean(x, keep_valid)
         if return_all:
