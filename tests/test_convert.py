@@ -10,10 +10,10 @@ MAE's visualisation checkpoint with its decoder), converted with `ssl_jax.conver
 and run by ssl_jax's ViT: its [CLS] and patch tokens after the final norm equal timm's
 `forward_features` on random images to float32 tolerance.
 
-Run it with torch and timm importable, e.g. in a venv with `pip install torch==2.14.1
-torchvision==0.29.1 timm` (timm imports torchvision, and PyPI's torchvision does not
-import beside the CPU build torch==2.13.0 of the `[convert]` extra):
-`python -m pytest -q tests/test_convert.py`.
+Run it with torch and timm importable: `pip install -e '.[bench]'` (torch 2.14.1 +
+torchvision 0.29.1 + timm, 5.5 GB on x86_64), then `python -m pytest -q tests/test_convert.py`.
+timm imports torchvision, and PyPI's torchvision does not import beside the CPU build
+torch==2.13.0 of the `[convert]` extra, so with `[convert]` alone this file is skipped.
 """
 from __future__ import annotations
 
