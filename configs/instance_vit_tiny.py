@@ -1,8 +1,8 @@
 """Parametric instance discrimination on a small dataset (Cao, Yu and Wu, "Training Vision Transformers
 with Only 2040 Images", ECCV 2022): every image its own class, then fine-tuning with labels.
 
-    python -m ssl_jax.main --config=configs/instance_vit_tiny.py --workdir=DIR            # Oxford Flowers-102, 2040 images
-    python -m ssl_jax.main --config=configs/instance_vit_tiny.py:cifar10 --workdir=DIR    # CIFAR-10 (50000 instances) on a CPU
+    python -m ssl_jax.main --config=configs/instance_vit_tiny.py --workdir=DIR          # Flowers-102, 2040 images
+    python -m ssl_jax.main --config=configs/instance_vit_tiny.py:cifar10 --workdir=DIR  # CIFAR-10, 50000 images
     python -m ssl_jax.main --config=configs/instance_vit_tiny.py:smoke --workdir=DIR      # seconds, tiny shapes
     then: python -m ssl_jax.evaluate --config=... --workdir=DIR --eval=finetune
 

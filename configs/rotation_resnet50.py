@@ -26,7 +26,8 @@ def imagenet_config() -> ml_collections.ConfigDict:
     c.model = base.resnet_model(50)
     c.model.zero_init_residual = False
     c.method = ml_collections.ConfigDict({"name": "rotation", "joint_labels": False, "loss_scale": 1.0})
-    # optim_params: sgd, lr 0.1, momentum 0.9, wd 5e-4, nesterov; LUT_lr [(15, 0.1), (30, 0.01), (45, 0.001), (50, 1e-4)].
+    # optim_params: sgd, lr 0.1, momentum 0.9, wd 5e-4, nesterov;
+    # LUT_lr [(15, 0.1), (30, 0.01), (45, 0.001), (50, 1e-4)].
     c.optim = base.sgd_multistep_optim(0.1, (15, 30, 45), 0.1, 5e-4, True, c.batch_size)
     # random_sized_crop = True: RandomSizedCrop(224) + horizontal flip, no colour augmentation.
     c.augment = base.single_view_augment(size=224, scale=(0.08, 1.0), flip_prob=0.5)

@@ -47,5 +47,5 @@ def example_batch(augment_cfg, batch_size: int, rng: jax.Array | None = None, fi
     if rng is None:
         return {"views": {k: np.zeros(s, np.float32) for k, s in shapes.items()}, **extras}
     keys = jax.random.split(rng, len(shapes))
-    return {"views": {k: np.asarray(jax.random.normal(key, s, jnp.float32)) for key, (k, s) in zip(keys, shapes.items())},
-            **extras}
+    views = {k: np.asarray(jax.random.normal(key, s, jnp.float32)) for key, (k, s) in zip(keys, shapes.items())}
+    return {"views": views, **extras}

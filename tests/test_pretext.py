@@ -275,7 +275,8 @@ def test_sit_tokens_heads_and_gradients():
                                          has_aux=True), compiler_options=FAST_COMPILE)
     (loss, aux), grads = grad_fn(params)
     weights = config.method.weights
-    want = sum(weights[name] * float(aux.metrics[f"{name}_loss"]) for name in ("reconstruction", "rotation", "contrastive"))
+    terms = ("reconstruction", "rotation", "contrastive")
+    want = sum(weights[name] * float(aux.metrics[f"{name}_loss"]) for name in terms)
     np.testing.assert_allclose(float(loss), want, rtol=1e-5)
     for name in ("reconstruction", "rotation", "contrastive"):
         assert max(float(np.abs(g).max()) for g in jax.tree.leaves(grads[name])) > 0, name

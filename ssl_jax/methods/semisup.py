@@ -24,7 +24,8 @@ from ssl_jax.methods.swav import SwAV, assignment_codes
 def check_semi_supervised(config, num_prototypes: int, field: str) -> None:
     """Labels in the batch, and one prototype per class."""
     if "label" not in tuple(config.dataset.get("fields", ())):
-        raise ValueError("semi-supervised clustering needs the labels in the batch: set config.dataset.fields = ('label',)")
+        raise ValueError("semi-supervised clustering needs the labels in the batch: "
+                         "set config.dataset.fields = ('label',)")
     if num_prototypes != config.dataset.num_classes:
         raise ValueError(f"the prototypes are class prototypes: set config.{field}={config.dataset.num_classes} "
                          f"(config.dataset.num_classes), got {num_prototypes}")

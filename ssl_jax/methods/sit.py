@@ -81,7 +81,8 @@ class SiT(OnlineBackboneEval):
             {"params": params["backbone"]}, images, train=train, return_tokens=True, keep_registers=True,
             rngs={"drop_path": rng} if train else None)  # [B, 2 + N, D]: [CLS], rotation token, patches
         apply = lambda name, x: self.heads[name].apply({"params": params[name]}, x)  # noqa: E731
-        return apply("contrastive", tokens[:, 0]), apply("rotation", tokens[:, 1]), apply("reconstruction", tokens[:, 2:])
+        return (apply("contrastive", tokens[:, 0]), apply("rotation", tokens[:, 1]),
+                apply("reconstruction", tokens[:, 2:]))
 
     def loss(self, params, teacher, method_state, model_state, batch, rng, step):
         del teacher, step
@@ -91,7 +92,10 @@ class SiT(OnlineBackboneEval):
             corrupt_rng, rotation_rng, drop_rng = jax.random.split(view_rng, 3)
             clean = views[:, v]
             k = jax.random.randint(rotation_rng, (clean.shape[0],), 0, NUM_ROTATIONS)
-            pick = lambda x: jnp.take_along_axis(rotate_four(x), k[:, None, None, None, None], axis=1)[:, 0]  # noqa: E731
+
+            def pick(x, k=k):  # x rotated by k[b] quarter turns, image by image
+                return jnp.take_along_axis(rotate_four(x), k[:, None, None, None, None], axis=1)[:, 0]
+
             corrupted = pick(drag_and_drop(corrupt_rng, clean, self.patch, self.corrupt_ratio))
             z, rotation_logits, pixels = self.forward(params, corrupted, drop_rng)
             target = patchify(pick(clean), self.patch)
