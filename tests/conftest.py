@@ -85,7 +85,7 @@ def start_main(workdir, *args, **override_kwargs) -> subprocess.Popen:
                             stderr=subprocess.PIPE, text=True)
 
 
-def finish(proc: subprocess.Popen, timeout: int = 300) -> subprocess.CompletedProcess:
+def finish(proc: subprocess.Popen, timeout: int = 900) -> subprocess.CompletedProcess:
     """Waits for a `start_main` process (killing it after `timeout` s) and returns its outputs."""
     try:
         stdout, stderr = proc.communicate(timeout=timeout)
@@ -96,7 +96,7 @@ def finish(proc: subprocess.Popen, timeout: int = 300) -> subprocess.CompletedPr
     return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
 
 
-def run_main(workdir, *args, timeout: int = 300, **override_kwargs) -> subprocess.CompletedProcess:
+def run_main(workdir, *args, timeout: int = 900, **override_kwargs) -> subprocess.CompletedProcess:
     """`start_main` and `finish`: runs ssl_jax.main to completion."""
     return finish(start_main(workdir, *args, **override_kwargs), timeout)
 
@@ -111,7 +111,7 @@ def start_config(config_spec: str, workdir, *args) -> subprocess.Popen:
                             stderr=subprocess.PIPE, text=True)
 
 
-def run_config(config_spec: str, workdir, *args, timeout: int = 300) -> subprocess.CompletedProcess:
+def run_config(config_spec: str, workdir, *args, timeout: int = 900) -> subprocess.CompletedProcess:
     """`start_config` and `finish`: runs ssl_jax.main on CONFIG_SPEC to completion."""
     return finish(start_config(config_spec, workdir, *args), timeout)
 

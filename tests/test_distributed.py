@@ -62,7 +62,7 @@ METHODS = {
 }
 
 
-def _launch(workdir, method: str, timeout: int = 400) -> subprocess.CompletedProcess:
+def _launch(workdir, method: str, timeout: int = 900) -> subprocess.CompletedProcess:
     """`launch/local_multiprocess.sh 2 --config=... --workdir=WORKDIR ...`, one CPU device per process."""
     spec, flags, _ = METHODS[method]
     env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={DEVICES_PER_PROCESS}")

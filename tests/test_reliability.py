@@ -56,7 +56,7 @@ class Process:
         for line in self.popen.stdout:
             self.lines.append(line.rstrip("\n"))
 
-    def wait_for(self, pattern: str, timeout: float = 240) -> re.Match | None:
+    def wait_for(self, pattern: str, timeout: float = 600) -> re.Match | None:
         """The first stdout line matching `pattern`, or None if the process ends (or times out) first."""
         regex, deadline = re.compile(pattern), time.time() + timeout
         while time.time() < deadline:
@@ -73,7 +73,7 @@ class Process:
         stderr = self.popen.stderr.read() if self.popen.poll() is not None else ""
         return "\n".join(self.lines[-20:]) + "\n--- stderr ---\n" + stderr[-3000:]
 
-    def finish(self, timeout: float = 300) -> tuple[int, str, str]:
+    def finish(self, timeout: float = 900) -> tuple[int, str, str]:
         """(exit code, stdout, stderr) once it has ended."""
         try:
             stderr = self.popen.stderr.read() if self.popen.wait(timeout) is not None else ""
