@@ -82,7 +82,7 @@ def imagenet_config() -> ml_collections.ConfigDict:
         local_scale=(0.05, 0.32),  # crops.local_crops_scale
         local_number=8,  # crops.local_crops_number
         global_size=224,  # crops.global_crops_size
-        local_size=98)  # vitl14.yaml: crops.local_crops_size 98 (7 x 7 patches of 14 px; the default 96 is not a multiple)
+        local_size=98)  # vitl14.yaml: crops.local_crops_size 98 (7 x 7 patches of 14 px; 96 is not a multiple)
     return c
 
 

@@ -170,7 +170,6 @@ def get_vit_lr_decay_rate(name, lr_decay_rate=1.0, num_layers=12, force_is_backb
 
 def _random_mask(rng, shape, max_count):
     """[..., N] bool with a random number (0..max_count) of random positions per row."""
-    n = shape[-1]
     counts = rng.randint(0, max_count + 1, size=shape[:-1])
     ranks = np.argsort(rng.rand(*shape), axis=-1).argsort(axis=-1)
     return ranks < counts[..., None]
@@ -350,7 +349,8 @@ def test_layer_decay_multipliers_match_get_vit_lr_decay_rate():
         want *= 0.2 if "patch_embed" in name else 1.0
         np.testing.assert_allclose(value, want, rtol=1e-12, err_msg=f"{module}.{name}")
         checked.add(round(value, 6))
-    assert {round(0.9 ** 4 * 0.2, 6), round(0.9 ** 4, 6), round(0.9 ** 2, 6), 1.0} <= checked  # patch, cls, block 1, heads
+    # patch embedding, [CLS], block 1, heads
+    assert {round(0.9 ** 4 * 0.2, 6), round(0.9 ** 4, 6), round(0.9 ** 2, 6), 1.0} <= checked
 
 
 def test_lr_multipliers_scale_the_adamw_step():
