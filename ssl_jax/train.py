@@ -21,7 +21,7 @@ import numpy as np
 
 from ssl_jax import partition, run_config, sharding
 from ssl_jax.batch import example_batch
-from ssl_jax.checkpoint import Checkpointer, abstract_like
+from ssl_jax.checkpoint import Checkpointer
 from ssl_jax.collapse import CollapseMonitor
 from ssl_jax.errors import UserError
 from ssl_jax.logger import MetricLogger, log_line, progress_line
@@ -91,10 +91,24 @@ def state_sharding(config, run: Run):
     return partition.state_shardings(abstract, run.mesh, config.get("parallel", {}).get("rules", ()))
 
 
+# XLA options for compiling the initialiser: it runs once per run, so optimisation passes only
+# cost compile time (most of a `:smoke` run's start-up on 2 CPU cores) and speed up nothing.
+INIT_COMPILER_OPTIONS = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
+
+
 def create_state(config, run: Run) -> TrainState:
     """A fresh TrainState, initialised under jit and laid out over the mesh (`state_sharding`)."""
-    init = jax.jit(init_state_fn(config, run), out_shardings=state_sharding(config, run))
+    init = jax.jit(init_state_fn(config, run), out_shardings=state_sharding(config, run),
+                   compiler_options=INIT_COMPILER_OPTIONS)
     return init(jax.random.key(config.seed))
+
+
+def abstract_state(config, run: Run) -> TrainState:
+    """The TrainState as ShapeDtypeStructs with their shardings: orbax's restore target, built
+    without computing (or compiling) an initial state."""
+    abstract = jax.eval_shape(init_state_fn(config, run), jax.random.key(0))
+    return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract,
+                        state_sharding(config, run))
 
 
 def jit_step(config, run: Run):
@@ -109,11 +123,11 @@ def restore_or_create(config, run: Run, checkpointer: Checkpointer, step: int | 
 
     With `fallback`, corrupt checkpoints are set aside until one restores (Checkpointer.restore_latest).
     """
-    state = create_state(config, run)
+    target = abstract_state(config, run)
     if step is not None:
-        return checkpointer.restore(step, abstract_like(state))
-    restored, _ = checkpointer.restore_latest(abstract_like(state), fallback, log_line)
-    return state if restored is None else restored
+        return checkpointer.restore(step, target)
+    restored, _ = checkpointer.restore_latest(target, fallback, log_line)
+    return create_state(config, run) if restored is None else restored
 
 
 def prepare_workdir(workdir: str) -> None:
