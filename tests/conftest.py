@@ -124,6 +124,21 @@ LONGEST_MODULES = ("test_reliability.py", "test_distributed.py", "test_contrasti
                    "test_train.py", "test_evaluate.py")
 
 
+# The `:smoke` command-line run of every method is a test; the README's (and CI's) test command
+# runs one per method family (`-m "not slow"`) to stay within CI's 15 minutes, and
+# `python -m pytest -q -n auto --maxprocesses=4 --dist loadfile -m slow tests` runs the rest.
+SMOKE_IN_CI = {"simclr", "mae", "swav_resnet50", "sit_vit_small"}
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: a :smoke command-line run left out of the CI test command")
+
+
+def smoke_params(names) -> list:
+    """`names` as pytest params, those outside SMOKE_IN_CI marked slow."""
+    return [pytest.param(name, marks=() if name in SMOKE_IN_CI else pytest.mark.slow) for name in names]
+
+
 def pytest_collection_modifyitems(items):
     """Orders the collected tests so that LONGEST_MODULES come first (stable otherwise)."""
     def rank(item):

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh
 
-from conftest import FAST_COMPILE, REPO, run_config
+from conftest import FAST_COMPILE, REPO, run_config, smoke_params
 from ssl_jax import losses, sharding, train
 from ssl_jax.batch import example_batch
 from ssl_jax.methods.swav import assignment_codes, push_queue, swapped_prediction
@@ -236,7 +236,7 @@ def test_prototypes_frozen_for_an_epoch_then_unit_norm(swav_on_meshes):
 # ----------------------------------------------------------------------------- end to end
 
 
-@pytest.mark.parametrize("config_file", ["swav_resnet50", "suave_resnet50", "daino_small"])
+@pytest.mark.parametrize("config_file", smoke_params(["swav_resnet50", "suave_resnet50", "daino_small"]))
 def test_smoke_preset_end_to_end(config_file, tfds_data_dir, tmp_path):
     """`python -m ssl_jax.main --config=configs/<paper>.py:smoke` trains 6 steps on CIFAR-10,
     checkpoints and reports kNN."""

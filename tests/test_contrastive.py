@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh
 
-from conftest import REPO, run_config
+from conftest import REPO, run_config, smoke_params
 from ssl_jax import losses, sharding, train
 from ssl_jax.batch import example_batch
 from ssl_jax.methods.simsiam import SimSiam
@@ -245,7 +245,7 @@ def test_batchnorm_statistics_are_over_the_global_batch():
 
 # ----------------------------------------------------------------------------- end to end
 
-@pytest.mark.parametrize("method", sorted(CONFIG_FILES))
+@pytest.mark.parametrize("method", smoke_params(sorted(CONFIG_FILES)))
 def test_smoke_preset_end_to_end(method, tfds_data_dir, tmp_path):
     """`python -m ssl_jax.main --config=configs/<paper>.py:smoke` trains 6 steps on CIFAR-10,
     checkpoints and reports kNN at k = 20 and 200."""

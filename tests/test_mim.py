@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh
 
-from conftest import REPO, run_config
+from conftest import REPO, run_config, smoke_params
 from ssl_jax import losses, masks, optim, train
 from ssl_jax.batch import example_batch
 from ssl_jax.models.mim_heads import unshuffle
@@ -299,7 +299,7 @@ def test_schedule_options_follow_the_references():
 
 # ----------------------------------------------------------------------------- end to end
 
-@pytest.mark.parametrize("name", sorted(CONFIG_FILES))
+@pytest.mark.parametrize("name", smoke_params(sorted(CONFIG_FILES)))
 def test_smoke_preset_end_to_end(name, tfds_data_dir, tmp_path):
     """`python -m ssl_jax.main --config=configs/<paper>.py:smoke` trains 6 steps on CIFAR-10,
     checkpoints and reports kNN."""

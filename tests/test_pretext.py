@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import FAST_COMPILE, REPO, TFDS_DATA_DIR, run_config
+from conftest import FAST_COMPILE, REPO, TFDS_DATA_DIR, run_config, smoke_params
 from ssl_jax import losses, train
 from ssl_jax.batch import example_batch
 from ssl_jax.methods.rotation import aggregate_joint_logits, rotate_four, rotation_targets
@@ -286,7 +286,8 @@ def test_sit_tokens_heads_and_gradients():
 # ----------------------------------------------------------------------------- end to end
 
 
-@pytest.mark.parametrize("config_file", ["sla_resnet", "mp3_vit_small", "instance_vit_tiny", "sit_vit_small"])
+@pytest.mark.parametrize("config_file", smoke_params(["sla_resnet", "mp3_vit_small", "instance_vit_tiny",
+                                                    "sit_vit_small"]))
 def test_smoke_preset_end_to_end(config_file, tfds_data_dir, tmp_path):
     """`python -m ssl_jax.main --config=configs/<paper>.py:smoke` trains 6 steps on CIFAR-10,
     checkpoints and reports kNN."""
