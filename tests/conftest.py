@@ -10,6 +10,8 @@ Runs before jax is imported (pytest loads conftest first), so it can:
 from __future__ import annotations
 
 import importlib.util
+import json
+import math
 import os
 import subprocess
 import sys
@@ -129,6 +131,24 @@ LONGEST_MODULES = ("test_reliability.py", "test_distributed.py", "test_contrasti
 # `python -m pytest -q -n auto --maxprocesses=4 --dist loadfile -m slow tests` runs the rest.
 SMOKE_IN_CI = {"simclr", "mae", "swav_resnet50", "sit_vit_small"}
 
+
+
+def run_smoke_preset(config_name: str, workdir) -> dict:
+    """Runs `python -m ssl_jax.main --config=configs/CONFIG_NAME.py:smoke` on CIFAR-10 (small eval
+    splits) and checks what every method's run must do: exit 0, finite losses for all 6 steps, a
+    checkpoint of step 6 and a kNN accuracy in (0, 1]. Returns the last eval record."""
+    result = run_config(os.path.join(REPO, "configs", f"{config_name}.py") + ":smoke", workdir,
+                        "--config.eval.train_split=train[:400]", "--config.eval.test_split=test[:200]")
+    assert result.returncode == 0, result.stderr[-3000:]
+    with open(os.path.join(workdir, "metrics", "metrics.jsonl")) as f:
+        records = [json.loads(line) for line in f]
+    train_records = [r for r in records if r["split"] == "train"]
+    assert train_records and all(math.isfinite(r["loss"]) for r in train_records)
+    assert train_records[-1]["step"] == 6
+    assert os.path.isdir(os.path.join(workdir, "checkpoints", "6"))
+    evals = [r for r in records if r["split"] == "eval"]
+    assert evals and 0.0 < evals[-1]["knn_top1@20"] <= 1.0
+    return evals[-1]
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: a :smoke command-line run left out of the CI test command")

@@ -6,8 +6,6 @@ unlabelled images only. The `:smoke` presets end to end.
 from __future__ import annotations
 
 import importlib
-import json
-import os
 
 import jax
 import jax.numpy as jnp
@@ -15,7 +13,7 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh
 
-from conftest import FAST_COMPILE, REPO, run_config, smoke_params
+from conftest import FAST_COMPILE, run_smoke_preset, smoke_params
 from ssl_jax import losses, sharding, train
 from ssl_jax.batch import example_batch
 from ssl_jax.methods.swav import assignment_codes, push_queue, swapped_prediction
@@ -240,14 +238,4 @@ def test_prototypes_frozen_for_an_epoch_then_unit_norm(swav_on_meshes):
 def test_smoke_preset_end_to_end(config_file, tfds_data_dir, tmp_path):
     """`python -m ssl_jax.main --config=configs/<paper>.py:smoke` trains 6 steps on CIFAR-10,
     checkpoints and reports kNN."""
-    workdir = tmp_path / config_file
-    result = run_config(os.path.join(REPO, "configs", f"{config_file}.py") + ":smoke", workdir,
-                        "--config.eval.train_split=train[:400]", "--config.eval.test_split=test[:200]")
-    assert result.returncode == 0, result.stderr[-3000:]
-    records = [json.loads(line) for line in open(workdir / "metrics" / "metrics.jsonl")]
-    train_records = [r for r in records if r["split"] == "train"]
-    assert train_records and all(np.isfinite(r["loss"]) for r in train_records)
-    assert train_records[-1]["step"] == 6
-    evals = [r for r in records if r["split"] == "eval"]
-    assert evals and 0.0 < evals[-1]["knn_top1@20"] <= 1.0
-    assert os.path.isdir(workdir / "checkpoints" / "6")
+    run_smoke_preset(config_file, tmp_path / config_file)

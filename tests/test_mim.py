@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import importlib.util
-import json
 import os
 
 import jax
@@ -14,7 +13,7 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh
 
-from conftest import REPO, run_config, smoke_params
+from conftest import REPO, run_smoke_preset, smoke_params
 from ssl_jax import losses, masks, optim, train
 from ssl_jax.batch import example_batch
 from ssl_jax.models.mim_heads import unshuffle
@@ -303,15 +302,4 @@ def test_schedule_options_follow_the_references():
 def test_smoke_preset_end_to_end(name, tfds_data_dir, tmp_path):
     """`python -m ssl_jax.main --config=configs/<paper>.py:smoke` trains 6 steps on CIFAR-10,
     checkpoints and reports kNN."""
-    workdir = tmp_path / name
-    config_file = os.path.join(REPO, "configs", f"{CONFIG_FILES[name]}.py")
-    result = run_config(f"{config_file}:smoke", workdir, "--config.eval.train_split=train[:400]",
-                        "--config.eval.test_split=test[:200]")
-    assert result.returncode == 0, result.stderr[-3000:]
-    records = [json.loads(line) for line in open(workdir / "metrics" / "metrics.jsonl")]
-    train_records = [r for r in records if r["split"] == "train"]
-    assert train_records and all(np.isfinite(r["loss"]) for r in train_records)
-    assert train_records[-1]["step"] == 6
-    evals = [r for r in records if r["split"] == "eval"]
-    assert evals and 0.0 < evals[-1]["knn_top1@20"] <= 1.0
-    assert os.path.isdir(workdir / "checkpoints" / "6")
+    run_smoke_preset(CONFIG_FILES[name], tmp_path / name)

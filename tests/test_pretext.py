@@ -8,15 +8,13 @@ from __future__ import annotations
 
 import functools
 import importlib
-import json
-import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import FAST_COMPILE, REPO, TFDS_DATA_DIR, run_config, smoke_params
+from conftest import FAST_COMPILE, TFDS_DATA_DIR, run_smoke_preset, smoke_params
 from ssl_jax import losses, train
 from ssl_jax.batch import example_batch
 from ssl_jax.methods.rotation import aggregate_joint_logits, rotate_four, rotation_targets
@@ -291,13 +289,4 @@ def test_sit_tokens_heads_and_gradients():
 def test_smoke_preset_end_to_end(config_file, tfds_data_dir, tmp_path):
     """`python -m ssl_jax.main --config=configs/<paper>.py:smoke` trains 6 steps on CIFAR-10,
     checkpoints and reports kNN."""
-    workdir = tmp_path / config_file
-    result = run_config(os.path.join(REPO, "configs", f"{config_file}.py") + ":smoke", workdir,
-                        "--config.eval.train_split=train[:400]", "--config.eval.test_split=test[:200]")
-    assert result.returncode == 0, result.stderr[-3000:]
-    records = [json.loads(line) for line in open(workdir / "metrics" / "metrics.jsonl")]
-    train_records = [r for r in records if r["split"] == "train"]
-    assert train_records and all(np.isfinite(r["loss"]) for r in train_records)
-    assert train_records[-1]["step"] == 6
-    evals = [r for r in records if r["split"] == "eval"]
-    assert evals and 0.0 < evals[-1]["knn_top1@20"] <= 1.0
+    run_smoke_preset(config_file, tmp_path / config_file)

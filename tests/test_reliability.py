@@ -21,7 +21,6 @@ import os
 import random
 import re
 import signal
-import shutil
 import subprocess
 import threading
 import time
