@@ -34,6 +34,7 @@ def semi_supervised(c: ml_collections.ConfigDict, labelled_fraction: float) -> m
     c.method.out_dim = c.dataset.num_classes  # class prototypes
     c.dataset.fields = ("label",)
     c.dataset.labelled_fraction = labelled_fraction
+    c.dataset.labelled_only = False  # True: the labelled images alone (the supervised-only baseline)
     # The class prototypes must learn from the labels: the last layer frozen for DINO's first epoch
     # only (dino_small's CIFAR-10 preset freezes it for the whole run).
     c.optim.freeze_epochs = 1

@@ -3,7 +3,11 @@ with Self-supervised Clustering", CVPR 2023), `ssl_jax/methods/semisup.py`.
 
     python -m ssl_jax.main --config=configs/suave_resnet50.py --workdir=DIR            # ImageNet, 10 % labels
     python -m ssl_jax.main --config=configs/suave_resnet50.py:cifar10 --workdir=DIR    # CIFAR-10, 10 % labels
+    python -m ssl_jax.main --config=configs/suave_resnet50.py:cifar10_vit --workdir=DIR  # CIFAR-10, ViT, on a CPU
+    python -m ssl_jax.main --config=configs/suave_resnet50.py:cifar10_vit_supervised --workdir=DIR
+        # the supervised-only baseline: the same network, crops and loss on the 10 % labelled images alone
     python -m ssl_jax.main --config=configs/suave_resnet50.py:smoke --workdir=DIR      # seconds, tiny shapes
+    python -m ssl_jax.evaluate --workdir=DIR --eval=classifier,knn   # top-1 of the class prototypes
 
 From the paper: SwAV with one prototype per class, the labels as targets where known, one cross-entropy;
 1 % and 10 % label settings (`dataset.labelled_fraction`). Everything else is SwAV's recipe
@@ -35,13 +39,33 @@ def semi_supervised(c: ml_collections.ConfigDict, labelled_fraction: float) -> m
     c.method.queue_length = 0  # assumed: the Sinkhorn batch is large next to K = number of classes
     c.dataset.fields = ("label",)
     c.dataset.labelled_fraction = labelled_fraction
+    c.dataset.labelled_only = False  # True: the labelled images alone (the supervised-only baseline)
+    return c
+
+
+def cifar10_vit_config(swav) -> ml_collections.ConfigDict:
+    """The CPU-budget setting: SwAV's `:cifar10_vit` (DINO's CIFAR-10 ViT and schedule) with 10 % of
+    the labels. The class prototypes train from the first step (assumed: they are the classifier,
+    and the labels, not SwAV's first-epoch freeze, keep them from collapsing)."""
+    c = semi_supervised(swav.cifar10_vit_config(), 0.1)
+    c.optim.freeze_epochs = 0
+    return c
+
+
+def supervised_only(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """The same run on the labelled subset alone: every target is a label, so the loss is the
+    cross-entropy of each crop's prototype scores against its class."""
+    c.dataset.labelled_only = True
     return c
 
 
 def get_config(preset: str = "") -> ml_collections.ConfigDict:
-    """'' or 'imagenet' (10 % of ImageNet labelled), 'cifar10' (10 % of CIFAR-10), 'smoke'."""
+    """'' or 'imagenet' (10 % of ImageNet labelled), 'cifar10' (10 % of CIFAR-10), 'cifar10_vit' (the
+    same on the CPU-budget ViT), 'cifar10_vit_supervised' (its supervised-only baseline), 'smoke'."""
     swav = _swav()
     return base.select_preset({
         "imagenet": lambda: semi_supervised(swav.imagenet_config(), 0.1),  # the paper's 10 % setting
         "cifar10": lambda: semi_supervised(swav.cifar10_config(), 0.1),
+        "cifar10_vit": lambda: cifar10_vit_config(swav),
+        "cifar10_vit_supervised": lambda: supervised_only(cifar10_vit_config(swav)),
         "smoke": lambda: semi_supervised(swav.smoke_config(), 0.5)}, preset, __file__)

@@ -2,7 +2,8 @@
 
     --workdir     a run directory written by `python -m ssl_jax.main` (its config.json is read)
     --step        the checkpoint step (default: the latest)
-    --eval        comma-separated: knn, linear_dino, linear_mae, finetune (`linear` = both probes)
+    --eval        comma-separated: knn, linear_dino, linear_mae, finetune (`linear` = both probes),
+                  classifier (a semi-supervised run's own class prototypes: Suave, Daino)
     --protocol    configs/eval_protocols.py[:cifar10|:smoke] (default: ':cifar10' for CIFAR-10
                   runs, the papers' ImageNet protocols otherwise); --protocol.x.y=... overrides
 
@@ -25,7 +26,7 @@ import time
 
 import jax
 
-EVALS = ("knn", "linear_dino", "linear_mae", "finetune")
+EVALS = ("knn", "linear_dino", "linear_mae", "finetune", "classifier")
 ALIASES = {"linear": ("linear_dino", "linear_mae")}
 
 
@@ -120,6 +121,22 @@ def run_finetune(frozen, protocol) -> dict[str, float]:
     return {**{f"finetune_{k}": v for k, v in top_k_accuracy(logits, labels).items()}, "finetune_final_loss": losses[-1]}
 
 
+def run_classifier(frozen, protocol) -> dict[str, float]:
+    """Top-1/top-5 on the test split of the run's own classifier (`method.class_logits`: the class
+    prototypes a semi-supervised method trains); nothing is fitted."""
+    from ssl_jax.eval.features import extract_features
+    from ssl_jax.eval.linear import top_k_accuracy
+
+    del protocol
+    config, method = frozen.config, frozen.run.method
+    if not hasattr(method, "class_logits"):
+        raise ValueError(f"--eval=classifier needs a method with class prototypes (suave, daino); this run's "
+                         f"method is {config.method.name!r}: use knn or linear")
+    logits, labels = extract_features(config, method.class_logits, frozen.state, config.eval.test_split,
+                                      frozen.run.mesh)
+    return {f"classifier_{k}": v for k, v in top_k_accuracy(logits, labels).items()}
+
+
 def evaluate_workdir(workdir: str, evals=("knn",), step: int | None = None, protocol=None, config=None,
                      printer=print) -> dict:
     """Restores checkpoint `step` (default: latest) of the run in `workdir` (with its
@@ -139,7 +156,7 @@ def evaluate_frozen(frozen, evals=("knn",), protocol=None, printer=print) -> dic
     from ssl_jax.logger import MetricLogger
 
     protocol = default_protocol(frozen.config) if protocol is None else protocol
-    runners = {"knn": run_knn, "finetune": run_finetune,
+    runners = {"knn": run_knn, "finetune": run_finetune, "classifier": run_classifier,
                "linear_dino": lambda f, p: run_linear(f, p, "linear_dino"),
                "linear_mae": lambda f, p: run_linear(f, p, "linear_mae")}
     results, rows = {}, []

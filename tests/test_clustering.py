@@ -165,6 +165,28 @@ def test_suave_codes_balance_the_unlabelled_images_only():
     np.testing.assert_allclose(np.asarray(moved_codes)[unlabelled], np.asarray(codes)[unlabelled], rtol=1e-6)
 
 
+def test_daino_classifier_is_the_teachers_head():
+    """`--eval=classifier` scores Daino's class prototypes with the teacher (the network DINO
+    evaluates): [B, num_classes] logits that follow the teacher's weights and ignore the student's."""
+    from collections import namedtuple
+
+    state = namedtuple("State", "params teacher model_state")  # the fields class_logits reads
+    config = importlib.import_module("configs.daino_small").get_config("smoke")
+    method = train.setup(config, steps_per_epoch=3).method
+    variables = jax.jit(method.init, compiler_options=FAST_COMPILE)(jax.random.key(0), example_batch(config.augment, 1))
+    images = example_batch(config.augment, 4, jax.random.key(1))["views"]["global"][:, 0]
+    logits = jax.jit(method.class_logits, compiler_options=FAST_COMPILE)
+
+    def scores(params, teacher):
+        return np.asarray(logits(state(params, teacher, None), images))
+
+    shift = lambda tree: jax.tree.map(lambda x: x + 0.05, tree)  # noqa: E731
+    base = scores(variables.params, variables.teacher)
+    assert base.shape == (4, config.dataset.num_classes) and np.isfinite(base).all()
+    np.testing.assert_array_equal(scores(shift(variables.params), variables.teacher), base)
+    assert np.abs(scores(variables.params, shift(variables.teacher)) - base).max() > 1e-4
+
+
 # ----------------------------------------------------------------------------- the method on the mesh
 
 

@@ -52,6 +52,9 @@ def test_evaluate_command_line_runs_every_evaluation(workdir):
     bad = subprocess.run([sys.executable, "-m", "ssl_jax.evaluate", f"--workdir={workdir}", "--eval=knn,svm"],
                          cwd=REPO, capture_output=True, text=True, timeout=120)
     assert bad.returncode == 1 and "error: unknown evaluation 'svm'" in bad.stderr
+    no_prototypes = subprocess.run([sys.executable, "-m", "ssl_jax.evaluate", f"--workdir={workdir}",
+                                    "--eval=classifier"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert no_prototypes.returncode == 1 and "needs a method with class prototypes" in no_prototypes.stderr
 
 
 @pytest.mark.parametrize("notebook", NOTEBOOKS)

@@ -128,6 +128,34 @@ def test_pipeline_label_and_index_fields(tfds_data_dir):
                               np.concatenate([b["index"] for b in epochs[1]]))  # reshuffled
 
 
+def test_pipeline_labelled_only_reads_the_labelled_subset(tfds_data_dir):
+    """`dataset.labelled_only` (the supervised-only baseline) trains on exactly the images the
+    semi-supervised run sees labelled, with their labels, an epoch being that subset's length."""
+    from ssl_jax.data import pipeline
+    from ssl_jax.errors import UserError
+
+    config = importlib.import_module("configs.suave_resnet50").get_config("smoke")
+    config.dataset.train_split = "train[:64]"
+    config.dataset.fields = ("label", "index")
+    config.dataset.labelled_fraction = 0.25
+    mixed = pipeline.train_batches(config, 0, 4, 16)
+    mixed = [next(mixed) for _ in range(4)]
+    index = np.concatenate([b["index"] for b in mixed])
+    label = np.concatenate([b["label"] for b in mixed])
+    labelled = dict(zip(index[label >= 0], label[label >= 0]))
+    config.dataset.labelled_only = True
+    count = pipeline.num_train_examples(config)
+    assert count == len(labelled)
+    only = pipeline.train_batches(config, 0, 1, 8)
+    first, second = next(only), next(only)
+    assert set(first["index"]) <= set(labelled) and len(set(first["index"])) == 8
+    for batch in (first, second):
+        np.testing.assert_array_equal(batch["label"], [labelled[i] for i in batch["index"]])
+    config.dataset.labelled_fraction = 1.0
+    with pytest.raises(UserError, match="labelled_fraction below 1"):
+        pipeline.num_train_examples(config)
+
+
 # ----------------------------------------------------------------------------- MP3
 
 

@@ -175,6 +175,29 @@ def _labelled(index: tf.Tensor, fraction: float, seed: int) -> tf.Tensor:
     return draw < fraction
 
 
+def labelled_only(dataset_cfg) -> bool:
+    """Whether training reads the labelled subset alone (`dataset.labelled_only`: the supervised-only
+    baseline of a semi-supervised run, on the same `labelled_fraction` of the split)."""
+    if not dataset_cfg.get("labelled_only", False):
+        return False
+    if dataset_cfg.get("labelled_fraction", 1.0) >= 1.0 or "label" not in tuple(dataset_cfg.get("fields", ())):
+        raise UserError("dataset.labelled_only=True trains on the labelled subset of a semi-supervised split: "
+                        "also set dataset.labelled_fraction below 1 and dataset.fields=('label',)")
+    return True
+
+
+def num_train_examples(config) -> int:
+    """Examples one training epoch reads: the train split, or its labelled subset (`labelled_only`),
+    counted with the same stateless draw the pipeline filters by (all processes together)."""
+    dataset_cfg = config.dataset
+    total = num_examples(dataset_cfg, dataset_cfg.train_split)
+    if not labelled_only(dataset_cfg):
+        return total
+    fraction = dataset_cfg.labelled_fraction
+    kept = tf.data.Dataset.range(total).filter(lambda i: _labelled(i, fraction, config.seed))
+    return int(kept.reduce(np.int64(0), lambda count, _: count + 1))
+
+
 def train_batches(config, start_step: int, steps_per_epoch: int, local_batch: int) -> Iterator[dict]:
     """Yields per-process batches {'views': {'global': [b, G, S, S, 3], 'local': [b, L, s, s, 3]}}, plus
     'label' / 'index' [b] int32 when config.dataset.fields names them (`ssl_jax.batch`).
@@ -189,6 +212,8 @@ def train_batches(config, start_step: int, steps_per_epoch: int, local_batch: in
     if fields:
         base = _with_split_index(base, builder, dataset_cfg.train_split)
     fraction = dataset_cfg.get("labelled_fraction", 1.0)
+    if labelled_only(dataset_cfg):
+        base = base.filter(lambda ex: _labelled(ex[INDEX_KEY], fraction, config.seed))
     examples_per_epoch = steps_per_epoch * local_batch
     process = jax.process_index()
 
@@ -207,7 +232,9 @@ def train_batches(config, start_step: int, steps_per_epoch: int, local_batch: in
         epoch = tf.cast(epoch, tf.int64)
         ds = base.shuffle(dataset_cfg.shuffle_buffer, seed=config.seed * 1_000_003 + epoch,
                           reshuffle_each_iteration=False)
-        ds = ds.take(examples_per_epoch).enumerate()
+        # repeat(): a process whose (filtered) shard is short of an epoch wraps around, so every
+        # epoch is exactly examples_per_epoch long and a resumed run skips to the same batch.
+        ds = ds.repeat().take(examples_per_epoch).enumerate()
         return ds.map(lambda index, ex: (tf.stack([epoch, index]), ex[dataset_cfg.image_key], _name_of(ex),
                                          extras(ex)))
 

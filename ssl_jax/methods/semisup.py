@@ -13,8 +13,16 @@ them, with a single loss. Labels come from the pipeline (`config.dataset.fields 
 gives every other image the label -1, which is never read (`losses.labelled_targets`). The
 paper draws labelled and unlabelled images into separate batches; here they share one batch,
 in proportion to the labelled fraction.
+
+The trained prototypes are a classifier: `class_logits` scores eval images against them
+(`python -m ssl_jax.evaluate --eval=classifier`, the paper's top-1). `dataset.labelled_only=True`
+trains the same network, crops and loss on the labelled images alone: the supervised-only
+baseline on the same labels.
 """
 from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
 
 from ssl_jax import losses
 from ssl_jax.methods.dino import DINO
@@ -44,6 +52,12 @@ class Suave(SwAV):
                                  batch_weights=labels < 0)
         return losses.labelled_targets(codes, labels)
 
+    def class_logits(self, state, images: jax.Array) -> jax.Array:
+        """Scores [B, K] of images [B, H, W, 3] against the class prototypes: z C of the online
+        network in eval mode (the loss's prediction before its temperature)."""
+        z, _ = self.network.apply(state.params, state.model_state or {}, images, train=False)
+        return losses.l2_normalize(z.astype(jnp.float32)) @ state.params["prototypes"]["kernel"].astype(jnp.float32)
+
 
 class Daino(DINO):
     """DINO whose teacher targets are the labels where they are known."""
@@ -54,3 +68,9 @@ class Daino(DINO):
 
     def targets(self, teacher_probs, batch):
         return losses.labelled_targets(teacher_probs, batch["label"])
+
+    def class_logits(self, state, images: jax.Array) -> jax.Array:
+        """Logits [B, K] of images [B, H, W, 3] over the class prototypes: the teacher's backbone
+        and head, the network DINO evaluates."""
+        no_dropout = jax.random.key(0)  # eval mode: the rng is never drawn from
+        return self._logits(state.teacher, [images[:, None]], no_dropout, train=False)[:, 0].astype(jnp.float32)
