@@ -201,6 +201,27 @@ def test_layer_wise_lr_decay_follows_mae(tiny_vit):
     np.testing.assert_allclose(ratio, cfg.layer_decay**3, rtol=1e-6)
 
 
+def test_finetuning_a_vit_without_cls_reads_its_mean_patch_token():
+    """I-JEPA's encoder has no [CLS]: the fine-tuned classifier reads the backbone's pooled output
+    (the mean patch token), and the head is sized from the ViT, not from a cls_token parameter."""
+    from ssl_jax.models.backbones import backbone_kwargs, build_backbone
+
+    spec = importlib.util.spec_from_file_location("ijepa_small", os.path.join(REPO, "configs", "ijepa_small.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config("smoke")
+    backbone = build_backbone(config.model, with_drop_path=False, **backbone_kwargs(config))
+    size = config.model.img_size
+    images = jax.random.normal(jax.random.key(1), (2, size, size, 3))
+    params = jax.jit(backbone.init, compiler_options=FAST_COMPILE)(jax.random.key(0), images)["params"]
+    assert "cls_token" not in params
+    tuner = finetune.FineTuner(config, protocol().finetune, params, num_classes=10)
+    logits = jax.jit(tuner.logits, compiler_options=FAST_COMPILE)(tuner.params, images)
+    pooled = backbone.apply({"params": params}, images)
+    head = tuner.params["head"]
+    np.testing.assert_allclose(logits, pooled @ head["kernel"] + head["bias"], rtol=1e-5, atol=1e-6)
+
+
 def test_unpatchify_inverts_patchify():
     from ssl_jax.analysis.reconstruction import unpatchify
     from ssl_jax.models.vit import patchify

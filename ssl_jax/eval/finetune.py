@@ -77,7 +77,7 @@ class FineTuner:
         model_cfg.drop_path_rate = cfg.drop_path
         self.backbone = build_backbone(model_cfg, **backbone_kwargs(config))
         self.head = nn.Dense(num_classes, kernel_init=nn.initializers.normal(cfg.init_std))
-        dim = backbone_params["cls_token"].shape[-1]
+        dim = self.backbone.embed_dim  # the pooled feature: [CLS], or the mean patch token (I-JEPA)
         head = self.head.init(jax.random.key(seed), jnp.zeros((1, dim)))["params"]
         self.params = {"backbone": backbone_params, "head": head}
         self.depth = self.backbone.depth
