@@ -46,13 +46,12 @@ class Run(NamedTuple):
 
 
 def steps_per_epoch_of(config) -> int:
-    """config.steps_per_epoch if set, else len(train split) // batch_size (drop_last, as DINO); the
-    labelled subset's length with `dataset.labelled_only`."""
+    """config.steps_per_epoch if set, else len(train split) // batch_size (drop_last, as DINO)."""
     if config.get("steps_per_epoch"):
         return config.steps_per_epoch
     from ssl_jax.data import pipeline  # tensorflow only when the dataset is read
 
-    steps = pipeline.num_train_examples(config) // config.batch_size
+    steps = pipeline.num_examples(config.dataset, config.dataset.train_split) // config.batch_size
     if steps == 0:
         raise ValueError(f"batch_size={config.batch_size} is larger than the train split; lower --config.batch_size")
     return steps

@@ -130,7 +130,8 @@ def test_pipeline_label_and_index_fields(tfds_data_dir):
 
 def test_pipeline_labelled_only_reads_the_labelled_subset(tfds_data_dir):
     """`dataset.labelled_only` (the supervised-only baseline) trains on exactly the images the
-    semi-supervised run sees labelled, with their labels, an epoch being that subset's length."""
+    semi-supervised run sees labelled, with their labels; its epoch keeps the split's length by
+    passing over that subset several times, each pass a permutation of all of it."""
     from ssl_jax.data import pipeline
     from ssl_jax.errors import UserError
 
@@ -143,17 +144,19 @@ def test_pipeline_labelled_only_reads_the_labelled_subset(tfds_data_dir):
     index = np.concatenate([b["index"] for b in mixed])
     label = np.concatenate([b["label"] for b in mixed])
     labelled = dict(zip(index[label >= 0], label[label >= 0]))
+    assert 4 <= len(labelled) <= 32
     config.dataset.labelled_only = True
-    count = pipeline.num_train_examples(config)
-    assert count == len(labelled)
-    only = pipeline.train_batches(config, 0, 1, 8)
-    first, second = next(only), next(only)
-    assert set(first["index"]) <= set(labelled) and len(set(first["index"])) == 8
-    for batch in (first, second):
-        np.testing.assert_array_equal(batch["label"], [labelled[i] for i in batch["index"]])
+    only = pipeline.train_batches(config, 0, 4, 16)
+    only = [next(only) for _ in range(4)]
+    index = np.concatenate([b["index"] for b in only])
+    np.testing.assert_array_equal(np.concatenate([b["label"] for b in only]), [labelled[i] for i in index])
+    passes = len(index) // len(labelled)
+    for p in range(passes):  # each full pass is a permutation of the labelled subset
+        assert sorted(index[p * len(labelled):(p + 1) * len(labelled)]) == sorted(labelled)
+    assert passes < 2 or not np.array_equal(index[:len(labelled)], index[len(labelled):2 * len(labelled)])
     config.dataset.labelled_fraction = 1.0
     with pytest.raises(UserError, match="labelled_fraction below 1"):
-        pipeline.num_train_examples(config)
+        pipeline.labelled_only(config.dataset)
 
 
 # ----------------------------------------------------------------------------- MP3

@@ -177,25 +177,15 @@ def _labelled(index: tf.Tensor, fraction: float, seed: int) -> tf.Tensor:
 
 def labelled_only(dataset_cfg) -> bool:
     """Whether training reads the labelled subset alone (`dataset.labelled_only`: the supervised-only
-    baseline of a semi-supervised run, on the same `labelled_fraction` of the split)."""
+    baseline of a semi-supervised run, on the same `labelled_fraction` of the split). An epoch keeps
+    the whole split's length, so every schedule is the semi-supervised run's step for step; it
+    passes over the labelled subset about 1 / labelled_fraction times, reshuffled each pass."""
     if not dataset_cfg.get("labelled_only", False):
         return False
     if dataset_cfg.get("labelled_fraction", 1.0) >= 1.0 or "label" not in tuple(dataset_cfg.get("fields", ())):
         raise UserError("dataset.labelled_only=True trains on the labelled subset of a semi-supervised split: "
                         "also set dataset.labelled_fraction below 1 and dataset.fields=('label',)")
     return True
-
-
-def num_train_examples(config) -> int:
-    """Examples one training epoch reads: the train split, or its labelled subset (`labelled_only`),
-    counted with the same stateless draw the pipeline filters by (all processes together)."""
-    dataset_cfg = config.dataset
-    total = num_examples(dataset_cfg, dataset_cfg.train_split)
-    if not labelled_only(dataset_cfg):
-        return total
-    fraction = dataset_cfg.labelled_fraction
-    kept = tf.data.Dataset.range(total).filter(lambda i: _labelled(i, fraction, config.seed))
-    return int(kept.reduce(np.int64(0), lambda count, _: count + 1))
 
 
 def train_batches(config, start_step: int, steps_per_epoch: int, local_batch: int) -> Iterator[dict]:
@@ -230,10 +220,10 @@ def train_batches(config, start_step: int, steps_per_epoch: int, local_batch: in
 
     def epoch_dataset(epoch):
         epoch = tf.cast(epoch, tf.int64)
+        # A (filtered) shard shorter than the epoch wraps around in a fresh order (seeded, so a
+        # resumed run skips to the same batch); a full shard is read once in the seed's order.
         ds = base.shuffle(dataset_cfg.shuffle_buffer, seed=config.seed * 1_000_003 + epoch,
-                          reshuffle_each_iteration=False)
-        # repeat(): a process whose (filtered) shard is short of an epoch wraps around, so every
-        # epoch is exactly examples_per_epoch long and a resumed run skips to the same batch.
+                          reshuffle_each_iteration=True)
         ds = ds.repeat().take(examples_per_epoch).enumerate()
         return ds.map(lambda index, ex: (tf.stack([epoch, index]), ex[dataset_cfg.image_key], _name_of(ex),
                                          extras(ex)))
