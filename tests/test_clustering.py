@@ -187,6 +187,28 @@ def test_daino_classifier_is_the_teachers_head():
     assert np.abs(scores(variables.params, shift(variables.teacher)) - base).max() > 1e-4
 
 
+def test_suave_classifier_scores_the_images_against_the_class_prototypes():
+    """Suave's class_logits are cosines between the online network's eval-mode projections and the
+    prototype columns: with each image's own projection (rescaled) as a prototype, image i's best
+    class is i and its score is 1."""
+    from collections import namedtuple
+
+    state = namedtuple("State", "params model_state")
+    config = importlib.import_module("configs.suave_resnet50").get_config("smoke")
+    method = train.setup(config, steps_per_epoch=3).method
+    variables = jax.jit(method.init, compiler_options=FAST_COMPILE)(jax.random.key(0), example_batch(config.augment, 1))
+    images = example_batch(config.augment, config.dataset.num_classes, jax.random.key(1))["views"]["global"][:, 0]
+    z, _ = method.network.apply(variables.params, variables.model_state or {}, images, train=False)
+    prototypes = (np.asarray(z, np.float64) * np.arange(1, 11)[:, None]).T  # column i: image i's projection, scaled
+    params = dict(variables.params, prototypes={"kernel": jnp.asarray(prototypes / np.linalg.norm(prototypes, axis=0),
+                                                                      jnp.float32)})
+    logits = np.asarray(jax.jit(method.class_logits, compiler_options=FAST_COMPILE)(
+        state(params, variables.model_state), images))
+    assert logits.shape == (10, 10)
+    np.testing.assert_array_equal(np.argmax(logits, axis=1), np.arange(10))
+    np.testing.assert_allclose(np.diag(logits), 1.0, rtol=1e-4)
+
+
 # ----------------------------------------------------------------------------- the method on the mesh
 
 
