@@ -129,7 +129,7 @@ LONGEST_MODULES = ("test_reliability.py", "test_distributed.py", "test_contrasti
 # The `:smoke` command-line run of every method is a test; the README's (and CI's) test command
 # runs one per method family (`-m "not slow"`) to stay within CI's 15 minutes, and
 # `python -m pytest -q -n auto --maxprocesses=4 --dist loadfile -m slow tests` runs the rest.
-SMOKE_IN_CI = {"simclr", "mae", "swav_resnet50", "sit_vit_small"}
+SMOKE_IN_CI = {"simclr", "mae", "dinov2", "swav_resnet50", "sit_vit_small"}
 
 
 

@@ -17,16 +17,13 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh
 
-from conftest import REPO, finish, start_config
+from conftest import FAST_COMPILE, REPO, run_config, smoke_params
 from ssl_jax import losses, sharding, train
 from ssl_jax.batch import example_batch
 from ssl_jax.optim import build_optimizer, build_schedules, lr_multipliers
 from ssl_jax.step import batch_sharding, replicated
 
 CONFIGS = {"ibot": "ibot_small", "dinov2": "dinov2_small"}
-# Cheaper XLA CPU compiles for these tiny shapes (2 shared cores), as in test_losses.
-FAST = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True,
-        "xla_cpu_use_fusion_emitters": False}
 
 
 def load_config(method: str, preset: str = "smoke"):
@@ -257,7 +254,7 @@ def test_ibot_objective_matches_ibotloss_and_centers():
     out["patch_weights"] = out["mask"]
     state = {"center": 0.3 * rng.randn(k).astype(np.float32), "center2": 0.3 * rng.randn(k).astype(np.float32)}
     step = 0  # epoch 0 of a 2-epoch warm-up: both teacher temperatures 0.04
-    loss, new_state, metrics = jax.jit(method.objective, compiler_options=FAST)(out, state, jnp.asarray(step))
+    loss, new_state, metrics = jax.jit(method.objective, compiler_options=FAST_COMPILE)(out, state, jnp.asarray(step))
     cls, patch, center, center2 = np_ibot_loss(
         out["student_logits"], out["student_patch_logits"], out["teacher_logits"], out["teacher_patch_logits"],
         out["mask"], state["center"], state["center2"], 0.04, 0.04, cfg.student_temp, cfg.lambda1, cfg.lambda2,
@@ -291,7 +288,7 @@ def test_dinov2_objective_matches_forward_backward(centering):
              "center2": 0.3 * rng.randn(cfg.ibot_out_dim).astype(np.float32)}
     step = 4  # mid warm-up: 0.04 + (0.07 - 0.04) * 4 / 5 per iteration
     temp = 0.04 + 0.03 * 4 / 5
-    loss, new_state, metrics = jax.jit(method.objective, compiler_options=FAST)(out, state, jnp.asarray(step))
+    loss, new_state, metrics = jax.jit(method.objective, compiler_options=FAST_COMPILE)(out, state, jnp.asarray(step))
     want, terms = np_dinov2_loss(out["student_logits"], out["teacher_logits"], s_patch, t_patch, mask,
                                  out["student_global_cls"], centering=centering, center=state["center"],
                                  center2=state["center2"], temp=temp, student_temp=cfg.student_temp,
@@ -316,7 +313,7 @@ def test_masks_follow_the_references():
         config = load_config(name)
         config.augment.global_crops.size = 128
         method = train.setup(config, steps_per_epoch=3).method
-        sample = jax.jit(method.sample_masks, static_argnums=(1, 2), compiler_options=FAST)
+        sample = jax.jit(method.sample_masks, static_argnums=(1, 2), compiler_options=FAST_COMPILE)
         mask = np.asarray(sample(jax.random.key(0), 32, 2, jnp.asarray(0)))
         assert mask.shape == (32, 2, 256)
         counts[name] = mask.sum(axis=-1).ravel()
@@ -386,7 +383,7 @@ def loss_on_meshes(request):
     config = load_config(request.param)
     config.model.drop_path_rate = 0.0
     run8 = train.setup(config, steps_per_epoch=3)
-    state = jax.jit(run8.method.init, compiler_options=FAST)(jax.random.key(0), example_batch(config.augment, 1))
+    state = jax.jit(run8.method.init, compiler_options=FAST_COMPILE)(jax.random.key(0), example_batch(config.augment, 1))
     # DINOv2's LayerScale starts at 1e-5, so at init every image has almost the same [CLS]
     # (nearest-neighbour distances ~1e-7, where KoLeo's -log d turns float32 rounding into
     # percent differences). Scales of 1, as after training, make the features image-dependent.
@@ -400,7 +397,7 @@ def loss_on_meshes(request):
         rep = replicated(mesh)
         fn = jax.jit(jax.value_and_grad(run8.method.loss, argnums=(0, 1), has_aux=True),
                      in_shardings=(rep, rep, rep, rep, batch_sharding(mesh), rep, rep), out_shardings=rep,
-                     compiler_options=FAST)
+                     compiler_options=FAST_COMPILE)
         args[devices] = (*jax.device_put(tuple(state), rep), sharding.to_global_batch(batch, mesh),
                          jax.random.key(7), jnp.asarray(1, jnp.int32))
         lowered[devices] = fn.lower(*args[devices])
@@ -432,21 +429,11 @@ def test_teacher_gets_no_gradient(loss_on_meshes):
 
 # ----------------------------------------------------------------------------- end to end
 
-@pytest.fixture(scope="module")
-def smoke_runs(tfds_data_dir, tmp_path_factory):
-    """Both `:smoke` presets started together (compilation is mostly single-threaded): {method: workdir}
-    after `python -m ssl_jax.main --config=configs/<paper>.py:smoke` finished."""
-    workdirs = {method: tmp_path_factory.mktemp(method) for method in CONFIGS}
-    procs = {method: start_config(os.path.join(REPO, "configs", f"{CONFIGS[method]}.py") + ":smoke", workdirs[method])
-             for method in CONFIGS}
-    results = {method: finish(proc, timeout=600) for method, proc in procs.items()}  # two share the cores
-    return {method: (results[method], workdirs[method]) for method in CONFIGS}
-
-
-@pytest.mark.parametrize("method", sorted(CONFIGS))
-def test_smoke_preset_end_to_end(method, smoke_runs):
+@pytest.mark.parametrize("method", smoke_params(sorted(CONFIGS)))
+def test_smoke_preset_end_to_end(method, tfds_data_dir, tmp_path):
     """The `:smoke` preset trains 6 steps on CIFAR-10 from the command line, checkpoints and reports kNN."""
-    result, workdir = smoke_runs[method]
+    workdir = tmp_path
+    result = run_config(os.path.join(REPO, "configs", f"{CONFIGS[method]}.py") + ":smoke", workdir)
     assert result.returncode == 0, result.stderr[-3000:]
     records = [json.loads(line) for line in open(workdir / "metrics" / "metrics.jsonl")]
     train_records = [r for r in records if r["split"] == "train"]

@@ -4,7 +4,8 @@ The centre is a *campaign* (module fixture), run as a user would with
 `python -m ssl_jax.main` on the tiny smoke config with a checkpoint after every step
 (so kills in the loop land inside an asynchronous checkpoint write), on two workdirs
 at once (one per core):
-  A: SIGTERM mid-run -> KILLS // 2 x `kill -9` at random moments, each followed by a
+  A: SIGTERM mid-run -> KILLS // 2 x `kill -9` (in start-up, at a random moment of the
+     training loop, or as soon as a checkpoint write is under way), each followed by a
      restart -> a config change (refused) -> a changed shape (refused) -> a truncated
      and a removed checkpoint file (refused) -> --restore_fallback, which finishes.
   B: the other kills, then a plain restart that finishes.
@@ -36,7 +37,9 @@ TOTAL = EPOCHS * STEPS_PER_EPOCH
 # Same for the uninterrupted run and every process of the campaign: a checkpoint after each
 # step (each one an asynchronous write a kill can interrupt), enough kept to fall back twice.
 CAMPAIGN = {"num_epochs": EPOCHS, "checkpoint.every_steps": 1, "checkpoint.max_to_keep": 5}
-KILLS = 20
+# 8 in CI (the suite's time budget); SSL_JAX_CAMPAIGN_KILLS=20 gave the README's table.
+KILLS = int(os.environ.get("SSL_JAX_CAMPAIGN_KILLS", "8"))
+KILL_MOMENTS = ("start-up", "training loop", "checkpoint write")
 DETERMINISTIC = ("loss", "grad_norm", "center_norm", "teacher_entropy", "student_entropy", "teacher_kl_uniform",
                  "learning_rate", "weight_decay", "teacher_momentum", "teacher_temp")
 
@@ -133,20 +136,27 @@ def resumed_from(stdout: str) -> int:
 
 
 def _kill_chain(workdir, kills: int, rng: random.Random, events: list) -> None:
-    """`kills` times: start the run on `workdir`, `kill -9` it at a random moment (half anywhere in
-    start-up, half inside the training loop), record what is on disk."""
+    """`kills` times: start the run on `workdir`, `kill -9` it, record what is on disk. The moments
+    cycle through KILL_MOMENTS: a random 0.5-9 s after launch (anywhere in start-up), a random
+    0-4 s after the process's first logged step, and the moment an orbax temporary directory
+    appears after that step (inside an asynchronous checkpoint write)."""
     for i in range(kills):
         before, entries_before = complete_steps(workdir), set(checkpoint_entries(workdir))
         if before and before[-1] == TOTAL:
             return  # the run got to its end between the kills
         proc = Process(workdir, **CAMPAIGN)
-        if i % 2 == 0:
+        where = KILL_MOMENTS[i % len(KILL_MOMENTS)]
+        if where == "start-up":
             time.sleep(rng.uniform(0.5, 9.0))
-            where = "start-up"
-        else:  # after this process's first step: inside its first checkpoint write (~1-2 s) or a later step
+        else:
             assert proc.wait_for(r"^step \d+/"), proc.output()
-            time.sleep(rng.uniform(0.0, 4.0))
-            where = "training loop"
+            if where == "training loop":
+                time.sleep(rng.uniform(0.0, 4.0))
+            else:
+                deadline = time.time() + 60
+                while time.time() < deadline and proc.popen.poll() is None and not any(
+                        "tmp" in e for e in set(checkpoint_entries(workdir)) - entries_before):
+                    time.sleep(0.005)
         proc.popen.kill()
         proc.popen.wait()
         out = "\n".join(proc.lines)
@@ -272,17 +282,19 @@ def test_campaign_sigterm_stops_after_the_step_with_a_checkpoint(campaign):
 
 def test_campaign_kill9_resumes_from_last_complete_checkpoint(campaign):
     """After each kill -9 the next run resumes from the newest complete checkpoint on disk, never
-    from less than existed before the kill; at least a few kills landed mid-write."""
+    from less than existed before the kill; the kills aimed at a checkpoint write landed inside one."""
     kills = _kills(campaign)
-    assert len(kills) >= 20 and sum(resumed is not None for _, resumed in kills) >= 18
+    assert len(kills) >= KILLS and sum(resumed is not None for _, resumed in kills) >= KILLS - 2
     for event, resumed in kills:
         assert event["code"] == -signal.SIGKILL
         if resumed is None:  # the last kill of chain A: the refusals after it name its newest checkpoint
             continue
         assert resumed == (event["complete"][-1] if event["complete"] else 0), event["fault"]
         assert not event["complete_before"] or resumed >= event["complete_before"][-1], event["fault"]
-    assert sum(event["mid_write"] for event, _ in kills) >= 3, "too few kills landed inside a checkpoint write"
-    assert sum(event["last_logged"] is not None for event, _ in kills) >= 10, "too few kills after training began"
+    aimed = [event for event, _ in kills if event["fault"].endswith("checkpoint write")]
+    assert sum(event["mid_write"] for event in aimed) >= max(1, len(aimed) // 2), "too few kills landed inside a checkpoint write"
+    after_start = [event for event, _ in kills if not event["fault"].endswith("start-up")]
+    assert all(event["last_logged"] is not None for event in after_start), "a loop kill came before training began"
 
 
 def test_campaign_refusals_name_the_problem_and_touch_nothing(campaign):
