@@ -159,6 +159,12 @@ class Checkpointer:
         self.manager.wait_until_finished()
 
     def close(self) -> None:
+        """Waits for the manager's background work, then releases it. The constructor's removal of
+        temporary directories left by an interrupted write runs in a background thread that
+        orbax's close() does not wait for (orbax 0.12): a run that stops early, e.g. refusing a
+        changed config, would otherwise exit with that thread still running and print its
+        traceback after the one-line error."""
+        self.manager._maybe_await_cleanup_tmp_directory()  # noqa: SLF001 - see the docstring
         self.manager.close()
 
 

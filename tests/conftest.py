@@ -1,7 +1,8 @@
 """Shared set-up for the integration tests.
 
 Runs before jax is imported (pytest loads conftest first), so it can:
-  * give the host 8 virtual CPU devices, so every test exercises the sharded code path;
+  * give the host 8 virtual CPU devices, so every test exercises the sharded code path, and
+    compile at low optimisation (TEST_COMPILE_FLAGS);
   * point tfds at the shared CIFAR-10 copy unless TFDS_DATA_DIR is already set;
   * leave jax's persistent compilation cache off unless JAX_COMPILATION_CACHE_DIR is set:
     SimCLR train steps loaded from it aborted (SIGABRT inside XLA's CPU runtime) in 3 of
@@ -19,16 +20,28 @@ import sys
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_DEVICES = 8
 
-_xla_flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if not f.startswith("--xla_force_host_platform_device_count")]
-os.environ["XLA_FLAGS"] = " ".join(_xla_flags + [f"--xla_force_host_platform_device_count={NUM_DEVICES}"])
+# Cheaper XLA CPU compiles for every test process and for the `ssl_jax.main` processes the tests
+# start (they inherit the environment): compiling dominates the tests' tiny shapes on 2 cores,
+# and these switches (LLVM at -O0, the legacy fusion emitters) change how fast the compiled step
+# runs, not the HLO it runs. They halve the fault campaign's time. Benchmarks never see them.
+TEST_COMPILE_FLAGS = ("--xla_backend_optimization_level=0", "--xla_llvm_disable_expensive_passes=true",
+                      "--xla_cpu_use_fusion_emitters=false")
+_USER_XLA_FLAGS = [f for f in os.environ.get("XLA_FLAGS", "").split()
+                   if not f.startswith("--xla_force_host_platform_device_count") and f not in TEST_COMPILE_FLAGS]
+
+
+def xla_flags(num_devices: int) -> str:
+    """XLA_FLAGS for a test process with `num_devices` CPU devices (and TEST_COMPILE_FLAGS)."""
+    device_count = f"--xla_force_host_platform_device_count={num_devices}"
+    return " ".join(_USER_XLA_FLAGS + list(TEST_COMPILE_FLAGS) + [device_count])
+
+
+os.environ["XLA_FLAGS"] = xla_flags(NUM_DEVICES)
 os.environ.setdefault("TFDS_DATA_DIR", os.path.normpath(os.path.join(REPO, "..", "shared", "data", "tfds")))
 
 import pytest  # noqa: E402
 
 TFDS_DATA_DIR = os.environ["TFDS_DATA_DIR"]
-# Cheaper XLA CPU compiles for the tiny shapes of unit tests (`jax.jit(..., compiler_options=FAST_COMPILE)`).
-FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True,
-                "xla_cpu_use_fusion_emitters": False}
 CONFIG_FILE = os.path.join(REPO, "configs", "dino_small.py")
 
 # The smoke preset made smaller still: compile time dominates these tests on 2 CPU cores.

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh
 
-from conftest import FAST_COMPILE, run_smoke_preset, smoke_params
+from conftest import run_smoke_preset, smoke_params
 from ssl_jax import losses, sharding, train
 from ssl_jax.batch import example_batch
 from ssl_jax.methods.swav import assignment_codes, push_queue, swapped_prediction
@@ -173,9 +173,9 @@ def test_daino_classifier_is_the_teachers_head():
     state = namedtuple("State", "params teacher model_state")  # the fields class_logits reads
     config = importlib.import_module("configs.daino_small").get_config("smoke")
     method = train.setup(config, steps_per_epoch=3).method
-    variables = jax.jit(method.init, compiler_options=FAST_COMPILE)(jax.random.key(0), example_batch(config.augment, 1))
+    variables = jax.jit(method.init)(jax.random.key(0), example_batch(config.augment, 1))
     images = example_batch(config.augment, 4, jax.random.key(1))["views"]["global"][:, 0]
-    logits = jax.jit(method.class_logits, compiler_options=FAST_COMPILE)
+    logits = jax.jit(method.class_logits)
 
     def scores(params, teacher):
         return np.asarray(logits(state(params, teacher, None), images))
@@ -196,13 +196,13 @@ def test_suave_classifier_scores_the_images_against_the_class_prototypes():
     state = namedtuple("State", "params model_state")
     config = importlib.import_module("configs.suave_resnet50").get_config("smoke")
     method = train.setup(config, steps_per_epoch=3).method
-    variables = jax.jit(method.init, compiler_options=FAST_COMPILE)(jax.random.key(0), example_batch(config.augment, 1))
+    variables = jax.jit(method.init)(jax.random.key(0), example_batch(config.augment, 1))
     images = example_batch(config.augment, config.dataset.num_classes, jax.random.key(1))["views"]["global"][:, 0]
     z, _ = method.network.apply(variables.params, variables.model_state or {}, images, train=False)
     prototypes = (np.asarray(z, np.float64) * np.arange(1, 11)[:, None]).T  # column i: image i's projection, scaled
     params = dict(variables.params, prototypes={"kernel": jnp.asarray(prototypes / np.linalg.norm(prototypes, axis=0),
                                                                       jnp.float32)})
-    logits = np.asarray(jax.jit(method.class_logits, compiler_options=FAST_COMPILE)(
+    logits = np.asarray(jax.jit(method.class_logits)(
         state(params, variables.model_state), images))
     assert logits.shape == (10, 10)
     np.testing.assert_array_equal(np.argmax(logits, axis=1), np.arange(10))
@@ -221,9 +221,8 @@ def swav_on_meshes():
     """Loss, aux and gradients on 8 devices and on 1, from one state and one batch (step 0, queue active)."""
     config = load_config()
     run8 = train.setup(config, steps_per_epoch=3)
-    # method.init jitted with cheap compiler options: seconds, where train.create_state's compile takes ~10x longer.
-    state = jax.jit(run8.method.init, compiler_options=FAST_COMPILE)(jax.random.key(0),
-                                                                     example_batch(config.augment, 1))
+    # method.init alone compiles in seconds, where train.create_state's compile takes ~10x longer.
+    state = jax.jit(run8.method.init)(jax.random.key(0), example_batch(config.augment, 1))
     batch = example_batch(config.augment, config.batch_size, jax.random.key(3))
     offsets = np.repeat(np.arange(8, dtype=np.float32), 2)[:, None, None, None, None]  # per-device shards differ
     batch["views"]["global"] = batch["views"]["global"] + offsets
@@ -232,8 +231,7 @@ def swav_on_meshes():
         mesh = Mesh(np.array(jax.devices()[:devices]), ("data",))
         rep = replicated(mesh)
         fn = jax.jit(jax.value_and_grad(run8.method.loss, has_aux=True),
-                     in_shardings=(rep, rep, rep, rep, batch_sharding(mesh), rep, rep), out_shardings=rep,
-                     compiler_options=FAST_COMPILE)
+                     in_shardings=(rep, rep, rep, rep, batch_sharding(mesh), rep, rep), out_shardings=rep)
         results[devices] = jax.device_get(fn(
             *jax.device_put((state.params, state.teacher, state.method_state, state.model_state), rep),
             sharding.to_global_batch(batch, mesh), jax.random.key(7), jnp.asarray(0, jnp.int32)))
@@ -261,10 +259,10 @@ def test_prototypes_frozen_for_an_epoch_then_unit_norm(swav_on_meshes):
     update their columns are unit-norm, i.e. the reference's in-place normalisation before the next step."""
     _, run, state, results = swav_on_meshes
     grads = results[1][1]
-    params, opt_state = state.params, jax.jit(run.tx.init, compiler_options=FAST_COMPILE)(state.params)
+    params, opt_state = state.params, jax.jit(run.tx.init)(state.params)
     start = np.asarray(params["prototypes"]["kernel"])
     np.testing.assert_allclose(np.linalg.norm(start, axis=0), 1.0, rtol=1e-5)
-    update = jax.jit(run.tx.update, compiler_options=FAST_COMPILE)
+    update = jax.jit(run.tx.update)
     for step in range(4):
         updates, opt_state = update(grads, opt_state, params)
         params = jax.tree.map(lambda p, u: p + u, params, updates)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh
 
-from conftest import FAST_COMPILE, run_smoke_preset, smoke_params
+from conftest import run_smoke_preset, smoke_params
 from ssl_jax import losses, sharding, train
 from ssl_jax.batch import example_batch
 from ssl_jax.methods.simsiam import SimSiam
@@ -123,8 +123,7 @@ def _loss_and_grads(run, state, batch, argnums=0):
     """value_and_grad of method.loss over run.mesh: (loss, aux, grads w.r.t. `argnums`)."""
     rep = replicated(run.mesh)
     fn = jax.jit(jax.value_and_grad(run.method.loss, argnums=argnums, has_aux=True),
-                 in_shardings=(rep, rep, rep, rep, batch_sharding(run.mesh), rep, rep), out_shardings=rep,
-                 compiler_options=FAST_COMPILE)  # both meshes alike; compiling dominates on 2 cores
+                 in_shardings=(rep, rep, rep, rep, batch_sharding(run.mesh), rep, rep), out_shardings=rep)
     (loss, aux), grads = fn(state.params, state.teacher, state.method_state, state.model_state,
                             sharding.to_global_batch(batch, run.mesh), jax.random.key(7), jnp.asarray(0, jnp.int32))
     return jax.device_get((loss, aux, grads))
@@ -206,7 +205,7 @@ def test_simsiam_gradient_flows_only_through_the_predictor_branch():
     views = jnp.asarray(batch["views"]["global"])
     method, rng = run.method, jax.random.key(7)
     online_rng = jax.random.split(rng)[0]
-    online = jax.jit(method._online, compiler_options=FAST_COMPILE)
+    online = jax.jit(method._online)
     _, projections, _ = online(state.params, state.model_state, views, online_rng)
     z1, z2 = (jax.lax.stop_gradient(z) for z in projections)
 
@@ -214,7 +213,7 @@ def test_simsiam_gradient_flows_only_through_the_predictor_branch():
         queries, _, _ = method._online(params, state.model_state, views, online_rng)
         return 0.5 * (losses.negative_cosine(queries[0], z2) + losses.negative_cosine(queries[1], z1))
 
-    want = jax.jit(jax.grad(constant_target_loss), compiler_options=FAST_COMPILE)(state.params)
+    want = jax.jit(jax.grad(constant_target_loss))(state.params)
     _, _, got = _loss_and_grads(run1, state, batch)
     _assert_trees_close(got, want, rtol=1e-4, atol=2e-5, what="simsiam grads")
 

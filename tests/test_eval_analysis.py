@@ -14,7 +14,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import FAST_COMPILE
 from ssl_jax.analysis import metrics
 from ssl_jax.eval import finetune, linear
 from ssl_jax.eval.knn import knn_predict
@@ -156,7 +155,7 @@ def tiny_vit():
 
     module = VisionTransformer(img_size=16, patch_size=8, embed_dim=16, depth=3, num_heads=2)
     images = jax.random.normal(jax.random.key(1), (2, 16, 16, 3))
-    return module, jax.jit(module.init, compiler_options=FAST_COMPILE)(jax.random.key(0), images)["params"], images
+    return module, jax.jit(module.init)(jax.random.key(0), images)["params"], images
 
 
 def test_dino_probe_features_are_normed_cls_of_the_last_blocks_and_pooled_patches(tiny_vit):
@@ -168,9 +167,9 @@ def test_dino_probe_features_are_normed_cls_of_the_last_blocks_and_pooled_patche
     module, params, images = tiny_vit
     config = ml_collections.ConfigDict({"model": {"name": "vit", "size": "custom", "img_size": 16, "patch_size": 8,
                                                   "embed_dim": 16, "depth": 3, "num_heads": 2, "drop_path_rate": 0.0}})
-    features_fn = jax.jit(probe_features_fn(config, None, n_last_blocks=2, avgpool=True), compiler_options=FAST_COMPILE)
+    features_fn = jax.jit(probe_features_fn(config, None, n_last_blocks=2, avgpool=True))
     features = features_fn((params, None), images)
-    out = jax.jit(lambda p, x: module.apply({"params": p}, x, return_all=True), compiler_options=FAST_COMPILE)(
+    out = jax.jit(lambda p, x: module.apply({"params": p}, x, return_all=True))(
         params, images)
     norm = lambda t: nn.LayerNorm(1e-6).apply({"params": params["norm"]}, t)  # noqa: E731
     expected = jnp.concatenate([norm(out["tokens"][1])[:, 0], norm(out["tokens"][2])[:, 0],
@@ -196,7 +195,7 @@ def test_layer_wise_lr_decay_follows_mae(tiny_vit):
     cfg.optim.weight_decay = 0.0
     tx = finetune.build_finetune_optimizer(cfg, tree, 3, steps_per_epoch=10)
     grads = jax.tree.map(jnp.ones_like, tree)
-    updates, _ = jax.jit(tx.update, compiler_options=FAST_COMPILE)(grads, tx.init(tree), tree)
+    updates, _ = jax.jit(tx.update)(grads, tx.init(tree), tree)
     ratio = updates["backbone"]["blocks_0"]["fc1"]["kernel"] / updates["head"]["kernel"][0, 0]
     np.testing.assert_allclose(ratio, cfg.layer_decay**3, rtol=1e-6)
 
@@ -213,10 +212,10 @@ def test_finetuning_a_vit_without_cls_reads_its_mean_patch_token():
     backbone = build_backbone(config.model, with_drop_path=False, **backbone_kwargs(config))
     size = config.model.img_size
     images = jax.random.normal(jax.random.key(1), (2, size, size, 3))
-    params = jax.jit(backbone.init, compiler_options=FAST_COMPILE)(jax.random.key(0), images)["params"]
+    params = jax.jit(backbone.init)(jax.random.key(0), images)["params"]
     assert "cls_token" not in params
     tuner = finetune.FineTuner(config, protocol().finetune, params, num_classes=10)
-    logits = jax.jit(tuner.logits, compiler_options=FAST_COMPILE)(tuner.params, images)
+    logits = jax.jit(tuner.logits)(tuner.params, images)
     pooled = backbone.apply({"params": params}, images)
     head = tuner.params["head"]
     np.testing.assert_allclose(logits, pooled @ head["kernel"] + head["bias"], rtol=1e-5, atol=1e-6)
@@ -238,7 +237,7 @@ def test_convert_vit_maps_a_pytorch_layout_onto_the_vit_parameters():
 
     module = vit("custom", img_size=16, patch_size=4, embed_dim=128, depth=2, num_heads=2, layerscale_init=0.1,
                  num_register_tokens=2)
-    params = jax.device_get(jax.jit(module.init, compiler_options=FAST_COMPILE)(jax.random.key(0),
+    params = jax.device_get(jax.jit(module.init)(jax.random.key(0),
                                                                                 jnp.zeros((1, 16, 16, 3)))["params"])
     state = {"cls_token": params["cls_token"], "pos_embed": params["pos_embed"],
              "register_tokens": params["register_tokens"], "mask_token": np.zeros((1, 1, 128)),
@@ -277,7 +276,7 @@ def test_mae_reconstructions_keep_visible_patches_and_grey_out_masked_ones():
     config.model.update({"embed_dim": 16, "depth": 1, "num_heads": 2})
     config.method.update({"decoder_embed_dim": 16, "decoder_depth": 1, "decoder_num_heads": 2})
     method = MAE(config, steps_per_epoch=1)
-    params = jax.jit(method.init, compiler_options=FAST_COMPILE)(jax.random.key(0), example_batch(config.augment, 1)).params
+    params = jax.jit(method.init)(jax.random.key(0), example_batch(config.augment, 1)).params
     mean, std = np.array([0.4, 0.5, 0.6]), np.array([0.2, 0.25, 0.3])
     display = np.random.RandomState(0).rand(3, 32, 32, 3)
     panels = mae_reconstructions(method, params, ((display - mean) / std).astype(np.float32), mean, std, seed=1)

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh
 
-from conftest import FAST_COMPILE, REPO, run_config, smoke_params
+from conftest import REPO, run_config, smoke_params
 from ssl_jax import losses, sharding, train
 from ssl_jax.batch import example_batch
 from ssl_jax.optim import build_optimizer, build_schedules, lr_multipliers
@@ -254,7 +254,7 @@ def test_ibot_objective_matches_ibotloss_and_centers():
     out["patch_weights"] = out["mask"]
     state = {"center": 0.3 * rng.randn(k).astype(np.float32), "center2": 0.3 * rng.randn(k).astype(np.float32)}
     step = 0  # epoch 0 of a 2-epoch warm-up: both teacher temperatures 0.04
-    loss, new_state, metrics = jax.jit(method.objective, compiler_options=FAST_COMPILE)(out, state, jnp.asarray(step))
+    loss, new_state, metrics = jax.jit(method.objective)(out, state, jnp.asarray(step))
     cls, patch, center, center2 = np_ibot_loss(
         out["student_logits"], out["student_patch_logits"], out["teacher_logits"], out["teacher_patch_logits"],
         out["mask"], state["center"], state["center2"], 0.04, 0.04, cfg.student_temp, cfg.lambda1, cfg.lambda2,
@@ -288,7 +288,7 @@ def test_dinov2_objective_matches_forward_backward(centering):
              "center2": 0.3 * rng.randn(cfg.ibot_out_dim).astype(np.float32)}
     step = 4  # mid warm-up: 0.04 + (0.07 - 0.04) * 4 / 5 per iteration
     temp = 0.04 + 0.03 * 4 / 5
-    loss, new_state, metrics = jax.jit(method.objective, compiler_options=FAST_COMPILE)(out, state, jnp.asarray(step))
+    loss, new_state, metrics = jax.jit(method.objective)(out, state, jnp.asarray(step))
     want, terms = np_dinov2_loss(out["student_logits"], out["teacher_logits"], s_patch, t_patch, mask,
                                  out["student_global_cls"], centering=centering, center=state["center"],
                                  center2=state["center2"], temp=temp, student_temp=cfg.student_temp,
@@ -313,7 +313,7 @@ def test_masks_follow_the_references():
         config = load_config(name)
         config.augment.global_crops.size = 128
         method = train.setup(config, steps_per_epoch=3).method
-        sample = jax.jit(method.sample_masks, static_argnums=(1, 2), compiler_options=FAST_COMPILE)
+        sample = jax.jit(method.sample_masks, static_argnums=(1, 2))
         mask = np.asarray(sample(jax.random.key(0), 32, 2, jnp.asarray(0)))
         assert mask.shape == (32, 2, 256)
         counts[name] = mask.sum(axis=-1).ravel()
@@ -383,7 +383,7 @@ def loss_on_meshes(request):
     config = load_config(request.param)
     config.model.drop_path_rate = 0.0
     run8 = train.setup(config, steps_per_epoch=3)
-    state = jax.jit(run8.method.init, compiler_options=FAST_COMPILE)(jax.random.key(0), example_batch(config.augment, 1))
+    state = jax.jit(run8.method.init)(jax.random.key(0), example_batch(config.augment, 1))
     # DINOv2's LayerScale starts at 1e-5, so at init every image has almost the same [CLS]
     # (nearest-neighbour distances ~1e-7, where KoLeo's -log d turns float32 rounding into
     # percent differences). Scales of 1, as after training, make the features image-dependent.
@@ -396,8 +396,7 @@ def loss_on_meshes(request):
         mesh = Mesh(np.array(jax.devices()[:devices]), ("data",))
         rep = replicated(mesh)
         fn = jax.jit(jax.value_and_grad(run8.method.loss, argnums=(0, 1), has_aux=True),
-                     in_shardings=(rep, rep, rep, rep, batch_sharding(mesh), rep, rep), out_shardings=rep,
-                     compiler_options=FAST_COMPILE)
+                     in_shardings=(rep, rep, rep, rep, batch_sharding(mesh), rep, rep), out_shardings=rep)
         args[devices] = (*jax.device_put(tuple(state), rep), sharding.to_global_batch(batch, mesh),
                          jax.random.key(7), jnp.asarray(1, jnp.int32))
         lowered[devices] = fn.lower(*args[devices])

@@ -9,7 +9,6 @@ numpy reference rebuilds explicitly.
 """
 from __future__ import annotations
 
-import functools
 
 import jax
 import jax.numpy as jnp
@@ -17,12 +16,6 @@ import numpy as np
 import pytest
 
 from ssl_jax import losses
-
-
-# Cheaper XLA CPU compiles for these tiny shapes (2 shared cores); local to the functions jitted here.
-FAST = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True,
-        "xla_cpu_use_fusion_emitters": False}
-fast_jit = functools.partial(jax.jit, compiler_options=FAST)
 
 
 # ----------------------------------------------------------------------------- numpy references
@@ -71,7 +64,7 @@ def dino_loss_fn(student, teacher, center, student_temp, teacher_temp):
 
 
 # Compiled once per shape (the temperatures are traced arguments).
-jax_dino_loss = fast_jit(dino_loss_fn)
+jax_dino_loss = jax.jit(dino_loss_fn)
 
 
 def _random_case(rng: np.random.RandomState, batch: int, num_student: int, num_teacher: int, dim: int):
@@ -165,7 +158,7 @@ def test_dino_loss_skips_same_view_pairs(num_student):
 def test_dino_loss_gradient_wrt_teacher_logits_and_center_is_exactly_zero():
     rng = np.random.RandomState(7)
     student, teacher, center = _random_case(rng, 4, 4, 2, 16)
-    grad_t, grad_c = fast_jit(jax.grad(lambda t, c: dino_loss_fn(student, t, c, 0.1, 0.04), argnums=(0, 1)))(
+    grad_t, grad_c = jax.jit(jax.grad(lambda t, c: dino_loss_fn(student, t, c, 0.1, 0.04), argnums=(0, 1)))(
         jnp.asarray(teacher), jnp.asarray(center))
     assert np.all(np.asarray(grad_t) == 0.0)
     assert np.all(np.asarray(grad_c) == 0.0)
@@ -176,7 +169,7 @@ def test_dino_loss_gradient_wrt_student_logits_matches_closed_form():
     rng = np.random.RandomState(8)
     batch, num_student, dim, student_temp, teacher_temp = 4, 4, 16, 0.1, 0.04
     student, teacher, center = _random_case(rng, batch, num_student, 2, dim)
-    grad_s = np.asarray(fast_jit(jax.grad(lambda s: dino_loss_fn(s, teacher, center, student_temp, teacher_temp)))(
+    grad_s = np.asarray(jax.jit(jax.grad(lambda s: dino_loss_fn(s, teacher, center, student_temp, teacher_temp)))(
         jnp.asarray(student)))
     assert np.abs(grad_s).max() > 0.0
 

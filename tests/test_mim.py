@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh
 
-from conftest import FAST_COMPILE, REPO, run_smoke_preset, smoke_params
+from conftest import REPO, run_smoke_preset, smoke_params
 from ssl_jax import losses, masks, optim, train
 from ssl_jax.batch import example_batch
 from ssl_jax.models.mim_heads import unshuffle
@@ -75,7 +75,7 @@ def probe(name: str, devices: int):
     mesh = run.mesh if devices == 8 else Mesh(np.array(jax.devices()[:devices]), ("data",))
     assert mesh.devices.size == devices
 
-    @functools.partial(jax.jit, compiler_options=FAST_COMPILE)  # compiling dominates on 2 cores
+    @jax.jit
     def fn(params, teacher, batch):
         loss_fn = lambda p, t: method.loss(p, t, None, None, batch, LOSS_RNG, jnp.int32(0))  # noqa: E731
         (loss, aux), grads = jax.value_and_grad(loss_fn, argnums=(0, 1), has_aux=True)(params, teacher)

@@ -29,13 +29,6 @@ from ssl_jax.models.vit import DropPath, VisionTransformer, interpolate_pos_embe
 
 _erf = np.vectorize(math.erf)
 
-# XLA's CPU code generation costs seconds per compile on the 2 shared cores and buys nothing
-# for these tiny shapes (about 4x faster compiles with these options); the options are local to
-# the functions jitted here, nothing global is changed.
-FAST = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True,
-        "xla_cpu_use_fusion_emitters": False}
-fast_jit = functools.partial(jax.jit, compiler_options=FAST)
-
 
 # ----------------------------------------------------------------------------- numpy references
 
@@ -145,7 +138,7 @@ def np_dino_loss(student, teacher, center, student_temp, teacher_temp):
 # ----------------------------------------------------------------------------- interpolate_pos_embed
 
 GRIDS = [(2, 2), (6, 6), (3, 6)]  # down-sampling (local crops), up-sampling, non-square
-_interpolate = fast_jit(interpolate_pos_embed, static_argnums=1)
+_interpolate = jax.jit(interpolate_pos_embed, static_argnums=1)
 
 
 def _structured_pos_embed():
@@ -219,7 +212,7 @@ def vit_and_params():
 def vit_apply(vit_and_params):
     model, _ = vit_and_params
 
-    @functools.partial(fast_jit, static_argnames=("train", "return_all", "capture"))
+    @functools.partial(jax.jit, static_argnames=("train", "return_all", "capture"))
     def apply(params, images, key=None, train=False, return_all=False, capture=False):
         rngs = {"drop_path": key} if key is not None else None
         return model.apply({"params": params}, images, train=train, return_all=return_all, rngs=rngs,
@@ -298,7 +291,7 @@ def test_drop_path_drops_whole_samples_and_rescales_the_kept_ones():
     """timm drop_path: x / keep_prob * bernoulli(keep_prob) per sample."""
     layer = DropPath(0.5)
     x = jnp.asarray(np.random.RandomState(6).rand(64, 3, 2).astype(np.float32) + 0.5)
-    out = np.asarray(fast_jit(lambda x, key: layer.apply({}, x, deterministic=False, rngs={"drop_path": key}))(
+    out = np.asarray(jax.jit(lambda x, key: layer.apply({}, x, deterministic=False, rngs={"drop_path": key}))(
         x, jax.random.key(0)))
     kept = np.all(out != 0, axis=(1, 2))
     dropped = np.all(out == 0, axis=(1, 2))
@@ -315,7 +308,7 @@ def test_weight_norm_dense_equals_x_times_normalised_columns(fix_norm):
     layer = WeightNormDense(12, fix_norm=fix_norm)
     rng = np.random.RandomState(6)
     x = jnp.asarray(rng.randn(5, 8).astype(np.float32))
-    params = fast_jit(layer.init)(jax.random.key(0), x)["params"]
+    params = jax.jit(layer.init)(jax.random.key(0), x)["params"]
     if fix_norm:
         assert set(params) == {"v"}
     else:
@@ -323,7 +316,7 @@ def test_weight_norm_dense_equals_x_times_normalised_columns(fix_norm):
         np.testing.assert_array_equal(np.asarray(params["g"]), np.ones((1, 12), np.float32))
         params = dict(params, g=jnp.asarray(rng.uniform(0.5, 2.0, (1, 12)).astype(np.float32)))
     assert params["v"].shape == (8, 12)
-    apply = fast_jit(layer.apply)
+    apply = jax.jit(layer.apply)
     got = np.asarray(apply({"params": params}, x))
     np.testing.assert_allclose(got, np_weight_norm_dense(x, params["v"], params.get("g")), rtol=1e-5, atol=1e-6)
     # Only the direction of v matters: scaling all of v, or one column, changes nothing.
@@ -341,7 +334,7 @@ def _random_head_params(head, in_dim, seed):
     return jax.tree.map(lambda s: jnp.asarray(0.3 * rng.randn(*s.shape), s.dtype), shapes)
 
 
-@functools.partial(fast_jit, static_argnames=("head", "capture"))
+@functools.partial(jax.jit, static_argnames=("head", "capture"))
 def _head_apply(params, x, head, capture=False):
     return head.apply({"params": params}, x, capture_intermediates=capture)
 
@@ -398,7 +391,7 @@ def test_apply_per_resolution_equals_per_view_application_in_group_order():
     def fn(images, _rng):  # [N, H, W, 3] -> [N, 6]; resolution-independent, image-specific
         return jnp.mean(images, axis=(1, 2)) @ weights + jnp.max(images, axis=(1, 2, 3))[:, None]
 
-    out = np.asarray(fast_jit(lambda g, key: apply_per_resolution(fn, g, key))(groups, jax.random.key(0)))
+    out = np.asarray(jax.jit(lambda g, key: apply_per_resolution(fn, g, key))(groups, jax.random.key(0)))
     assert out.shape == (3, 7, 6)
     views = [np.asarray(g)[:, v] for g in groups for v in range(g.shape[1])]  # globals first, then locals
     for b in range(3):
@@ -410,7 +403,7 @@ def test_apply_per_resolution_equals_per_view_application_in_group_order():
 def test_apply_per_resolution_gives_each_group_its_own_rng():
     groups = [jnp.zeros((2, 2, 4, 4, 3)), jnp.zeros((2, 2, 4, 4, 3))]
     fn = lambda images, key: jax.random.normal(key, (images.shape[0], 3))  # noqa: E731
-    out = np.asarray(fast_jit(lambda g, key: apply_per_resolution(fn, g, key))(groups, jax.random.key(0)))
+    out = np.asarray(jax.jit(lambda g, key: apply_per_resolution(fn, g, key))(groups, jax.random.key(0)))
     assert not np.allclose(out[:, :2], out[:, 2:])
 
 
@@ -433,7 +426,7 @@ def dino_setup():
     method = DINO(config, steps_per_epoch=STEPS_PER_EPOCH)
     # An 'rbg' key: the same standard-normal crops, without compiling threefry eagerly (~5 s here).
     batch = example_batch(config.augment, BATCH, jax.random.key(1, impl="rbg"))
-    variables = fast_jit(method.init)(jax.random.key(0), batch)
+    variables = jax.jit(method.init)(jax.random.key(0), batch)
     return config, method, batch, variables
 
 
@@ -445,7 +438,7 @@ def dino_value_and_grad(dino_setup):
     def loss_fn(params, teacher, center, step):
         return method.loss(params, teacher, {"center": center}, None, batch, jax.random.key(4), step)
 
-    return fast_jit(jax.value_and_grad(loss_fn, argnums=(0, 1), has_aux=True))
+    return jax.jit(jax.value_and_grad(loss_fn, argnums=(0, 1), has_aux=True))
 
 
 def np_views_logits(params, views, config):
@@ -560,7 +553,7 @@ def test_dino_method_student_uses_drop_path_and_teacher_does_not(dino_setup):
     config.model.drop_path_rate = 0.5
     method = DINO(config, steps_per_epoch=STEPS_PER_EPOCH)
     center = jnp.zeros((config.method.out_dim,), jnp.float32)
-    loss_fn = fast_jit(lambda key: method.loss(variables.params, variables.teacher, {"center": center}, None, batch,
+    loss_fn = jax.jit(lambda key: method.loss(variables.params, variables.teacher, {"center": center}, None, batch,
                                                key, jnp.asarray(0, jnp.int32)))
     runs = [loss_fn(jax.random.key(seed)) for seed in (1, 2, 3)]
     losses_ = [float(loss) for loss, _ in runs]

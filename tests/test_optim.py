@@ -9,7 +9,6 @@ and torch.optim.AdamW's update rule, all in float64 numpy.
 """
 from __future__ import annotations
 
-import functools
 
 import jax
 import jax.numpy as jnp
@@ -23,12 +22,6 @@ from ssl_jax import optim
 from ssl_jax.models.heads import DINOHead
 from ssl_jax.models.vit import VisionTransformer
 from ssl_jax.state import ema_update
-
-
-# Cheaper XLA CPU compiles for these tiny shapes (2 shared cores); local to the functions jitted here.
-FAST = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True,
-        "xla_cpu_use_fusion_emitters": False}
-fast_jit = functools.partial(jax.jit, compiler_options=FAST)
 
 
 # ----------------------------------------------------------------------------- numpy references
@@ -48,7 +41,7 @@ def np_cosine_scheduler(base_value, final_value, epochs, niter_per_ep, warmup_ep
 
 def evaluate(schedule, num_steps: int) -> np.ndarray:
     """The schedule at int32 steps 0..num_steps-1, as optax calls it with its step count."""
-    fn = fast_jit(schedule)
+    fn = jax.jit(schedule)
     return np.array([float(fn(jnp.asarray(i, jnp.int32))) for i in range(num_steps)])
 
 
@@ -94,7 +87,7 @@ def test_build_schedules_follow_the_imagenet_recipe():
     total = epochs * steps_per_epoch
     warmup = 10 * steps_per_epoch  # --warmup_epochs 10
     s = optim.build_schedules(cfg.optim, total, steps_per_epoch, batch)
-    lr, wd, mom = (fast_jit(f) for f in (s.learning_rate, s.weight_decay, s.teacher_momentum))
+    lr, wd, mom = (jax.jit(f) for f in (s.learning_rate, s.weight_decay, s.teacher_momentum))
     at = lambda f, i: float(f(jnp.asarray(i, jnp.int32)))  # noqa: E731
 
     peak = 0.0005 * batch / 256  # linear scaling rule of main_dino.py
@@ -259,7 +252,7 @@ def _trajectory(tx, params, grads) -> list:
     """[params, params after grads[0], after grads[1], ...] under the optax transformation tx."""
     state = tx.init(params)
 
-    @fast_jit
+    @jax.jit
     def update(params, state, g):
         updates, state = tx.update(g, state, params)
         return optax.apply_updates(params, updates), state

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import CONFIG_FILE, FAST_COMPILE, REPO
+from conftest import CONFIG_FILE, REPO
 from ssl_jax import sharding, train
 from ssl_jax.batch import example_batch
 
@@ -104,7 +104,7 @@ def test_remat_gives_the_same_loss_and_gradients(method, smoke_config_factory):
         run = train.setup(config, steps_per_epoch=3)
         state = train.create_state(config, run)
         batch = sharding.to_global_batch(example_batch(config.augment, 16, jax.random.key(3)), run.mesh)
-        fn = jax.jit(jax.value_and_grad(run.method.loss, has_aux=True), compiler_options=FAST_COMPILE)
+        fn = jax.jit(jax.value_and_grad(run.method.loss, has_aux=True))
         (loss, _), grads = fn(state.params, state.teacher, state.method_state, state.model_state, batch,
                               jax.random.key(0), state.step)
         results.append(jax.device_get((loss, grads)))

@@ -6,7 +6,6 @@ and losses; and the `:smoke` presets end to end.
 """
 from __future__ import annotations
 
-import functools
 import importlib
 
 import jax
@@ -14,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import FAST_COMPILE, TFDS_DATA_DIR, run_smoke_preset, smoke_params
+from conftest import TFDS_DATA_DIR, run_smoke_preset, smoke_params
 from ssl_jax import losses, train
 from ssl_jax.batch import example_batch
 from ssl_jax.methods.rotation import aggregate_joint_logits, rotate_four, rotation_targets
@@ -77,13 +76,13 @@ def test_sla_uses_labels_only_where_they_exist():
     config = importlib.import_module("configs.sla_resnet").get_config("smoke")
     config.augment.global_crops.size = 8
     run = train.setup(config, steps_per_epoch=3)
-    variables = jax.jit(run.method.init, compiler_options=FAST_COMPILE)(jax.random.key(0),
+    variables = jax.jit(run.method.init)(jax.random.key(0),
                                                                         example_batch(config.augment, 1))
     batch = example_batch(config.augment, 8, jax.random.key(1), fields=("label",))
     batch["label"] = np.array([3, -1, 5, -1, 0, 9, -1, 2], np.int32)
     rng = jax.random.key(2)
 
-    @functools.partial(jax.jit, compiler_options=FAST_COMPILE)
+    @jax.jit
     def loss_and_logits(b):
         loss = run.method.loss(variables.params, None, None, variables.model_state, b, rng, 0)[0]
         logits = run.method.rotated_logits(variables.params, variables.model_state, b["views"]["global"][:, 0],
@@ -175,7 +174,7 @@ def _grid_permute(images, perm, patch):
 def mp3_method():
     config = importlib.import_module("configs.mp3_vit_small").get_config("smoke")
     run = train.setup(config, steps_per_epoch=3)
-    variables = jax.jit(run.method.init, compiler_options=FAST_COMPILE)(jax.random.key(0),
+    variables = jax.jit(run.method.init)(jax.random.key(0),
                                                                         example_batch(config.augment, 1))
     return config, run.method, variables.params
 
@@ -192,7 +191,7 @@ def test_mp3_has_no_position_information(mp3_method):
         type(method)(leaky, 3)
     images = np.random.RandomState(3).randn(2, 16, 16, 3).astype(np.float32)
     perm = np.random.RandomState(4).permutation(16)
-    logits = jax.jit(lambda x, c: method.position_logits(params, x, c), compiler_options=FAST_COMPILE)
+    logits = jax.jit(lambda x, c: method.position_logits(params, x, c))
     base = np.asarray(logits(images, None))
     permuted = np.asarray(logits(_grid_permute(images, perm, 4), None))
     np.testing.assert_allclose(permuted, base[:, perm], rtol=1e-4, atol=1e-5)
@@ -208,7 +207,7 @@ def test_mp3_keys_are_the_context_tokens_only(mp3_method):
     images = np.random.RandomState(6).randn(1, 16, 16, 3).astype(np.float32)
     context = np.zeros((1, 16), bool)
     context[0, [0, 5, 9, 14]] = True
-    logits = jax.jit(lambda x: method.position_logits(params, x, context), compiler_options=FAST_COMPILE)
+    logits = jax.jit(lambda x: method.position_logits(params, x, context))
     base = np.asarray(logits(images))
     changed = images.copy()
     changed[0, 4:8, 4:8] += 3.0  # patch (row 1, col 1) = token 5, in the context
@@ -237,7 +236,7 @@ def test_instance_head_sharded_over_8_devices_equals_unsharded():
     config.parallel.fsdp = 8
     run = train.setup(config, steps_per_epoch=3)
     assert dict(run.mesh.shape) == {"data": 1, "fsdp": 8}
-    params = jax.jit(run.method.init, compiler_options=FAST_COMPILE)(jax.random.key(0),
+    params = jax.jit(run.method.init)(jax.random.key(0),
                                                                      example_batch(config.augment, 1)).params
     batch = example_batch(config.augment, 16, jax.random.key(1), fields=("index",))
     batch["index"] = np.random.RandomState(2).randint(0, 512, 16).astype(np.int32)
@@ -249,13 +248,12 @@ def test_instance_head_sharded_over_8_devices_equals_unsharded():
     shardings = partition.state_shardings(params, run.mesh, config.parallel.rules)
     assert shardings["instances"]["linear"]["kernel"].spec == P(None, "fsdp")
     assert shardings["instances"]["linear"]["bias"].spec == P("fsdp")
-    sharded = jax.jit(jax.value_and_grad(loss_fn, has_aux=True), compiler_options=FAST_COMPILE,
-                      in_shardings=(shardings, batch_sharding(run.mesh)))
+    sharded = jax.jit(jax.value_and_grad(loss_fn, has_aux=True), in_shardings=(shardings, batch_sharding(run.mesh)))
     placed = jax.device_put(params, shardings)
     assert placed["instances"]["linear"]["kernel"].addressable_shards[0].data.shape == (32, 512 // 8)
     (loss8, metrics8), grads8 = jax.device_get(sharded(placed, jax.device_put(batch, batch_sharding(run.mesh))))
     one = Mesh(np.array(jax.devices()[:1]), ("data",))
-    single = jax.jit(jax.value_and_grad(loss_fn, has_aux=True), compiler_options=FAST_COMPILE)
+    single = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))
     (loss1, _), grads1 = jax.device_get(single(jax.device_put(params, NamedSharding(one, P())), batch))
     np.testing.assert_allclose(loss8, loss1, rtol=1e-5)
     for (path, a), b in zip(jax.tree_util.tree_flatten_with_path(grads8)[0], jax.tree.leaves(grads1)):
@@ -291,7 +289,7 @@ def test_sit_tokens_heads_and_gradients():
     config = importlib.import_module("configs.sit_vit_small").get_config("smoke")
     run = train.setup(config, steps_per_epoch=3)
     method = run.method
-    params = jax.jit(method.init, compiler_options=FAST_COMPILE)(jax.random.key(0),
+    params = jax.jit(method.init)(jax.random.key(0),
                                                                  example_batch(config.augment, 1)).params
     backbone = method.network.modules["backbone"]
     images = jnp.asarray(np.random.RandomState(9).randn(2, 16, 16, 3), jnp.float32)
@@ -301,7 +299,7 @@ def test_sit_tokens_heads_and_gradients():
     np.testing.assert_allclose(np.delete(np.asarray(with_reg), 1, axis=1), np.asarray(plain), rtol=1e-6)
     batch = example_batch(config.augment, 8, jax.random.key(1))
     grad_fn = jax.jit(jax.value_and_grad(lambda p: method.loss(p, None, None, None, batch, jax.random.key(2), 0),
-                                         has_aux=True), compiler_options=FAST_COMPILE)
+                                         has_aux=True))
     (loss, aux), grads = grad_fn(params)
     weights = config.method.weights
     terms = ("reconstruction", "rotation", "contrastive")

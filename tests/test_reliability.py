@@ -21,6 +21,7 @@ import math
 import os
 import random
 import re
+import shutil
 import signal
 import subprocess
 import threading
@@ -217,8 +218,14 @@ def campaign(tfds_data_dir, tmp_path_factory):
         events.append(dict(fault=fault, code=code, stdout=out, stderr=err, untouched=snapshot(workdir) == before,
                            complete=complete_steps(workdir)))
 
-    # 3. Resume with a changed config, then with a changed shape (allowed, so the restore checks it).
-    refused("resume with --config.optim.lr changed", **{"optim.lr": 0.002})
+    def plant_temporary_directory():  # what a kill inside a write leaves: the refusing run removes it first
+        newest = complete_steps(workdir)[-1]
+        shutil.copytree(os.path.join(workdir, "checkpoints", str(newest)),
+                        os.path.join(workdir, "checkpoints", f"{newest + 1}.orbax-checkpoint-tmp-1"))
+
+    # 3. Resume with a changed config (beside a left-over temporary directory), then with a changed
+    #    shape (allowed, so the restore checks it).
+    refused("resume with --config.optim.lr changed", damage=plant_temporary_directory, **{"optim.lr": 0.002})
     refused("resume with method.out_dim changed, --allow_config_change", "--allow_config_change",
             **{"method.out_dim": 64})
 
