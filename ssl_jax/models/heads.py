@@ -20,7 +20,15 @@ import jax
 import jax.numpy as jnp
 
 from ssl_jax.losses import l2_normalize
-from ssl_jax.models.vit import trunc_normal
+from ssl_jax.models.vit import gelu, trunc_normal
+
+
+def column_sum(m: jax.Array) -> jax.Array:
+    """[R, C] -> [C]: the sum over rows, computed as the product ones[1, R] @ m in full float32
+    precision. XLA's CPU backend sums over a matrix's leading axis about 4x slower than this
+    matrix product (186 against 44 ms on DINO's [256, 65536] last layer, 2 CPU cores)."""
+    ones = jnp.ones((1, m.shape[0]), m.dtype)
+    return jnp.dot(ones, m, precision=jax.lax.Precision.HIGHEST)[0]
 
 
 class WeightNormDense(nn.Module):
@@ -37,7 +45,7 @@ class WeightNormDense(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         v = self.param("v", trunc_normal, (x.shape[-1], self.features))
-        inv_norm = jax.lax.rsqrt(jnp.sum(jnp.square(v.astype(jnp.float32)), axis=0))
+        inv_norm = jax.lax.rsqrt(column_sum(jnp.square(v.astype(jnp.float32))))
         out = (x @ v.astype(x.dtype)) * inv_norm.astype(x.dtype)
         if not self.fix_norm:
             out = out * self.param("g", nn.initializers.ones, (1, self.features))[0].astype(x.dtype)
@@ -55,7 +63,7 @@ class MLP(nn.Module):
         for i, dim in enumerate(self.dims):
             x = nn.Dense(dim, kernel_init=trunc_normal, dtype=self.dtype, name=f"mlp_{i}")(x)
             if i < len(self.dims) - 1:
-                x = nn.gelu(x, approximate=False)
+                x = gelu(x)
         return x
 
 

@@ -87,6 +87,16 @@ def patchify(images: jax.Array, patch_size: int) -> jax.Array:
     return patches.reshape(batch, (height // p) * (width // p), p * p * channels)
 
 
+def gelu(x: jax.Array) -> jax.Array:
+    """Exact GELU as torch.nn.GELU writes it: x/2 (1 + erf(x / sqrt 2)).
+
+    `jax.nn.gelu(approximate=False)` is the same function written with erfc, which XLA's CPU
+    backend evaluates through exp and selects, about 2x slower (1.8 against 3.9 ms forward on
+    a [1576, 1536] activation, 2 CPU cores); the two differ by less than 1e-6.
+    """
+    return 0.5 * x * (1.0 + jax.lax.erf(x * 0.5**0.5))
+
+
 class DropPath(nn.Module):
     """Stochastic depth: drops the whole residual branch per sample, rescales the rest."""
 
@@ -116,13 +126,16 @@ class Attention(nn.Module):
         batch, tokens, dim = x.shape
         head_dim = dim // self.num_heads
         qkv = nn.Dense(3 * dim, kernel_init=trunc_normal, dtype=self.dtype, name="qkv")(x)
-        qkv = qkv.reshape(batch, tokens, 3, self.num_heads, head_dim)
-        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # [B, N, H, d]
-        logits = jnp.einsum("bqhd,bkhd->bhqk", q * head_dim**-0.5, k)
+        # Heads before tokens ([3, B, H, N, d], timm's layout): both attention products are then
+        # plain batched matmuls over (B, H); the [B, N, H, d] layout made XLA's CPU backend
+        # transpose around them, 2.3x slower forward at ViT-S/16 shapes.
+        qkv = qkv.reshape(batch, tokens, 3, self.num_heads, head_dim).transpose(2, 0, 3, 1, 4)
+        q, k, v = qkv[0], qkv[1], qkv[2]  # [B, H, N, d]
+        logits = jnp.einsum("bhqd,bhkd->bhqk", q * head_dim**-0.5, k)
         if kv_mask is not None:
             logits = jnp.where(kv_mask[:, None, None, :], logits, jnp.finfo(logits.dtype).min)
         attn = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(v.dtype)
-        out = jnp.einsum("bhqk,bkhd->bqhd", attn, v).reshape(batch, tokens, dim)
+        out = jnp.einsum("bhqk,bhkd->bhqd", attn, v).transpose(0, 2, 1, 3).reshape(batch, tokens, dim)
         return nn.Dense(dim, kernel_init=trunc_normal, dtype=self.dtype, name="proj")(out), attn
 
 
@@ -161,7 +174,7 @@ class Block(nn.Module):
         x = x + DropPath(self.drop_path)(y, deterministic)
         y = nn.LayerNorm(1e-6, dtype=self.dtype, name="norm2")(x)
         y = nn.Dense(int(dim * self.mlp_ratio), kernel_init=trunc_normal, dtype=self.dtype, name="fc1")(y)
-        y = nn.gelu(y, approximate=False)
+        y = gelu(y)
         y = nn.Dense(dim, kernel_init=trunc_normal, dtype=self.dtype, name="fc2")(y)
         if self.layerscale:
             y = LayerScale(self.layerscale, name="ls2")(y)
