@@ -106,6 +106,10 @@ def main(argv):
     for name, ms in per_thunk.items():
         per_operation[operation_key(name, instructions.get(name, ""))] += ms
     print(f"sum over operations: {sum(per_operation.values()):.0f} ms/step")
+    per_kind = collections.Counter()
+    for (kind, _, _), ms in per_operation.items():
+        per_kind[kind] += ms
+    print("per kind: " + ", ".join(f"{kind} {ms:.0f} ms" for kind, ms in per_kind.most_common(8)))
     print("| ms/step | kind | output | operation |")
     print("|---|---|---|---|")
     for (kind, shape, op_name), ms in per_operation.most_common(_TOP.value):
