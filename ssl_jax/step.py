@@ -34,29 +34,30 @@ def train_step(state: TrainState, batch: dict, *, method, tx: optax.GradientTran
     grad_fn = accumulated_value_and_grad(method.loss, accum_steps)
     (loss, aux), grads = grad_fn(state.params, state.teacher, state.method_state, state.model_state, batch,
                                  step_rng, state.step)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-
-    metrics = dict(aux.metrics, loss=loss, grad_norm=tree_global_norm(grads),
-                   learning_rate=schedules.learning_rate(state.step),
+    grad_norm = tree_global_norm(grads)
+    metrics = dict(aux.metrics, loss=loss, grad_norm=grad_norm, learning_rate=schedules.learning_rate(state.step),
                    weight_decay=schedules.weight_decay(state.step))
-    teacher = state.teacher
     if schedules.teacher_momentum is not None:
-        momentum = schedules.teacher_momentum(state.step)
-        teacher = ema_update(teacher, method.teacher_targets(params), momentum)
-        metrics["teacher_momentum"] = momentum
-    # A non-finite loss or gradient would poison every parameter; keep the old values instead
-    # (one select per leaf, both branches are computed anyway), so that the loop can either
-    # stop with the last good state or skip this step, without a second compiled step.
-    finite = jnp.isfinite(loss) & jnp.isfinite(metrics["grad_norm"])
+        metrics["teacher_momentum"] = schedules.teacher_momentum(state.step)
+
+    def update(state: TrainState) -> TrainState:
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        teacher = state.teacher
+        if schedules.teacher_momentum is not None:
+            teacher = ema_update(teacher, method.teacher_targets(params), metrics["teacher_momentum"])
+        return state.replace(params=params, opt_state=opt_state, teacher=teacher, method_state=aux.method_state,
+                             model_state=aux.model_state)
+
+    # A non-finite loss or gradient would poison every parameter; such a step keeps the old
+    # values instead, so that the loop can either stop with the last good state or skip this
+    # step, without a second compiled step. `lax.cond` runs only the taken branch: a finite
+    # step pays nothing for the check (a select per leaf would read and write every
+    # parameter, moment and teacher weight once more).
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     metrics["nonfinite"] = 1.0 - finite.astype(jnp.float32)
-    keep_if_finite = functools.partial(jax.tree.map, lambda new, old: jnp.where(finite, new, old))
-    new_state = state.replace(step=state.step + 1, rng=rng,
-                              params=keep_if_finite(params, state.params),
-                              opt_state=keep_if_finite(opt_state, state.opt_state),
-                              teacher=keep_if_finite(teacher, state.teacher),
-                              method_state=keep_if_finite(aux.method_state, state.method_state),
-                              model_state=keep_if_finite(aux.model_state, state.model_state))
+    new_state = jax.lax.cond(finite, update, lambda state: state, state)
+    new_state = new_state.replace(step=state.step + 1, rng=rng)
     return new_state, jax.tree.map(lambda m: jnp.asarray(m, jnp.float32), metrics)
 
 
