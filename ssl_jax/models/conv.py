@@ -4,7 +4,7 @@ XLA:CPU (jax 0.10) computes a convolution's kernel gradient as a convolution ove
 axis, after transposing the batch axis last; for a SimCLR ResNet-50 step that took about 80%
 of the step (benchmarks/RESULTS.md). The two functions below compute exactly
 `lax.conv_general_dilated`'s function (NHWC inputs, HWIO kernel, no dilation, no groups) and
-gradients through matmuls instead. `resnet.conv` hands one of them to `nn.Conv` as its
+gradients through matmuls instead. `resnet._conv` hands one of them to `nn.Conv` as its
 `conv_general_dilated`, so the parameters (names, shapes, init) are nn.Conv's and checkpoints
 and the torchvision conversion do not change.
 
@@ -13,8 +13,8 @@ and the torchvision conversion do not change.
   when the stride is 2. Its forward pass and both gradients become matmuls on every platform.
 - `conv_with_matmul_kernel_gradient` (the 3x3 and 7x7 kernels): XLA's convolution for the
   forward pass and the input gradient; on the CPU the kernel gradient is one matmul per kernel
-  offset, [Cin, B*Ho*Wo] @ [B*Ho*Wo, Cout], or, when there are few input channels (the 7x7
-  stem's 3), a single matmul over all offsets' inputs side by side (im2col). On GPUs and TPUs,
+  offset, dy^T [Cout, B*Ho*Wo] @ window [B*Ho*Wo, Cin], or, when there are few input channels
+  (the 7x7 stem's 3), a single matmul over all offsets' windows side by side (im2col). On GPUs and TPUs,
   whose convolution libraries compute kernel gradients well, XLA's own kernel gradient is kept
   (`lax.platform_dependent` picks at lowering time).
 """
