@@ -287,6 +287,28 @@ def test_vit_eval_mode_is_deterministic_and_drop_path_acts_only_in_training(vit_
     assert not np.allclose(t1, eval_out)
 
 
+def test_vit_cls_only_last_block_equals_the_full_computation_in_value_and_gradient(vit_and_params):
+    """When only [CLS] is read, the last block computes [CLS] alone (one query row, MLP on one
+    token): its output and every parameter gradient equal those of [CLS] taken from the full
+    token output, in training mode with drop path."""
+    model, params = vit_and_params
+    images = _images(6, 32)
+    rngs = {"drop_path": jax.random.key(3)}
+
+    def cls_loss(p, full):
+        out = model.apply({"params": p}, images, train=True, return_tokens=full, rngs=rngs)
+        cls = out[:, 0] if full else out
+        return jnp.sum(jnp.sin(3.0 * cls)), cls
+
+    (_, trimmed), trimmed_grads = jax.value_and_grad(cls_loss, has_aux=True)(params, False)
+    (_, full), full_grads = jax.value_and_grad(cls_loss, has_aux=True)(params, True)
+    np.testing.assert_allclose(np.asarray(trimmed), np.asarray(full), rtol=1e-5, atol=1e-6)
+    for path, got in jax.tree_util.tree_leaves_with_path(trimmed_grads):
+        want = functools.reduce(lambda node, key: node[key.key], path, full_grads)
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-4, atol=1e-5, err_msg=str(path))
+    assert np.abs(np.asarray(trimmed_grads["blocks_1"]["fc1"]["kernel"])).max() > 0
+
+
 def test_drop_path_drops_whole_samples_and_rescales_the_kept_ones():
     """timm drop_path: x / keep_prob * bernoulli(keep_prob) per sample."""
     layer = DropPath(0.5)
