@@ -7,6 +7,7 @@ same batch shapes that `benchmarks.step_time` feeds ssl_jax's step:
 | config.method.name | backbone | heads and loss (lightly) | optimiser |
 |---|---|---|---|
 | dino | timm VisionTransformer (`dynamic_img_size`: local crops interpolate the position embeddings) | DINOProjectionHead, DINOLoss; backbone once per crop resolution, head once, as `MultiCropWrapper` | AdamW, clip per tensor, EMA teacher |
+| ibot | the same ViT in MaskedVisionTransformerTIMM (mask token on the student's masked patches) | one DINOProjectionHead on [CLS] and every global-crop patch token (`shared_head`), DINOLoss on [CLS], iBOT's patch term (`iBOTLoss`, transcribed: lightly's IBOTPatchLoss centres on masked tokens only) | AdamW, clip per tensor, EMA teacher |
 | simclr | timm ResNet | SimCLRProjectionHead, NTXentLoss, both views through BN together | LARS (lightly) |
 | byol | timm ResNet | BYOLProjectionHead + BYOLPredictionHead, NegativeCosineSimilarity (= 2 - 2cos up to constants), EMA target | LARS (lightly) |
 | mae | timm VisionTransformer in MaskedVisionTransformerTIMM (encoder on the kept tokens) | MAEDecoderTIMM, random_token_mask, MSE on masked patches with norm-pix targets (lightly's MAE example) | AdamW |
@@ -90,8 +91,8 @@ class Reference:
         self.config = config
         self.autocast_dtype = torch.bfloat16 if config.compute_dtype == "bfloat16" else None
         self.views = {name: views_to_torch(v, self.device) for name, v in batch["views"].items()}
-        build = {"dino": self._build_dino, "simclr": self._build_two_view, "byol": self._build_two_view,
-                 "mae": self._build_mae}
+        build = {"dino": self._build_dino, "ibot": self._build_ibot, "simclr": self._build_two_view,
+                 "byol": self._build_two_view, "mae": self._build_mae}
         if config.method.name not in build:
             raise ValueError(f"no PyTorch reference for method {config.method.name!r}; have {sorted(build)}")
         build[config.method.name]()
@@ -99,25 +100,54 @@ class Reference:
     def _autocast(self):
         return torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None)
 
-    # --- DINO -------------------------------------------------------------------------------
+    # --- DINO and iBOT ----------------------------------------------------------------------
     def _build_dino(self):
+        self._build_self_distillation(masked=False)
+        self.loss_fn = self._dino_loss()
+        self.step = self._dino_step
+
+    def _build_ibot(self):
+        if not self.config.method.shared_head:
+            raise ValueError("the PyTorch iBOT reference builds the recipe's shared head only (method.shared_head=True)")
+        self._build_self_distillation(masked=True)
+        self.loss_fn = self._dino_loss()
+        self.center2 = torch.zeros(1, self.config.method.out_dim, device=self.device)
+        self.masks = self._ibot_masks()
+        self.step = self._ibot_step
+
+    def _build_self_distillation(self, masked: bool):
+        """Student and teacher {backbone, head}, the AdamW optimiser (DINO's parameter groups)."""
         cfg, m = self.config, self.config.method
 
         def network() -> nn.ModuleDict:
             backbone = timm_vit(cfg.model)
             head = heads.DINOProjectionHead(backbone.embed_dim, m.head_hidden_dim, m.head_bottleneck_dim, m.out_dim,
                                             norm_last_layer=m.norm_last_layer)
+            if masked:  # iBOT: the same ViT with a mask token for the student's masked patches
+                backbone = MaskedVisionTransformerTIMM(vit=backbone, pos_embed_initialization="learn")
             return nn.ModuleDict({"backbone": backbone, "head": head}).to(self.device)
 
         # A second network loaded with the student's weights (weight-normalised layers cannot be deep-copied).
         self.student, self.teacher = network(), network()
         self.teacher.load_state_dict(self.student.state_dict())
         self.teacher.requires_grad_(False)
-        self.loss_fn = DINOLoss(m.out_dim, m.warmup_teacher_temp, m.teacher_temp, m.warmup_teacher_temp_epochs,
-                                m.student_temp, m.center_momentum).to(self.device)
         self.optimizer = torch.optim.AdamW(adamw_groups(self.student, cfg.optim.weight_decay), lr=cfg.optim.lr,
                                            betas=(cfg.optim.b1, cfg.optim.b2), eps=cfg.optim.eps)
-        self.step = self._dino_step
+
+    def _dino_loss(self) -> DINOLoss:
+        m = self.config.method
+        return DINOLoss(m.out_dim, m.warmup_teacher_temp, m.teacher_temp, m.warmup_teacher_temp_epochs,
+                        m.student_temp, m.center_momentum).to(self.device)
+
+    def _optimizer_step(self, loss: torch.Tensor) -> None:
+        """Backward, DINO's per-tensor clipping, AdamW, then the EMA teacher update."""
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.config.optim.clip_grad:
+            clip_per_tensor(self.student.parameters(), self.config.optim.clip_grad)
+        self.optimizer.step()
+        with torch.no_grad():
+            update_momentum(self.student, self.teacher, self.config.optim.teacher_momentum)
 
     def _dino_forward(self, network, groups: list[torch.Tensor]) -> torch.Tensor:
         """Backbone once per resolution, head once on all [CLS] tokens (DINO's MultiCropWrapper)."""
@@ -133,13 +163,60 @@ class Reference:
             student_out = self._dino_forward(self.student, groups)
             num_views = sum(g.shape[0] for g in groups) // teacher_out[0].shape[0]
             loss = self.loss_fn(list(teacher_out), list(student_out.chunk(num_views)), epoch=0)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if self.config.optim.clip_grad:
-            clip_per_tensor(self.student.parameters(), self.config.optim.clip_grad)
-        self.optimizer.step()
+        self._optimizer_step(loss)
+        return self._sync(loss)
+
+    def _ibot_masks(self) -> torch.Tensor:
+        """The student's patch masks [G * B, 1 + N] (crop-major, [CLS] never masked), drawn once with
+        ssl_jax's own iBOT mask sampler: the reference's data loader makes them, outside the step."""
+        import jax  # noqa: PLC0415 - the benchmark's process has it; this module is torch otherwise
+        from ssl_jax.methods.ibot import IBOT  # noqa: PLC0415
+
+        views = self.views["global"]
+        num_global = self.config.augment.global_crops.number
+        batch = views.shape[0] // num_global
+        mask = np.asarray(IBOT(self.config, 1000).sample_masks(jax.random.key(2), batch, num_global, np.int32(0)))
+        mask = mask.transpose(1, 0, 2).reshape(num_global * batch, -1)  # [B, G, N] -> crop-major [G * B, N]
+        mask = np.concatenate([np.zeros((mask.shape[0], 1), bool), mask], axis=1)
+        return torch.from_numpy(mask).to(self.device)
+
+    def _ibot_tokens(self, network, images: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """Head outputs of every token of the global crops: [G * B, 1 + N, K] (iBOT's shared iBOTHead)."""
+        tokens = network["backbone"].encode(images, mask=mask)
+        return network["head"](tokens.flatten(0, 1)).unflatten(0, tokens.shape[:2])
+
+    def _ibot_patch_loss(self, student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """iBOTLoss's masked-patch term on [G * B, N, K] logits (every crop against itself): per crop the
+        mean over its masked patches of CE(softmax((t - center2) / tau_t2), s / tau_s), then the mean
+        over crops; center2 follows the mean over all teacher patch logits."""
+        m = self.config.method
+        targets = torch.softmax((teacher - self.center2) / m.warmup_teacher_patch_temp, dim=-1)
+        per_patch = -(targets * torch.log_softmax(student / m.student_temp, dim=-1)).sum(dim=-1)
+        weights = mask.float()
+        per_crop = (per_patch * weights).sum(dim=-1) / weights.sum(dim=-1).clamp(min=1.0)
         with torch.no_grad():
-            update_momentum(self.student, self.teacher, self.config.optim.teacher_momentum)
+            self.center2.mul_(m.center_momentum).add_(teacher.mean(dim=(0, 1)), alpha=1 - m.center_momentum)
+        return per_crop.mean()
+
+    def _ibot_step(self) -> float:
+        cfg, m = self.config, self.config.method
+        num_global = cfg.augment.global_crops.number
+        global_views = self.views["global"]
+        with self._autocast():
+            with torch.no_grad():
+                teacher_out = self._ibot_tokens(self.teacher, global_views, None)
+            student_out = self._ibot_tokens(self.student, global_views, self.masks)
+            student_cls = student_out[:, 0]
+            if "local" in self.views:  # [CLS] only, no mask
+                local_cls = self.student["backbone"].vit(self.views["local"])
+                student_cls = torch.cat([student_cls, self.student["head"](local_cls)])
+            num_views = student_cls.shape[0] // (global_views.shape[0] // num_global)
+            cls_loss = self.loss_fn(list(teacher_out[:, 0].chunk(num_global)), list(student_cls.chunk(num_views)),
+                                    epoch=0)
+            patch_loss = self._ibot_patch_loss(student_out[:, 1:].float(), teacher_out[:, 1:].float(),
+                                               self.masks[:, 1:])
+            loss = m.lambda1 * cls_loss + m.lambda2 * patch_loss
+        self._optimizer_step(loss)
         return self._sync(loss)
 
     # --- SimCLR / BYOL -----------------------------------------------------------------------

@@ -9,7 +9,8 @@ shapes (timm backbone + lightly heads/losses, `benchmarks/pytorch_reference.py`,
 processes hits both alike), median of --steps. Prints a table: compile time, ms/step,
 images/s, model GFLOP per step (XLA's cost analysis of ssl_jax's step, used for both rows:
 the same model), achieved GFLOP/s and its fraction of the matmul peak measured in the same
-run, peak memory, and the ssl_jax / PyTorch speed ratio (> 1: ssl_jax is faster).
+run (the best 2048^3 float32 matmul, sampled after every round of steps and 10 times at the
+end), peak memory, and the ssl_jax / PyTorch speed ratio (> 1: ssl_jax is faster).
 
 Needs no tensorflow: batches are `ssl_jax.batch.example_batch` arrays of the configured
 shapes, so it runs on accelerator hosts with only JAX (and torch) installed.
@@ -44,17 +45,27 @@ _REFERENCE = flags.DEFINE_enum("reference", "pytorch", ["pytorch", "none"],
 flags.mark_flags_as_required(["config"])
 
 
-def matmul_peak_flops(size: int = 2048, repeats: int = 10) -> float:
-    """Best-of float32 FLOP/s of a [size, size] @ [size, size] jitted matmul on the default device."""
-    a = jax.random.normal(jax.random.key(0), (size, size), jnp.float32)
-    matmul = jax.jit(lambda x, y: x @ y)
-    matmul(a, a).block_until_ready()
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        matmul(a, a).block_until_ready()
-        best = min(best, time.perf_counter() - start)
-    return 2 * size**3 / best
+class MatmulPeak:
+    """The float32 FLOP/s of a jitted [size, size] @ [size, size] matmul on the default device,
+    best of every `sample()`: sampled between the timed steps as well as after them, so a
+    machine whose speed drifts during the run is credited with its best moment, not a slow one."""
+
+    def __init__(self, size: int = 2048):
+        self.size = size
+        self.a = jax.random.normal(jax.random.key(0), (size, size), jnp.float32)
+        self.matmul = jax.jit(lambda x, y: x @ y)
+        self.matmul(self.a, self.a).block_until_ready()
+        self.best_seconds = float("inf")
+
+    def sample(self, repeats: int = 1) -> None:
+        for _ in range(repeats):
+            start = time.perf_counter()
+            self.matmul(self.a, self.a).block_until_ready()
+            self.best_seconds = min(self.best_seconds, time.perf_counter() - start)
+
+    @property
+    def flops(self) -> float:
+        return 2 * self.size**3 / self.best_seconds
 
 
 def describe_model(model_cfg) -> str:
@@ -136,12 +147,15 @@ def main(argv):
     if _REFERENCE.value == "pytorch":
         contenders.append(pytorch_contender(config))
     times = [[] for _ in contenders]
+    matmul_peak = MatmulPeak()
     for _ in range(_STEPS.value):
         for contender, contender_times in zip(contenders, times):  # alternate, step by step
             start = time.perf_counter()
             contender.run()
             contender_times.append(time.perf_counter() - start)
-    peak = matmul_peak_flops()
+        matmul_peak.sample()
+    matmul_peak.sample(repeats=10)
+    peak = matmul_peak.flops
     medians = [float(np.median(t)) for t in times]
     print(f"{num_devices}x {jax.devices()[0].device_kind}, batch {config.batch_size}, "
           f"{config.compute_dtype}, median of {_STEPS.value} alternating steps, model "
