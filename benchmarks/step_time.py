@@ -12,6 +12,9 @@ the same model), achieved GFLOP/s and its fraction of the matmul peak measured i
 run (the best 2048^3 float32 matmul, sampled after every round of steps and 10 times at the
 end), peak memory, and the ssl_jax / PyTorch speed ratio (> 1: ssl_jax is faster).
 
+With `--config.steps_per_call=S` the step is called as `ssl_jax.main` calls it then: S steps per
+call (a `lax.scan`, `ssl_jax.step.jit_train_steps`), each timed call's time divided by S.
+
 Needs no tensorflow: batches are `ssl_jax.batch.example_batch` arrays of the configured
 shapes, so it runs on accelerator hosts with only JAX (and torch) installed.
 
@@ -93,32 +96,44 @@ def with_overrides(config, spec: str):
 
 
 class Contender(NamedTuple):
-    """One timed row: `run()` does one synchronised training step."""
+    """One timed row: `run()` does `steps_per_call` synchronised training steps."""
 
     label: str
     run: Callable[[], None]
     compile_seconds: float | None
     peak_memory_bytes: int | None
+    steps_per_call: int = 1
 
 
-def jax_contender(label: str, config) -> tuple[Contender, float, int]:
-    """(contender, FLOP per step, device count) for ssl_jax's jitted step on `config`."""
+def jax_contender(label: str, config, count_flops: bool = True) -> tuple[Contender, float, int]:
+    """(contender, FLOP per step or 0 unless `count_flops`, device count) for ssl_jax's jitted step
+    on `config`, called as `ssl_jax.main` calls it: config.steps_per_call steps per call (over
+    copies of one batch)."""
     run = train.setup(config, steps_per_epoch=_STEPS_PER_EPOCH.value)
     state = train.create_state(config, run)
-    batch = sharding.to_global_batch(example_batch(config.augment, config.batch_size, jax.random.key(1)), run.mesh)
+    per_call = config.get("steps_per_call", 1)
+    local = example_batch(config.augment, config.batch_size, jax.random.key(1))
+    batch = (sharding.to_global_batch(local, run.mesh) if per_call == 1
+             else sharding.to_global_batches([local] * per_call, run.mesh))
     start = time.perf_counter()
-    step = train.jit_step(config, run).lower(state, batch).compile()  # the config's FSDP / accumulation
+    step = train.jit_step(config, run, per_call).lower(state, batch).compile()  # the config's FSDP / accumulation
     compile_seconds = time.perf_counter() - start
     holder = {"state": state}
 
-    def one_step():
+    def call():
         holder["state"], metrics = step(holder["state"], batch)
         jax.block_until_ready(metrics)
 
-    one_step()  # warm-up
+    call()  # warm-up
     memory = step.memory_analysis()
     peak = None if memory is None else memory.argument_size_in_bytes + memory.temp_size_in_bytes
-    return Contender(label, one_step, compile_seconds, peak), train.step_flops(step), run.mesh.devices.size
+    contender = Contender(label, call, compile_seconds, peak, per_call)
+    if not count_flops:
+        return contender, 0.0, run.mesh.devices.size
+    if per_call > 1:  # one step's FLOPs, from the one-step function (not from the scan's loop)
+        single = sharding.to_global_batch(local, run.mesh)
+        step = train.jit_step(config, run).lower(holder["state"], single).compile()
+    return contender, train.step_flops(step), run.mesh.devices.size
 
 
 def pytorch_contender(config) -> Contender:
@@ -143,7 +158,7 @@ def main(argv):
     contenders = [contender]
     if _COMPARE.value:
         contenders.append(jax_contender(f"ssl_jax {name} [{_COMPARE.value}]",
-                                        with_overrides(config, _COMPARE.value))[0])
+                                        with_overrides(config, _COMPARE.value), count_flops=False)[0])
     if _REFERENCE.value == "pytorch":
         contenders.append(pytorch_contender(config))
     times = [[] for _ in contenders]
@@ -152,7 +167,7 @@ def main(argv):
         for contender, contender_times in zip(contenders, times):  # alternate, step by step
             start = time.perf_counter()
             contender.run()
-            contender_times.append(time.perf_counter() - start)
+            contender_times.append((time.perf_counter() - start) / contender.steps_per_call)
         matmul_peak.sample()
     matmul_peak.sample(repeats=10)
     peak = matmul_peak.flops

@@ -40,6 +40,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.compute_dtype = "bfloat16"
     c.remat = False  # recompute each ViT/ResNet block in the backward pass (less memory, ~1/3 more compute)
     c.accum_steps = 1  # >1: one update from that many micro-batches of batch_size / accum_steps (ssl_jax/accumulate.py)
+    # >1: one compiled call runs that many steps (a lax.scan over stacked batches, ssl_jax/step.py): the
+    # same steps, fewer calls. On CPU it saves XLA's per-call allocation of the step's temporaries
+    # (README, "Speed"); log/checkpoint/eval intervals must be multiples of it.
+    c.steps_per_call = 1
     # FSDP: fsdp > 1 makes the mesh ("data", "fsdp") and shards the state's leaves by these
     # (path regex, PartitionSpec) rules, first match wins (ssl_jax/partition.py).
     c.parallel = ml_collections.ConfigDict({"fsdp": 1, "rules": DEFAULT_RULES})

@@ -17,10 +17,11 @@ from ssl_jax.errors import UserError
 
 CONFIG_FILE = "config.json"
 CHANGES_FILE = "config_changes.jsonl"
-# Fields that say where this machine finds things, not what is trained: they may differ
-# between the original run and a resumed one (another host, another data mount).
+# Fields that say where this machine finds things, not what is trained (another host, another
+# data mount), and steps_per_call, which only groups the same steps into fewer compiled calls:
+# they may differ between the original run and a resumed one.
 MACHINE_LOCAL_FIELDS = ("dataset.data_dir", "dataset.download", "distributed.coordinator_address",
-                        "distributed.process_id")
+                        "distributed.process_id", "steps_per_call")
 _MISSING = "<absent>"
 
 

@@ -21,7 +21,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from ssl_jax.errors import UserError
-from ssl_jax.step import batch_sharding
+from ssl_jax.step import batch_sharding, stacked_batch_sharding
 
 ENV_COORDINATOR = "SSL_JAX_COORDINATOR"
 ENV_NUM_PROCESSES = "SSL_JAX_NUM_PROCESSES"
@@ -113,3 +113,10 @@ def to_global_batch(local_batch: dict, mesh: Mesh) -> dict:
     """Per-process numpy batch -> global jax.Array pytree, its leading axis split over every device."""
     sharding = batch_sharding(mesh)
     return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), local_batch)
+
+
+def to_global_batches(local_batches: list[dict], mesh: Mesh) -> dict:
+    """Consecutive per-process numpy batches -> one global jax.Array pytree [S, B, ...], as
+    `jit_train_steps` takes them: stacked on a new leading axis, each batch split over every device."""
+    sharding = stacked_batch_sharding(mesh)
+    return jax.tree.map(lambda *xs: jax.make_array_from_process_local_data(sharding, np.stack(xs)), *local_batches)

@@ -30,7 +30,7 @@ from ssl_jax.nonfinite import NonFiniteGuard
 from ssl_jax.optim import build_optimizer, build_schedules
 from ssl_jax.preemption import SigtermWatcher
 from ssl_jax.state import TrainState
-from ssl_jax.step import jit_train_step, replicated
+from ssl_jax.step import jit_train_steps, replicated
 
 
 class Run(NamedTuple):
@@ -111,10 +111,26 @@ def abstract_state(config, run: Run) -> TrainState:
                         state_sharding(config, run))
 
 
-def jit_step(config, run: Run):
-    """The jitted train step for this config: the state's sharding and gradient accumulation."""
-    return jit_train_step(run.method, run.tx, run.schedules, run.mesh, state_sharding=state_sharding(config, run),
-                          accum_steps=config.get("accum_steps", 1))
+def jit_step(config, run: Run, steps_per_call: int = 1):
+    """The jitted train step for this config (the state's sharding and gradient accumulation),
+    `steps_per_call` steps per call over stacked batches (`ssl_jax.step.jit_train_steps`)."""
+    return jit_train_steps(run.method, run.tx, run.schedules, run.mesh, state_sharding=state_sharding(config, run),
+                           accum_steps=config.get("accum_steps", 1), steps_per_call=steps_per_call)
+
+
+def check_steps_per_call(config) -> int:
+    """config.steps_per_call, after checking that every log/checkpoint/eval step ends a call
+    (the loop only sees the state between calls)."""
+    per_call = config.get("steps_per_call", 1)
+    if per_call < 1:
+        raise UserError(f"steps_per_call={per_call} must be at least 1; set --config.steps_per_call=1")
+    for field, every in (("log_every_steps", config.log_every_steps), ("checkpoint.every_steps",
+                         config.checkpoint.every_steps), ("eval.every_steps", config.eval.every_steps)):
+        if every % per_call:
+            raise UserError(f"{field}={every} is not a multiple of steps_per_call={per_call}: the loop sees the "
+                            f"state only between calls; set --config.{field} to a multiple of {per_call} or "
+                            f"--config.steps_per_call to a divisor of {every}")
+    return per_call
 
 
 def restore_or_create(config, run: Run, checkpointer: Checkpointer, step: int | None = None,
@@ -194,6 +210,7 @@ def _train(config, workdir: str, allow_config_change: bool, restore_fallback: bo
 def _checked_loop(config, workdir: str, run: Run, checkpointer: Checkpointer, allow_config_change: bool,
                   restore_fallback: bool, nonfinite: NonFiniteGuard, sigterm: SigtermWatcher) -> dict:
     """Checks config, checkpoint and data, records the config, then trains."""
+    per_call = check_steps_per_call(config)
     latest = checkpointer.latest_step()
     changes = {} if latest is None else run_config.check_resume(config, workdir, latest, allow_config_change)
     state = restore_or_create(config, run, checkpointer, fallback=restore_fallback)
@@ -218,27 +235,43 @@ def _checked_loop(config, workdir: str, run: Run, checkpointer: Checkpointer, al
         return {"preempted_at": start_step}
     logger = MetricLogger(workdir)
     collapse = CollapseMonitor(config.collapse.patience, config.collapse.tolerance, log_line)
-    train_step = jit_step(config, run)
+    calls = {1: jit_step(config, run)}  # steps per call -> jitted (then compiled) function
+    if per_call > 1:
+        calls[per_call] = jit_step(config, run, per_call)
     pending, last_scalars, results = [], {}, {}
     train_seconds, interval_start, interval_steps, skipped = 0.0, None, 0, 0
     last_saved = start_step
     try:
-        for step in range(start_step, run.total_steps):
-            batch = sharding.to_global_batch(next(batches), run.mesh)
-            if step == start_step:
+        step = start_step
+        while step < run.total_steps:
+            # Whole calls from a multiple of steps_per_call; single steps for the rest of the run
+            # (and up to the next multiple when resumed elsewhere), so that every log, checkpoint
+            # and eval step ends a call.
+            n = per_call if step % per_call == 0 and run.total_steps - step >= per_call else 1
+            local = [next(batches) for _ in range(n)]
+            batch = (sharding.to_global_batch(local[0], run.mesh) if n == 1
+                     else sharding.to_global_batches(local, run.mesh))
+            if not isinstance(calls[n], jax.stages.Compiled):
                 compile_start = time.time()
-                train_step = train_step.lower(state, batch).compile()
-                log_line(f"compiled train step in {time.time() - compile_start:.1f}s "
-                         f"({step_flops(train_step) / 1e9:.1f} GFLOP per step by XLA's cost analysis)")
-                interval_start = time.time()
-            state, metrics = train_step(state, batch)
-            done = step + 1
-            # One host sync per step, so a NaN is reported on the step where it happens.
-            if nonfinite.skipped(done, {k: float(v) for k, v in jax.device_get(metrics).items()}):
-                skipped += 1
-            else:
-                pending.append(metrics)
-            interval_steps += 1
+                calls[n] = calls[n].lower(state, batch).compile()
+                compile_seconds = time.time() - compile_start
+                # (of a scan too: XLA's cost analysis counts a loop's body once)
+                per = f"{n} steps per call, " if n > 1 else ""
+                log_line(f"compiled train step in {compile_seconds:.1f}s "
+                         f"({per}{step_flops(calls[n]) / 1e9:.1f} GFLOP per step by XLA's cost analysis)")
+                # compile time is not training time
+                interval_start = time.time() if interval_start is None else interval_start + compile_seconds
+            state, metrics = calls[n](state, batch)
+            # One host sync per call; a NaN is reported on the step where it happened.
+            host = {k: np.reshape(v, (n,)) for k, v in jax.device_get(metrics).items()}
+            for i in range(n):
+                scalars = {k: float(v[i]) for k, v in host.items()}
+                if nonfinite.skipped(step + i + 1, scalars):
+                    skipped += 1
+                else:
+                    pending.append(scalars)
+            interval_steps += n
+            done = step = step + n
             if (done % config.log_every_steps == 0 or done == run.total_steps) and pending:
                 scalars = mean_metrics(pending)
                 del scalars["nonfinite"]  # 0 for every averaged step; skipped ones are counted instead
@@ -262,7 +295,8 @@ def _checked_loop(config, workdir: str, run: Run, checkpointer: Checkpointer, al
             if is_last or (every and done % every == 0):
                 results = evaluate(config, run, state, logger, done)
                 interval_start = time.time()  # evaluation time is not training time
-            if not is_last and sigterm.requested(done):
+            # Asked for each step of the call: in a multi-process run the agreed stop step may be any of them.
+            if not is_last and any([sigterm.requested(s) for s in range(done - n + 1, done + 1)]):
                 if last_saved != done:
                     checkpointer.save(done, state, force=True)
                 checkpointer.wait()
@@ -275,9 +309,8 @@ def _checked_loop(config, workdir: str, run: Run, checkpointer: Checkpointer, al
 
 
 def mean_metrics(per_step: list[dict]) -> dict[str, float]:
-    """Averages a list of per-step scalar metric dicts (device arrays) into floats."""
-    stacked = jax.tree.map(lambda *values: np.stack(values), *jax.device_get(per_step))
-    return {name: float(np.mean(values)) for name, values in stacked.items()}
+    """Averages a list of per-step scalar metric dicts into floats."""
+    return {name: float(np.mean([scalars[name] for scalars in per_step])) for name in per_step[0]}
 
 
 def evaluate_checkpoint(config, workdir: str, step: int | None = None) -> dict:

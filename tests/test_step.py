@@ -13,7 +13,7 @@ from jax.sharding import Mesh
 from conftest import NUM_DEVICES
 from ssl_jax import sharding, train
 from ssl_jax.batch import example_batch
-from ssl_jax.step import jit_train_step, replicated
+from ssl_jax.step import jit_train_step, jit_train_steps, replicated
 
 STEPS_PER_EPOCH = 3
 GLOBAL_BATCH = 16
@@ -74,6 +74,25 @@ def sharded(smoke_config_factory):
         snapshots.append(_snapshot(state))
         metrics.append(jax.device_get(m))
     return dict(config=config, run=run, step_fn=step_fn, initial=initial, snapshots=snapshots, metrics=metrics)
+
+
+def test_steps_per_call_scans_the_same_steps(sharded):
+    """`jit_train_steps` with steps_per_call=3 over batches stacked [3, B, ...] on the 8-device
+    mesh: after two calls, the state of six single steps on the same batches, and each step's
+    metrics, per step, as the single steps logged them."""
+    config, run = sharded["config"], sharded["run"]
+    steps_fn = jit_train_steps(run.method, run.tx, run.schedules, run.mesh, steps_per_call=3)
+    state, per_step = _clone(sharded["initial"]), []
+    for call in range(2):
+        batches = sharding.to_global_batches([_batch(config, 3 * call + i) for i in range(3)], run.mesh)
+        state, metrics = steps_fn(state, batches)
+        metrics = jax.device_get(metrics)
+        per_step += [{k: v[i] for k, v in metrics.items()} for i in range(3)]
+    for step, (got, want) in enumerate(zip(per_step, sharded["metrics"]), start=1):
+        assert sorted(got) == sorted(want), step
+        for key in want:
+            np.testing.assert_allclose(got[key], want[key], rtol=2e-5, atol=1e-6, err_msg=f"step {step} {key}")
+    _assert_trees_close(_snapshot(state), sharded["snapshots"][6], rtol=2e-5, atol=1e-6, what="after 2 calls")
 
 
 def test_sharded_step_equals_single_device(sharded):

@@ -66,14 +66,18 @@ BAD_INPUTS = {
     "eval_batch": ["--config.eval.batch_size=250"],
     "data_dir": ["--config.dataset.data_dir=/nonexistent"],
     "dataset_name": ["--config.dataset.name=cifar11"],
+    "steps_per_call": ["--config.steps_per_call=4"],  # the tiny smoke run logs every step
 }
+# The smoke run again, 4 steps per compiled call: steps 1-4 in one call, 5 and 6 one by one.
+CHUNKED = ["--config.steps_per_call=4", "--config.log_every_steps=4", "--config.checkpoint.every_steps=4"]
 
 
 @pytest.fixture(scope="module")
 def launched(tmp_path_factory):
-    """{name: (workdir, Popen)}: the uninterrupted smoke run and every bad-input run, started at once."""
+    """{name: (workdir, Popen)}: the uninterrupted smoke run, its steps_per_call=4 twin and every
+    bad-input run, started at once."""
     runs = {}
-    for name, args in {"smoke": [], **BAD_INPUTS}.items():
+    for name, args in {"smoke": [], "chunked": CHUNKED, **BAD_INPUTS}.items():
         workdir = tmp_path_factory.mktemp(name)
         runs[name] = (workdir, start_main(workdir, *args))
     yield runs
@@ -186,14 +190,38 @@ def test_resume_matches_uninterrupted_run(smoke_run, followups):
             np.testing.assert_allclose(resumed[step][key], straight[step][key], rtol=1e-5,
                                        err_msg=f"step {step} {key}: resumed vs uninterrupted")
 
-    final_resumed, final_straight = _restore_raw(workdir, TOTAL_STEPS), _restore_raw(straight_dir, TOTAL_STEPS)
-    assert int(final_resumed["step"]) == int(final_straight["step"]) == TOTAL_STEPS
-    np.testing.assert_array_equal(jax.random.key_data(final_resumed["rng"]), jax.random.key_data(final_straight["rng"]))
+    _assert_states_close(workdir, straight_dir, TOTAL_STEPS)
+
+
+def _assert_states_close(got_dir, want_dir, step):
+    """The two workdirs' step-`step` checkpoints hold the same state (rng bit for bit)."""
+    got, want = _restore_raw(got_dir, step), _restore_raw(want_dir, step)
+    assert int(got["step"]) == int(want["step"]) == step
+    np.testing.assert_array_equal(jax.random.key_data(got["rng"]), jax.random.key_data(want["rng"]))
     for field in ("params", "teacher", "method_state", "opt_state"):
-        got, want = final_resumed[field], final_straight[field]
-        assert jax.tree.structure(got) == jax.tree.structure(want), field
-        for (path, a), b in zip(jax.tree_util.tree_flatten_with_path(got)[0], jax.tree.leaves(want)):
+        assert jax.tree.structure(got[field]) == jax.tree.structure(want[field]), field
+        for (path, a), b in zip(jax.tree_util.tree_flatten_with_path(got[field])[0], jax.tree.leaves(want[field])):
             np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6, err_msg=f"{field}{jax.tree_util.keystr(path)}")
+
+
+def test_steps_per_call_trains_the_same_steps(smoke_run, launched):
+    """--config.steps_per_call=4 (steps 1-4 in one `lax.scan` call over stacked batches, sharded
+    over the 8 devices; steps 5-6 single) ends in the state of the one-step-per-call run: the same
+    batches in the same order, the same schedules, the same rng splits. Its step-4 log row averages
+    the four steps of the call."""
+    straight_dir, _ = smoke_run
+    workdir, proc = launched["chunked"]
+    proc = finish(proc)
+    assert proc.returncode == 0, _describe(proc)
+    assert "4 steps per call" in proc.stdout, proc.stdout
+    _assert_states_close(workdir, straight_dir, TOTAL_STEPS)
+    rows, straight = _train_rows(workdir), _train_rows(straight_dir)
+    assert sorted(rows) == [4, 6], rows
+    # the straight run logs every step
+    for row, steps in ((4, (1, 2, 3, 4)), (6, (5, 6))):
+        for key in ("loss", "grad_norm", "learning_rate"):
+            np.testing.assert_allclose(rows[row][key], np.mean([straight[s][key] for s in steps]), rtol=1e-5,
+                                       err_msg=f"{key} logged at step {row}")
 
 
 # --- bad input: a non-zero exit and one clear line on stderr -------------------------------------
@@ -235,6 +263,16 @@ def test_eval_batch_not_divisible_by_device_count_names_eval_batch_size_and_lose
     assert not [e for e in entries if "tmp" in e], f"unfinished checkpoint left behind: {entries}"
     steps = [int(e) for e in entries if e.isdigit()]
     assert not steps or max(steps) == TOTAL_STEPS, f"training ran but its final checkpoint is missing: {entries}"
+
+
+def test_steps_per_call_not_dividing_the_log_interval(launched):
+    """--config.steps_per_call=4 with log_every_steps=1: the loop sees the state only between
+    calls, so it stops before training, naming both fields and the fix."""
+    workdir, proc = _bad_input(launched, "steps_per_call")
+    message = _one_line_error(proc)
+    assert "log_every_steps=1 is not a multiple of steps_per_call=4" in message, message
+    assert "--config.log_every_steps to a multiple of 4" in message, message
+    assert not (workdir / "checkpoints").exists() or not os.listdir(workdir / "checkpoints")
 
 
 def test_dataset_not_found_names_tfds_data_dir(launched):
