@@ -182,9 +182,12 @@ def main(argv):
         memory = "not measured" if contender.peak_memory_bytes is None else f"{contender.peak_memory_bytes / 2**20:.0f}"
         print(f"| {contender.label} | {compile_s} | {1000 * seconds:.0f} | {config.batch_size / seconds:.1f} "
               f"| {flops / seconds / 1e9:.1f} | {flops / seconds / peak:.0%} | {memory} |")
-    for contender, seconds in zip(contenders[1:], medians[1:]):
-        print(f"speed ratio, ssl_jax / {contender.label}: {seconds / medians[0]:.2f}x (its ms/step over ssl_jax's; "
-              f"> 1: ssl_jax is faster)")
+    jax_rows = contenders[:2] if _COMPARE.value else contenders[:1]
+    for other, other_seconds in zip(contenders[1:], medians[1:]):
+        for contender, seconds in zip(jax_rows, medians):
+            if contender is not other:
+                print(f"speed ratio, {contender.label} / {other.label}: {other_seconds / seconds:.2f}x "
+                      f"(the second's ms/step over the first's; > 1: the first is faster)")
 
 
 if __name__ == "__main__":
