@@ -1,8 +1,17 @@
-"""The profiler table's bookkeeping (benchmarks/profile_step.py): thunks are matched to their HLO
-instruction and summed per model operation, the transformer's blocks merged."""
+"""The benchmarks' bookkeeping: the profiler table (benchmarks/profile_step.py) matches thunks to
+their HLO instruction and sums them per model operation, the transformer's blocks merged; the
+step-time table (benchmarks/step_time.py) runs end to end, a steps_per_call variant beside the
+one-step call, with rows and ratios that agree with each other."""
 from __future__ import annotations
 
+import re
+import subprocess
+import sys
+from pathlib import Path
+
 from benchmarks.profile_step import hlo_instructions, operation_key
+
+ROOT = Path(__file__).resolve().parents[1]
 
 HLO = """HloModule jit_train_step
 %fused_computation.874 (p0: f32[8,256]) -> f32[8,65536] {
@@ -24,3 +33,31 @@ def test_thunks_are_matched_to_their_instruction_and_blocks_merged():
     other_block = operation_key("ynn_fusion.850", instructions["ynn_fusion.850"])
     assert first == other_block == ("ynn_fusion", "f32[1576,1536]{1,0}", "jvp(VisionTransformer)/blocks_*/fc1/dot_general")
     assert operation_key("copy.3", instructions["copy.3"]) == ("copy", "f32[384,1152]{1,0}", "")
+
+
+def test_step_time_table_with_a_steps_per_call_variant():
+    """Both ssl_jax rows are timed and get FLOP/s from the one-step cost analysis (XLA counts a
+    scan's body once), images/s is batch over ms/step, and the ratio line is the rows' ratio."""
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks.step_time", "--config=configs/dino_small.py:smoke",
+         "--reference=none", "--steps=2", "--compare=steps_per_call=2"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = {}
+    for line in result.stdout.splitlines():
+        cells = [cell.strip() for cell in line.strip("|").split("|")]
+        if line.startswith("| ssl_jax"):
+            rows[cells[0]] = cells
+    assert set(rows) == {"ssl_jax dino vit-custom p8", "ssl_jax dino vit-custom p8 [steps_per_call=2]"}, result.stdout
+    batch = int(re.search(r"batch (\d+)", result.stdout).group(1))
+    ms = {}
+    for label, (_, _, ms_per_step, images_per_s, gflop_per_s, _, _) in rows.items():
+        ms[label] = float(ms_per_step)
+        assert float(gflop_per_s) > 0
+        assert abs(float(images_per_s) - batch / (float(ms_per_step) / 1000)) <= 0.02 * float(images_per_s) + 1
+    ratio = re.search(r"speed ratio, ssl_jax dino vit-custom p8 / ssl_jax dino vit-custom p8 "
+                      r"\[steps_per_call=2\]: ([\d.]+)x", result.stdout)
+    assert ratio, result.stdout
+    variant, base = ms["ssl_jax dino vit-custom p8 [steps_per_call=2]"], ms["ssl_jax dino vit-custom p8"]
+    # the table rounds ms/step to whole milliseconds; the ratio is of the unrounded medians
+    assert (variant - 0.5) / (base + 0.5) - 0.01 <= float(ratio.group(1)) <= (variant + 0.5) / max(base - 0.5, 0.1) + 0.01
