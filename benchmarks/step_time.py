@@ -9,8 +9,9 @@ shapes (timm backbone + lightly heads/losses, `benchmarks/pytorch_reference.py`,
 processes hits both alike), median of --steps. Prints a table: compile time, ms/step,
 images/s, model GFLOP per step (XLA's cost analysis of ssl_jax's step, used for both rows:
 the same model), achieved GFLOP/s and its fraction of the matmul peak measured in the same
-run (the best 2048^3 float32 matmul, sampled after every round of steps and 10 times at the
-end), peak memory, and the ssl_jax / PyTorch speed ratio (> 1: ssl_jax is faster).
+run (the best square matmul in the compute dtype, 2048 on a CPU and 8192 on an accelerator,
+sampled after every round of steps and 10 times at the end: on a GPU in bfloat16 that fraction
+is the model-FLOPs utilisation), peak memory, and the ssl_jax / PyTorch speed ratio (> 1: ssl_jax is faster).
 
 With `--config.steps_per_call=S` the step is called as `ssl_jax.main` calls it then: S steps per
 call (a `lax.scan`, `ssl_jax.step.jit_train_steps`), each timed call's time divided by S.
@@ -49,13 +50,17 @@ flags.mark_flags_as_required(["config"])
 
 
 class MatmulPeak:
-    """The float32 FLOP/s of a jitted [size, size] @ [size, size] matmul on the default device,
+    """The FLOP/s of a jitted [size, size] @ [size, size] matmul in `dtype` (the step's compute
+    dtype: float32 on CPU, bfloat16 for a GPU's model-FLOPs utilisation) on the default device,
     best of every `sample()`: sampled between the timed steps as well as after them, so a
-    machine whose speed drifts during the run is credited with its best moment, not a slow one."""
+    machine whose speed drifts during the run is credited with its best moment, not a slow one.
+    2048 on a CPU (about 40 ms); 8192 on an accelerator, where a 2048 matmul is too short to
+    time against the launch overhead."""
 
-    def __init__(self, size: int = 2048):
-        self.size = size
-        self.a = jax.random.normal(jax.random.key(0), (size, size), jnp.float32)
+    def __init__(self, dtype: str = "float32", size: int | None = None):
+        self.size = size or (2048 if jax.default_backend() == "cpu" else 8192)
+        self.dtype = dtype
+        self.a = jax.random.normal(jax.random.key(0), (self.size, self.size), jnp.dtype(dtype))
         self.matmul = jax.jit(lambda x, y: x @ y)
         self.matmul(self.a, self.a).block_until_ready()
         self.best_seconds = float("inf")
@@ -162,7 +167,7 @@ def main(argv):
     if _REFERENCE.value == "pytorch":
         contenders.append(pytorch_contender(config))
     times = [[] for _ in contenders]
-    matmul_peak = MatmulPeak()
+    matmul_peak = MatmulPeak(config.compute_dtype)
     for _ in range(_STEPS.value):
         for contender, contender_times in zip(contenders, times):  # alternate, step by step
             start = time.perf_counter()
@@ -174,7 +179,8 @@ def main(argv):
     medians = [float(np.median(t)) for t in times]
     print(f"{num_devices}x {jax.devices()[0].device_kind}, batch {config.batch_size}, "
           f"{config.compute_dtype}, median of {_STEPS.value} alternating steps, model "
-          f"{flops / 1e9:.1f} GFLOP/step (XLA cost analysis), matmul peak {peak / 1e9:.0f} GFLOP/s")
+          f"{flops / 1e9:.1f} GFLOP/step (XLA cost analysis), {matmul_peak.dtype} matmul peak "
+          f"{peak / 1e9:.0f} GFLOP/s")
     print("| step | compile s | ms/step | images/s | GFLOP/s | of peak | peak memory MiB |")
     print("|---|---|---|---|---|---|---|")
     for contender, seconds in zip(contenders, medians):
