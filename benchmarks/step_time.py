@@ -51,7 +51,7 @@ flags.mark_flags_as_required(["config"])
 
 class MatmulPeak:
     """The FLOP/s of a jitted [size, size] @ [size, size] matmul in `dtype` (the step's compute
-    dtype: float32 on CPU, bfloat16 for a GPU's model-FLOPs utilisation) on the default device,
+    dtype, so that in bfloat16 on a GPU the fraction of it is the model-FLOPs utilisation) on the default device,
     best of every `sample()`: sampled between the timed steps as well as after them, so a
     machine whose speed drifts during the run is credited with its best moment, not a slow one.
     2048 on a CPU (about 40 ms); 8192 on an accelerator, where a 2048 matmul is too short to
@@ -179,7 +179,7 @@ def main(argv):
     medians = [float(np.median(t)) for t in times]
     print(f"{num_devices}x {jax.devices()[0].device_kind}, batch {config.batch_size}, "
           f"{config.compute_dtype}, median of {_STEPS.value} alternating steps, model "
-          f"{flops / 1e9:.1f} GFLOP/step (XLA cost analysis), {matmul_peak.dtype} matmul peak "
+          f"{flops / 1e9:.4g} GFLOP/step (XLA cost analysis), {matmul_peak.dtype} matmul peak "
           f"{peak / 1e9:.0f} GFLOP/s")
     print("| step | compile s | ms/step | images/s | GFLOP/s | of peak | peak memory MiB |")
     print("|---|---|---|---|---|---|---|")
