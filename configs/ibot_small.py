@@ -66,7 +66,8 @@ def imagenet_config() -> ml_collections.ConfigDict:
     c.optim.b1 = 0.9  # torch.optim.AdamW defaults
     c.optim.b2 = 0.999
     c.optim.eps = 1e-8
-    c.optim.clip_grad = 3.0  # --clip_grad, per parameter tensor
+    c.optim.clip_grad = 3.0  # --clip_grad ...
+    c.optim.clip_grad_scope = "tensor"  # ... on each parameter tensor's own norm (utils.clip_gradients)
     c.optim.freeze_epochs = 1  # --freeze_last_layer 1 (cancel_gradients_last_layer: last_layer and last_layer2)
     c.optim.freeze_patterns = ("head/last_layer",)
     c.optim.teacher_momentum = 0.996  # --momentum_teacher, cosine per iteration ...

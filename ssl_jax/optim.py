@@ -14,6 +14,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from ssl_jax.errors import UserError
+
 Schedule = Callable[[jax.Array], jax.Array]
 
 
@@ -63,6 +65,32 @@ def clip_by_norm_per_tensor(max_norm: float) -> optax.GradientTransformation:
         return jax.tree.map(clip, updates), state
 
     return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
+
+
+def clip_by_global_norm_per_module(max_norm: float) -> optax.GradientTransformation:
+    """Scales each top-level module's gradients by min(1, max_norm / (||g_module|| + 1e-6)).
+
+    DINOv2's `train.py` (`for v in model.student.values(): v.clip_grad_norm_(clip_grad)`):
+    every student module (the params' first keys: backbone, dino_head, ibot_head) is
+    clipped by the global L2 norm over all its tensors (FSDP `clip_grad_norm_`, which
+    always multiplies by the clamped coefficient), independently of the other modules.
+    """
+
+    def update_fn(updates, state, params=None):
+        del params
+
+        def clip(module):
+            leaves = jax.tree.leaves(module)
+            norm = jnp.sqrt(sum(jnp.sum(jnp.square(g.astype(jnp.float32))) for g in leaves))
+            coef = jnp.minimum(max_norm / (norm + 1e-6), 1.0)
+            return jax.tree.map(lambda g: g * coef.astype(g.dtype), module)
+
+        return {name: clip(module) for name, module in updates.items()}, state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
+
+
+CLIP_SCOPES = {"tensor": clip_by_norm_per_tensor, "module": clip_by_global_norm_per_module}
 
 
 def path_mask(params: Any, patterns: tuple[str, ...]) -> Any:
@@ -241,7 +269,11 @@ OPTIMIZERS = ("adamw", "lars", "sgd")
 def build_optimizer(optim_cfg, schedules: Schedules, params: Any, steps_per_epoch: int) -> optax.GradientTransformation:
     """AdamW (DINO, MoCo v3 ViT), LARS (SimCLR, BYOL) or SGD (SimSiam), as the references write them.
 
-        [per-tensor clipping] -> direction -> learning rate -> freezing
+        [clipping] -> direction -> learning rate -> freezing
+
+    clipping (optim.clip_grad, 0 = off): optim.clip_grad_scope 'tensor' clips each tensor's
+    norm (DINO's `utils.clip_gradients`), 'module' each top-level module's global norm
+    (DINOv2, `clip_by_global_norm_per_module`).
 
     direction: adamw: Adam moments, then decoupled weight decay `wd * p`;
                lars:  `g + wd * p`, scaled by the trust ratio eta ||p|| / ||g + wd p||,
@@ -256,6 +288,8 @@ def build_optimizer(optim_cfg, schedules: Schedules, params: Any, steps_per_epoc
         step < freeze_epochs * steps_per_epoch (DINO's last layer), exactly like a
         parameter whose `.grad` is None in PyTorch; their Adam moments / momentum
         buffers start when they unfreeze, as PyTorch's per-parameter state does;
+        with optim.freeze_by_zero_lr they are instead only given a zero step while
+        their moments keep accumulating (DINOv2's `last_layer_lr_schedule` set to 0);
       * optim.frozen_patterns: never updated (MoCo v3's random patch projection);
       * optim.fixed_lr_patterns: trained at the peak lr, never scheduled (SimSiam's predictor).
     optim.normalize_patterns: those [D, K] parameters' columns are L2-normalised after every
@@ -273,6 +307,8 @@ def build_optimizer(optim_cfg, schedules: Schedules, params: Any, steps_per_epoc
 
     def stateful(make):
         """`make()` with separate state for the parameters frozen at the start (see docstring)."""
+        if optim_cfg.get("freeze_by_zero_lr", False):
+            return make()
         return optax.partition(
             {"frozen_at_start": optax.transforms.conditionally_mask(make(), unfrozen), "trainable": make()},
             jax.tree.map(lambda f: "frozen_at_start" if f else "trainable", frozen_at_start))
@@ -285,7 +321,10 @@ def build_optimizer(optim_cfg, schedules: Schedules, params: Any, steps_per_epoc
             {"scheduled": learning_rate, "fixed": optax.scale_by_learning_rate(schedules.peak_learning_rate)},
             jax.tree.map(lambda f: "fixed" if f else "scheduled", fixed_lr))
 
-    chain = [clip_by_norm_per_tensor(optim_cfg.clip_grad)] if optim_cfg.get("clip_grad") else []
+    scope = optim_cfg.get("clip_grad_scope", "tensor")
+    if scope not in CLIP_SCOPES:
+        raise UserError(f"unknown config.optim.clip_grad_scope {scope!r}; choose one of {tuple(CLIP_SCOPES)}")
+    chain = [CLIP_SCOPES[scope](optim_cfg.clip_grad)] if optim_cfg.get("clip_grad") else []
     if name == "adamw":
         chain += [stateful(lambda: optax.scale_by_adam(b1=optim_cfg.b1, b2=optim_cfg.b2, eps=optim_cfg.eps)),
                   optax.add_decayed_weights(schedules.weight_decay, mask=decayed), learning_rate]

@@ -137,7 +137,7 @@ def np_dinov2_loss(s_cls, t_cls, s_patch, t_patch, mask, s_backbone_cls, *, cent
 
     n_terms = 2 + max(n_local * 2, 1)
     s_flat = view_major(s_cls)
-    local = dino_loss(np.split(s_flat[2 * batch:], n_local), t_probs_list) / n_terms
+    local = dino_loss(np.split(s_flat[2 * batch:], n_local), t_probs_list) / n_terms if n_local > 0 else 0.0
     glob = dino_loss([s_flat[:2 * batch]], [t_probs]) * 2 / n_terms
     koleo = 0.0
     for crop in np.split(view_major(s_backbone_cls), 2):  # per GPU: each group of koleo_group images
@@ -265,17 +265,19 @@ def test_ibot_objective_matches_ibotloss_and_centers():
     np.testing.assert_allclose(new_state["center2"], center2, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("centering", ["sinkhorn_knopp", "centering"])
-def test_dinov2_objective_matches_forward_backward(centering):
+@pytest.mark.parametrize("centering,n_local", [("sinkhorn_knopp", None), ("centering", None), ("centering", 0)])
+def test_dinov2_objective_matches_forward_backward(centering, n_local):
     """The total loss (DINO local + global, KoLeo per 'GPU' group, iBOT on masked patches) from
-    random head outputs, with the patches gathered by the method's `patch_positions`."""
+    random head outputs, with the patches gathered by the method's `patch_positions`. With no
+    local crops the DINO term is its 2 pairs / (2 + max(0, 1)), not their mean."""
     config, _ = smoke_run("dinov2")
     config = config.copy_and_resolve_references()
     config.method.centering = centering
     method = train.setup(config, steps_per_epoch=3).method
     cfg = config.method
     rng = np.random.RandomState(5)
-    b, n, views = config.batch_size, method.num_patches, 2 + config.augment.local_crops.number
+    n_local = config.augment.local_crops.number if n_local is None else n_local
+    b, n, views = config.batch_size, method.num_patches, 2 + n_local
     mask = _random_mask(rng, (b, 2, n), method.max_masked)
     s_patch, t_patch = (rng.randn(b, 2, n, cfg.ibot_out_dim).astype(np.float32) for _ in range(2))
     indices, weights = method.patch_positions(jnp.asarray(mask))

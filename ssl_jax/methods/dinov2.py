@@ -5,6 +5,7 @@
     student: the same on the masked global crops, dino_head on the local crops' [CLS]
     targets: Sinkhorn-Knopp over the global batch (3 iterations), or DINO's softmax centering
     loss = w_dino * DINO(s_cls, t_cls) + w_ibot * iBOT(s_patch, t_patch on masked patches)
+           (DINO: the sum over crop pairs / (G (G - 1) + max(G L, 1)), `cls_loss`)
          + w_koleo * sum over global crops of KoLeo(student backbone [CLS])
 
 Reproduces facebookresearch/dinov2's `dinov2/train/ssl_meta_arch.py` (`forward_backward`),
@@ -119,6 +120,16 @@ class DINOv2(IBOT):
                  "center2": losses.ema_center(method_state["center2"], patch_logits, self.center_momentum,
                                               weights=weights)}
         return probs, patch_probs, state, {"teacher_temp": temp, "center_norm": jnp.linalg.norm(state["center"])}
+
+    def cls_loss(self, student_logits: jax.Array, teacher_probs: jax.Array) -> jax.Array:
+        """`forward_backward`'s DINO terms: the sum over the G (G - 1) + G L (teacher crop, other
+        student crop) pairs of the batch-mean cross-entropy, divided by n_global_crops_loss_terms
+        + n_local_crops_loss_terms = G (G - 1) + max(G L, 1). The pair mean when L > 0; with no
+        local crops the 2 pairs are divided by 3."""
+        crops = teacher_probs.shape[1]
+        pairs = crops * (student_logits.shape[1] - 1)
+        divisor = crops * (crops - 1) + max(crops * (student_logits.shape[1] - crops), 1)
+        return super().cls_loss(student_logits, teacher_probs) * (pairs / divisor)
 
     def extra_losses(self, student_global_cls: jax.Array) -> dict:
         """KoLeo summed over the global crops (each over groups of the batch), koleo_loss_weight."""

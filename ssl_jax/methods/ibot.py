@@ -17,7 +17,8 @@ backbone, teacher-temperature schedule, `losses.dino_*`, the EMA center and the 
 (teacher backbone [CLS]) are DINO's (`IBOT` subclasses `DINO`); the heads are
 `models.heads.IBOTHead`, the masks `ssl_jax.masks.block_masks`, the patch loss
 `losses.masked_patch_cross_entropy`. DINOv2 (`methods/dinov2.py`) subclasses this class
-and overrides the hooks below (masks, heads, which patches, teacher targets, extra terms).
+and overrides the hooks below (masks, heads, which patches, teacher targets, [CLS] term
+weighting, extra terms).
 """
 from __future__ import annotations
 
@@ -121,6 +122,11 @@ class IBOT(DINO):
         return probs, patch_probs, state, {"teacher_temp": temp, "teacher_patch_temp": patch_temp,
                                            "center_norm": jnp.linalg.norm(state["center"])}
 
+    def cls_loss(self, student_logits: jax.Array, teacher_probs: jax.Array) -> jax.Array:
+        """The [CLS] term from student logits [B, V, K] (global crops first) and teacher targets
+        [B, G, K]. iBOT: DINO's mean over the (teacher crop, other student crop) pairs."""
+        return losses.dino_cross_entropy(student_logits, teacher_probs, self.student_temp)
+
     def extra_losses(self, student_global_cls: jax.Array) -> dict:
         """{name: (weight, value)}: extra terms on the student backbone's global [CLS] [B, G, D]
         (DINOv2: KoLeo); iBOT has none."""
@@ -198,8 +204,7 @@ class IBOT(DINO):
         """The loss from `forward`'s arrays: (loss, new method state, metrics). Pure."""
         probs, patch_probs, new_state, metrics = self.teacher_probs(
             out["teacher_logits"], out["teacher_patch_logits"], out["patch_weights"], method_state, step)
-        terms = {"cls": (self.loss_weights["cls"],
-                         losses.dino_cross_entropy(out["student_logits"], probs, self.student_temp)),
+        terms = {"cls": (self.loss_weights["cls"], self.cls_loss(out["student_logits"], probs)),
                  "patch": (self.loss_weights["patch"],
                            losses.masked_patch_cross_entropy(out["student_patch_logits"], patch_probs,
                                                              out["patch_weights"], self.student_temp)),
