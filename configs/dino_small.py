@@ -23,6 +23,8 @@ def imagenet_config() -> ml_collections.ConfigDict:
     c.batch_size = 512  # --batch_size_per_gpu 64 x --nproc_per_node=8 (README "Vanilla DINO training").
     c.num_epochs = 100  # --epochs 100
 
+    # Deliberate: --use_fp16 True runs float16 autocast with a GradScaler; here config_base's
+    # bfloat16 compute_dtype (float32 params, optimiser state and losses) needs no loss scaling.
     c.model = ml_collections.ConfigDict()
     c.model.name = "vit"
     c.model.size = "small"  # --arch vit_small: 384 wide, 12 blocks, 6 heads.

@@ -31,6 +31,10 @@ def imagenet_config() -> ml_collections.ConfigDict:
     c.model = base.vit_model("small", patch_size=16, img_size=224,  # student.patch_size 16
                              drop_path_rate=0.3)  # student.drop_path_rate, student only
     c.model.drop_path_uniform = True  # student.drop_path_uniform: 0.3 in every block
+    # Deliberate: per-sample Bernoulli drop-path at that rate (scaled by 1 / 0.7); above 0.1 the
+    # reference's blocks instead add the residual to a random 70% subset of each GPU's batch,
+    # scaled by b / subset (layers/block.py drop_add_residual_stochastic_depth): same expectation.
+    # Deliberate: compute_precision fp16 with a ShardedGradScaler; here bfloat16 compute, float32 params.
     c.model.layerscale = 1e-5  # student.layerscale
     c.model.num_register_tokens = 0  # student.num_register_tokens (4 in the "with registers" models)
     c.model.mask_token = "zeros"  # DinoVisionTransformer.mask_token: zeros
@@ -50,10 +54,15 @@ def imagenet_config() -> ml_collections.ConfigDict:
     c.method.ibot_out_dim = 65536  # ibot.head_n_prototypes (separate_head=True only)
     c.method.ibot_head_hidden_dim = 2048  # ibot.head_hidden_dim (separate_head=True only)
     c.method.ibot_head_bottleneck_dim = 256  # ibot.head_bottleneck_dim (separate_head=True only)
+    # Deliberate: collate_data_and_cast stratifies the mask ratios over each GPU's 2 x 64 crops;
+    # here over the global batch's (same per-crop distribution, one draw per step).
     c.method.mask_sample_probability = 0.5  # ibot.mask_sample_probability: half the global crops masked
     c.method.mask_ratio_min_max = (0.1, 0.5)  # ibot.mask_ratio_min_max
     c.method.centering = "centering"  # train.centering "centering": softmax centering (vitl14.yaml: sinkhorn_knopp)
     c.method.student_temp = 0.1  # DINOLoss / iBOTPatchLoss student_temp
+    # Deliberate: the patch center is the mean over the global batch's masked patches; the
+    # reference averages each GPU's mean (iBOTPatchLoss.reduce_center_update): equal when every
+    # GPU masks as many patches.
     c.method.center_momentum = 0.9  # DINOLoss / iBOTPatchLoss center_momentum
     c.method.warmup_teacher_temp = 0.04  # teacher.warmup_teacher_temp, linear per iteration ...
     c.method.teacher_temp = 0.07  # ... to teacher.teacher_temp (both losses)

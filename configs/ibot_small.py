@@ -24,6 +24,7 @@ def imagenet_config() -> ml_collections.ConfigDict:
     c.batch_size = 1024  # README: --batch_size_per_gpu 64 on 16 GPUs ("teacher 16").
     c.num_epochs = 800  # README: --epochs 800.
 
+    # Deliberate: --use_fp16 True (float16 autocast + GradScaler); here bfloat16 compute, float32 params.
     c.model = base.vit_model("small", patch_size=16, img_size=224,  # --arch vit_small, --patch_size 16
                              drop_path_rate=0.1)  # --drop_path 0.1, student only
     c.model.mask_token = "zeros"  # the ViT's `masked_embed`: zeros, replaces masked patch embeddings
