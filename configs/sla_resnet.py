@@ -23,7 +23,8 @@ def imagenet_config() -> ml_collections.ConfigDict:
     c.batch_size = 128  # --batchsize 128
     c.num_epochs = 90  # --num-iterations 900000 at batch 128 = 89.9 epochs of ImageNet
     c.model = base.resnet_model(18)  # --model resnet18
-    c.model.zero_init_residual = False
+    c.model.zero_init_residual = False  # models: torchvision resnet18() defaults
+    c.model.init = "torchvision"
     c.dataset.fields = ("label",)
     # --mode sla --aug rotation; README: "summation (instead of average) of losses across
     # self-supervised transformations" on ImageNet, --with-large-loss: the loss x 4.
@@ -31,7 +32,9 @@ def imagenet_config() -> ml_collections.ConfigDict:
     # SGD(lr=--lr 0.1, momentum=0.9, weight_decay=--wd 1e-4) on every parameter; ImageNet:
     # StepLR(num_iterations // 3, 0.1) = x 0.1 after epochs 30 and 60.
     c.optim = base.sgd_multistep_optim(0.1, (30, 60), 0.1, 1e-4, False, c.batch_size)
+    # datasets.py _transform_large_train: RandomResizedCrop(224) (bilinear) + flip, ImageNet mean/std.
     c.augment = base.single_view_augment(size=224, scale=(0.08, 1.0), flip_prob=0.5)
+    c.augment.interpolation = "bilinear"
     return c
 
 
@@ -46,7 +49,8 @@ def cifar10_config() -> ml_collections.ConfigDict:
                             c.batch_size)
     # RandomCrop(32, padding=4) + flip in the reference: the random-resized crop over 75-100 % stands in.
     c.augment = base.single_view_augment(size=32, scale=(0.75, 1.0), flip_prob=0.5)
-    c.augment.mean, c.augment.std = base.CIFAR10_MEAN, base.CIFAR10_STD
+    c.augment.interpolation = "bilinear"
+    c.augment.mean, c.augment.std = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)  # datasets.py: Normalize((0.5,) * 3, (0.5,) * 3)
     return c
 
 
