@@ -22,7 +22,7 @@ def imagenet_config() -> ml_collections.ConfigDict:
     c.model = base.resnet_model(50)
     # utils/networks.py ResNetTorso: hk.Conv2D's default init (truncated normal, stddev 1 / sqrt(fan_in),
     # not rescaled), bn_config decay_rate 0.9, eps 1e-5; the bottleneck's batchnorm_2 scale_init=zeros.
-    c.model.init = "haiku"
+    c.model.conv_init = "haiku"
     c.model.zero_init_residual = True
 
     c.method = ml_collections.ConfigDict()

@@ -25,7 +25,7 @@ def imagenet_config() -> ml_collections.ConfigDict:
     c.num_epochs = 50  # max_num_epochs = 50
     c.model = base.resnet_model(50)
     c.model.zero_init_residual = False  # torchvision resnet50()'s default (RotNet has no ResNet of its own)
-    c.model.init = "torchvision"
+    c.model.conv_init = "torchvision"
     c.method = ml_collections.ConfigDict({"name": "rotation", "joint_labels": False, "loss_scale": 1.0})
     # net_optim_params: sgd, momentum 0.9, weight_decay 5e-4 (every parameter), nesterov, and
     # LUT_lr [(15, 0.01), (30, 0.001), (45, 0.0001), (50, 0.00001)]: algorithms/Algorithm.py

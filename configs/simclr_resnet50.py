@@ -23,7 +23,7 @@ def imagenet_config() -> ml_collections.ConfigDict:
     c.model = base.resnet_model(50)
     # resnet.py: conv2d_fixed_padding's tf.variance_scaling_initializer() (std 1 / sqrt(fan_in)),
     # batch_norm_relu(init_zero=True) on each block's last BN, --batch_norm_decay 0.9, eps 1e-5.
-    c.model.init = "simclr_tf"
+    c.model.conv_init = "simclr_tf"
     c.model.zero_init_residual = True
 
     c.method = ml_collections.ConfigDict()

@@ -21,7 +21,7 @@ def imagenet_config() -> ml_collections.ConfigDict:
     # main_simsiam.py: models.__dict__[args.arch](num_classes=args.dim, zero_init_residual=True), torchvision's
     # kaiming_normal_(fan_out) convolutions.
     c.model = base.resnet_model(50)
-    c.model.init = "torchvision"
+    c.model.conv_init = "torchvision"
     c.model.zero_init_residual = True
 
     c.method = ml_collections.ConfigDict()

@@ -24,7 +24,7 @@ def imagenet_config() -> ml_collections.ConfigDict:
     c.num_epochs = 90  # --num-iterations 900000 at batch 128 = 89.9 epochs of ImageNet
     c.model = base.resnet_model(18)  # --model resnet18
     c.model.zero_init_residual = False  # models: torchvision resnet18() defaults
-    c.model.init = "torchvision"
+    c.model.conv_init = "torchvision"
     c.dataset.fields = ("label",)
     # --mode sla --aug rotation; README: "summation (instead of average) of losses across
     # self-supervised transformations" on ImageNet, --with-large-loss: the loss x 4.

@@ -22,7 +22,7 @@ def imagenet_config() -> ml_collections.ConfigDict:
     c.num_epochs = 800  # --epochs 800
     c.model = base.resnet_model(50)  # --arch resnet50
     c.model.zero_init_residual = False  # src/resnet50.py's default zero_init_residual=False
-    c.model.init = "torchvision"  # src/resnet50.py: kaiming_normal_(mode="fan_out", nonlinearity="relu")
+    c.model.conv_init = "torchvision"  # src/resnet50.py: kaiming_normal_(mode="fan_out", nonlinearity="relu")
 
     c.method = ml_collections.ConfigDict()
     c.method.name = "swav"

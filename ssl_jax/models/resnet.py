@@ -1,7 +1,7 @@
 """ResNet-18/34/50/101/152 (v1.5, as torchvision) with globally synchronised BatchNorm.
 
 Strides sit on the 3x3 convolution of a bottleneck (v1.5); convolutions have no bias.
-`init` names the convolution init of the reference that trained the recipe (`CONV_INITS`:
+`conv_init` names the convolution init of the reference that trained the recipe (`CONV_INITS`:
 torchvision's kaiming-normal fan_out, SimCLR's TF variance scaling, BYOL's haiku default);
 BatchNorm scale 1 / shift 0 and PyTorch's momentum 0.1 (flax `momentum=0.9`, TF/haiku decay
 0.9) and eps 1e-5 in all three. `zero_init_residual` starts the last BatchNorm scale of every
@@ -87,12 +87,12 @@ class ResidualBlock(nn.Module):
     zero_init_residual: bool
     norm: functools.partial
     dtype: jnp.dtype = jnp.float32
-    init: str = "torchvision"
+    conv_init: str = "torchvision"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         last_scale_init = nn.initializers.zeros if self.zero_init_residual else nn.initializers.ones
-        conv = functools.partial(_conv, dtype=self.dtype, init=self.init)
+        conv = functools.partial(_conv, dtype=self.dtype, init=self.conv_init)
         if self.bottleneck:
             y = nn.relu(self.norm(name="bn1")(conv(self.features, 1, name="conv1")(x)))
             y = nn.relu(self.norm(name="bn2")(conv(self.features, 3, self.stride, name="conv2")(y)))
@@ -120,14 +120,14 @@ class ResNet(nn.Module):
     width: int = 64
     dtype: jnp.dtype = jnp.float32  # compute dtype; parameters and statistics are float32
     remat: bool = False  # recompute each residual block in the backward pass
-    init: str = "torchvision"  # convolution init, a key of CONV_INITS
+    conv_init: str = "torchvision"  # a key of CONV_INITS
 
     @nn.compact
     def __call__(self, images: jax.Array, train: bool = False) -> jax.Array:
         norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9, epsilon=1e-5,
                                  dtype=self.dtype)
         block = nn.remat(ResidualBlock) if self.remat else ResidualBlock
-        stem = functools.partial(_conv, self.width, name="conv1", dtype=self.dtype, init=self.init)
+        stem = functools.partial(_conv, self.width, name="conv1", dtype=self.dtype, init=self.conv_init)
         if self.cifar_stem:
             x = nn.relu(norm(name="bn1")(stem(3)(images)))
         else:
@@ -137,18 +137,19 @@ class ResNet(nn.Module):
             for index in range(num_blocks):
                 stride = 2 if stage > 0 and index == 0 else 1
                 x = block(self.width * 2**stage, stride, self.bottleneck, self.zero_init_residual, norm, self.dtype,
-                          self.init, name=f"layer{stage + 1}_{index}")(x)
+                          self.conv_init, name=f"layer{stage + 1}_{index}")(x)
         return jnp.mean(x, axis=(1, 2))
 
 
 def resnet(depth: int, *, cifar_stem: bool = False, zero_init_residual: bool = True, width: int = 64,
-           dtype: jnp.dtype = jnp.float32, remat: bool = False, init: str = "torchvision") -> ResNet:
+           dtype: jnp.dtype = jnp.float32, remat: bool = False, conv_init: str = "torchvision") -> ResNet:
     """ResNet-`depth` (10, 18, 34, 50, 101 or 152); `width` channels in the first stage (64 in the papers);
-    `init` the convolution init (a key of CONV_INITS)."""
+    `conv_init` the convolution init (a key of CONV_INITS)."""
     if depth not in RESNET_DEPTHS:
         raise ValueError(f"unknown ResNet depth {depth} (config.model.depth); choose one of {sorted(RESNET_DEPTHS)}")
-    if init not in CONV_INITS:
-        raise ValueError(f"unknown ResNet init {init!r} (config.model.init); choose one of {sorted(CONV_INITS)}")
+    if conv_init not in CONV_INITS:
+        raise ValueError(f"unknown ResNet conv init {conv_init!r} (config.model.conv_init); "
+                         f"choose one of {sorted(CONV_INITS)}")
     stage_sizes, bottleneck = RESNET_DEPTHS[depth]
     return ResNet(stage_sizes, bottleneck, cifar_stem=cifar_stem, zero_init_residual=zero_init_residual, width=width,
-                  dtype=dtype, remat=remat, init=init)
+                  dtype=dtype, remat=remat, conv_init=conv_init)
