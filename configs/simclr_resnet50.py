@@ -40,6 +40,7 @@ def imagenet_config() -> ml_collections.ConfigDict:
     c.optim.lr_scaling = "linear"
     c.optim.min_lr = 0.0  # cosine decay to 0
     c.optim.warmup_epochs = 10  # --warmup_epochs
+    # (deliberate: the shared warm-up reaches the peak one step before the reference's step * lr / W)
     c.optim.weight_decay = 1e-6  # --weight_decay, constant ...
     c.optim.weight_decay_end = 1e-6
     c.optim.momentum = 0.9  # LARS momentum
@@ -52,7 +53,8 @@ def imagenet_config() -> ml_collections.ConfigDict:
     # (0.8, 0.8, 0.8, 0.2) in random order with p 0.8 (impl 'simclrv2': tf.image ops, multiplicative
     # brightness), grayscale 0.2; model.py: batch_random_blur p 0.5 on both views, kernel height // 10
     # (22 -> 23 taps), sigma U[0.1, 2], padding 'SAME' (zeros); no solarisation. No mean/std
-    # normalisation: the network sees [0, 1] pixels.
+    # normalisation: the network sees [0, 1] pixels. Deliberate: the crop box comes from torchvision's
+    # sampler over the same ranges, not tf.image.sample_distorted_bounding_box (docs/fidelity/_augment.md).
     c.augment = base.two_view_augment(size=224, scale=(0.08, 1.0), brightness=0.8, contrast=0.8, saturation=0.8,
                                       hue=0.2, blur_prob=(0.5, 0.5), solarize_prob=(0.0, 0.0))
     c.augment.update({"interpolation": "bicubic", "antialias": False, "blur_padding": "zero",

@@ -21,6 +21,8 @@ from ssl_jax import config_base as base
 def imagenet_config() -> ml_collections.ConfigDict:
     c = base.base_config()
     c.batch_size = 128  # --batchsize 128
+    # Deliberate: epochs without replacement; the reference's BatchSampler draws every batch with
+    # replacement (datasets.py), for the same number of steps.
     c.num_epochs = 90  # --num-iterations 900000 at batch 128 = 89.9 epochs of ImageNet
     c.model = base.resnet_model(18)  # --model resnet18
     c.model.zero_init_residual = False  # models: torchvision resnet18() defaults
@@ -43,6 +45,7 @@ def cifar10_config() -> ml_collections.ConfigDict:
     c = base.use_cifar10_resnet18(imagenet_config())
     steps_per_epoch = 50_000 // 128  # 390
     c.num_epochs = 205  # --num-iterations 80000 = 205 epochs of 390 steps
+    # Deliberate: all 50000 training images (the reference holds out splits/cifar10_val_idx.npy).
     c.method.loss_scale = 1.0  # the mean over rotations on CIFAR
     # MultiStepLR at num_iterations // 2 and * 3 // 4 (iterations 40000, 60000), gamma 0.1.
     c.optim = base.sgd_multistep_optim(0.1, (40_000 / steps_per_epoch, 60_000 / steps_per_epoch), 0.1, 1e-4, False,

@@ -23,6 +23,7 @@ def imagenet_config() -> ml_collections.ConfigDict:
     c.model = base.resnet_model(50)  # --arch resnet50
     c.model.zero_init_residual = False  # src/resnet50.py's default zero_init_residual=False
     c.model.conv_init = "torchvision"  # src/resnet50.py: kaiming_normal_(mode="fan_out", nonlinearity="relu")
+    # Deliberate: BatchNorm over the global batch; --sync_bn apex syncs groups of 8 GPUs (512 images).
 
     c.method = ml_collections.ConfigDict()
     c.method.name = "swav"
@@ -64,7 +65,8 @@ def imagenet_config() -> ml_collections.ConfigDict:
     # --max_scale_crops 1. 0.14; flip, get_color_distortion(s=1.0) (jitter 0.8, 0.8, 0.8, 0.2 with p 0.8,
     # grayscale 0.2), PILRandomGaussianBlur(p=0.5, radius 0.1-2) on every crop, no solarisation;
     # RandomResizedCrop's default bilinear resize; Normalize(mean=[0.485, 0.456, 0.406],
-    # std=[0.228, 0.224, 0.225]) (src/multicropdataset.py: 0.228, not torchvision's 0.229).
+    # std=[0.228, 0.224, 0.225]) (src/multicropdataset.py: 0.228, not torchvision's 0.229). Deliberate:
+    # the blur is an exact Gaussian, not PIL's box approximation (docs/fidelity/_augment.md).
     c.augment = base.multicrop_augment(global_scale=(0.14, 1.0), local_scale=(0.05, 0.14), local_number=6)
     c.augment.color_jitter.update({"brightness": 0.8, "contrast": 0.8, "saturation": 0.8, "hue": 0.2})
     c.augment.blur_prob = (0.5, 0.5, 0.5)
