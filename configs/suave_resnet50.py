@@ -70,8 +70,8 @@ def imagenet_config(swav) -> ml_collections.ConfigDict:
 
 def cifar10_vit_config(swav) -> ml_collections.ConfigDict:
     """The CPU-budget setting: SwAV's `:cifar10_vit` (DINO's CIFAR-10 ViT and schedule) with 10 % of
-    the labels. The class prototypes train from the first step (assumed: they are the classifier,
-    and the labels, not SwAV's first-epoch freeze, keep them from collapsing)."""
+    the labels. The class prototypes train from the first step (`--freeze_prototypes_niters 0` in
+    suave/scripts/train_10perc.sh)."""
     c = semi_supervised(swav.cifar10_vit_config(), 0.1)
     c.optim.freeze_epochs = 0
     return c
