@@ -45,6 +45,9 @@ def semi_supervised(c: ml_collections.ConfigDict, labelled_fraction: float) -> m
     c.dataset.fields = ("label",)
     c.dataset.labelled_fraction = labelled_fraction
     c.dataset.labelled_only = False  # True: the labelled images alone (the supervised-only baseline)
+    # --freeze_prototypes_niters 0 (suave/scripts/train_10perc.sh): the class prototypes train from step 0.
+    c.optim.freeze_steps = 0
+    c.optim.freeze_epochs = 0
     return c
 
 
@@ -62,19 +65,14 @@ def imagenet_config(swav) -> ml_collections.ConfigDict:
     c.optim.warmup_epochs = 5  # --warmup_epochs 5, linear from --start_warmup 0 (main_suave.py default)
     c.optim.warmup_lr = 0.0
     # utils.LARS(exclude_bias_n_norm=False): every parameter decayed (--wd 1e-6) and adapted (eta 0.001),
-    # SwAV's rule; --freeze_prototypes_niters 0.
-    c.optim.freeze_steps = 0
-    c.optim.freeze_epochs = 0
+    # SwAV's rule.
     return c
 
 
 def cifar10_vit_config(swav) -> ml_collections.ConfigDict:
     """The CPU-budget setting: SwAV's `:cifar10_vit` (DINO's CIFAR-10 ViT and schedule) with 10 % of
-    the labels. The class prototypes train from the first step (`--freeze_prototypes_niters 0` in
-    suave/scripts/train_10perc.sh)."""
-    c = semi_supervised(swav.cifar10_vit_config(), 0.1)
-    c.optim.freeze_epochs = 0
-    return c
+    the labels."""
+    return semi_supervised(swav.cifar10_vit_config(), 0.1)
 
 
 def supervised_only(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
