@@ -20,6 +20,10 @@ def imagenet_config() -> ml_collections.ConfigDict:
     c.batch_size = 4096  # Sec. 3.3
     c.num_epochs = 1000  # the 74.3 % linear-eval result (300 epochs: 72.5 %)
     c.model = base.resnet_model(50)
+    # utils/networks.py ResNetTorso: hk.Conv2D's default init (truncated normal, stddev 1 / sqrt(fan_in),
+    # not rescaled), bn_config decay_rate 0.9, eps 1e-5; the bottleneck's batchnorm_2 scale_init=zeros.
+    c.model.conv_init = "haiku"
+    c.model.zero_init_residual = True
 
     c.method = ml_collections.ConfigDict()
     c.method.name = "byol"
@@ -33,7 +37,8 @@ def imagenet_config() -> ml_collections.ConfigDict:
     c.optim.lr_reference_batch = 256  # ... x batch / 256: 3.2 at 4096
     c.optim.lr_scaling = "linear"
     c.optim.min_lr = 0.0  # cosine decay to 0
-    c.optim.warmup_epochs = 10
+    c.optim.warmup_epochs = 10  # warmup_steps = 10 epochs
+    # (deliberate: the shared warm-up reaches the peak one step before the reference's step * lr / W)
     c.optim.weight_decay = 1.5e-6
     c.optim.weight_decay_end = 1.5e-6
     c.optim.momentum = 0.9
@@ -43,9 +48,17 @@ def imagenet_config() -> ml_collections.ConfigDict:
     c.optim.teacher_momentum = 0.996  # tau_base, cosine ...
     c.optim.teacher_momentum_end = 1.0  # ... to 1
 
-    # The asymmetric augmentation (Table 6): blur p = 1.0 / 0.1, solarisation p = 0.0 / 0.2.
+    # utils/augmentations.py augment_config: view1 / view2 blur p 1.0 / 0.1 (kernel 224 / 10 -> 23 taps,
+    # sigma U[0.1, 2], padding 'SAME'), solarize p 0.0 / 0.2 (threshold 0.5), colour jitter
+    # (0.4, 0.4, 0.2, 0.1) shuffled with p 0.8 (additive brightness, tf.image-style contrast /
+    # saturation / hue), grayscale 0.2; utils/dataset.py _preprocess_image: random crop area
+    # (0.08, 1), log-aspect (3/4, 4/3), tf.image.resize BICUBIC (no antialiasing), ImageNet
+    # mean/std (normalize_images). Deliberate: torchvision's crop-box sampler over the same ranges
+    # instead of BYOL's single clamped draw (docs/fidelity/_augment.md).
     c.augment = base.two_view_augment(size=224, scale=(0.08, 1.0), brightness=0.4, contrast=0.4, saturation=0.2,
                                       hue=0.1, blur_prob=(1.0, 0.1), solarize_prob=(0.0, 0.2))
+    c.augment.update({"interpolation": "bicubic", "antialias": False, "blur_padding": "zero"})
+    c.augment.color_jitter.impl = "byol"
     return c
 
 

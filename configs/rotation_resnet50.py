@@ -24,20 +24,25 @@ def imagenet_config() -> ml_collections.ConfigDict:
     c.batch_size = 192  # batch_size = 192 (x 4 rotations)
     c.num_epochs = 50  # max_num_epochs = 50
     c.model = base.resnet_model(50)
-    c.model.zero_init_residual = False
+    c.model.zero_init_residual = False  # torchvision resnet50()'s default (RotNet has no ResNet of its own)
+    c.model.conv_init = "torchvision"
     c.method = ml_collections.ConfigDict({"name": "rotation", "joint_labels": False, "loss_scale": 1.0})
-    # optim_params: sgd, lr 0.1, momentum 0.9, wd 5e-4, nesterov;
-    # LUT_lr [(15, 0.1), (30, 0.01), (45, 0.001), (50, 1e-4)].
-    c.optim = base.sgd_multistep_optim(0.1, (15, 30, 45), 0.1, 5e-4, True, c.batch_size)
-    # random_sized_crop = True: RandomSizedCrop(224) + horizontal flip, no colour augmentation.
+    # net_optim_params: sgd, momentum 0.9, weight_decay 5e-4 (every parameter), nesterov, and
+    # LUT_lr [(15, 0.01), (30, 0.001), (45, 0.0001), (50, 0.00001)]: algorithms/Algorithm.py
+    # adjust_learning_rates sets lr = the first LUT entry with max_epoch > epoch at the start of
+    # every epoch, so the 'lr': 0.1 there is never used. Per epoch: 0.01 below 15, x 0.1 at 15, 30, 45.
+    c.optim = base.sgd_multistep_optim(0.01, (15, 30, 45), 0.1, 5e-4, True, c.batch_size)
+    # random_sized_crop = True (dataloader.py): RandomSizedCrop(224), torchvision's default bilinear
+    # (PIL, antialiased) resize, + horizontal flip, no colour augmentation.
     c.augment = base.single_view_augment(size=224, scale=(0.08, 1.0), flip_prob=0.5)
+    c.augment.interpolation = "bilinear"
     return c
 
 
 def cifar10_config() -> ml_collections.ConfigDict:
     """CIFAR ResNet-18 with the CIFAR-10 RotNet schedule (batch 128, 200 epochs)."""
     c = base.use_cifar10_resnet18(imagenet_config())  # batch 128, 200 epochs: batch_size, max_num_epochs there
-    # optim_params: lr 0.1, nesterov, wd 5e-4, LUT_lr [(60, 0.1), (120, 0.02), (160, 0.004), (200, 0.0008)].
+    # net_optim_params: nesterov, wd 5e-4, LUT_lr [(60, 0.1), (120, 0.02), (160, 0.004), (200, 0.0008)].
     c.optim = base.sgd_multistep_optim(0.1, (60, 120, 160), 0.2, 5e-4, True, c.batch_size)
     # The reference crops CIFAR with RandomCrop(32, padding=4) + flip; the pipeline's random-resized crop
     # over 75-100 % of the image is the closest stand-in.

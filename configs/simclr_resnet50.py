@@ -21,6 +21,10 @@ def imagenet_config() -> ml_collections.ConfigDict:
     c.batch_size = 4096  # paper: batch 4096 for the main results
     c.num_epochs = 1000  # the 69.3 % linear-eval ResNet-50 (1x); the ablations use 100
     c.model = base.resnet_model(50)
+    # resnet.py: conv2d_fixed_padding's tf.variance_scaling_initializer() (std 1 / sqrt(fan_in)),
+    # batch_norm_relu(init_zero=True) on each block's last BN, --batch_norm_decay 0.9, eps 1e-5.
+    c.model.conv_init = "simclr_tf"
+    c.model.zero_init_residual = True
 
     c.method = ml_collections.ConfigDict()
     c.method.name = "simclr"
@@ -36,6 +40,7 @@ def imagenet_config() -> ml_collections.ConfigDict:
     c.optim.lr_scaling = "linear"
     c.optim.min_lr = 0.0  # cosine decay to 0
     c.optim.warmup_epochs = 10  # --warmup_epochs
+    # (deliberate: the shared warm-up reaches the peak one step before the reference's step * lr / W)
     c.optim.weight_decay = 1e-6  # --weight_decay, constant ...
     c.optim.weight_decay_end = 1e-6
     c.optim.momentum = 0.9  # LARS momentum
@@ -43,10 +48,18 @@ def imagenet_config() -> ml_collections.ConfigDict:
     c.optim.lr_inside_momentum = True  # the reference's LARS: v <- m v + lr * trust * (g + wd w)
     c.optim.exclude_1d_from_decay = True  # no decay / LARS adaptation for BN and biases
 
-    # random resized crop (0.08, 1) + flip, colour jitter of strength 1.0 with p = 0.8,
-    # grayscale 0.2, blur with p = 0.5 on both views, no solarisation.
+    # data_util.py preprocess_for_train: crop_and_resize (area (0.08, 1), aspect (3/4, 4/3)) resized by
+    # tf.image.resize_bicubic (no antialiasing), flip, color_jitter(--color_jitter_strength 1.0) =
+    # (0.8, 0.8, 0.8, 0.2) in random order with p 0.8 (impl 'simclrv2': tf.image ops, multiplicative
+    # brightness), grayscale 0.2; model.py: batch_random_blur p 0.5 on both views, kernel height // 10
+    # (22 -> 23 taps), sigma U[0.1, 2], padding 'SAME' (zeros); no solarisation. No mean/std
+    # normalisation: the network sees [0, 1] pixels. Deliberate: the crop box comes from torchvision's
+    # sampler over the same ranges, not tf.image.sample_distorted_bounding_box (docs/fidelity/_augment.md).
     c.augment = base.two_view_augment(size=224, scale=(0.08, 1.0), brightness=0.8, contrast=0.8, saturation=0.8,
                                       hue=0.2, blur_prob=(0.5, 0.5), solarize_prob=(0.0, 0.0))
+    c.augment.update({"interpolation": "bicubic", "antialias": False, "blur_padding": "zero",
+                      "mean": (0.0, 0.0, 0.0), "std": (1.0, 1.0, 1.0)})
+    c.augment.color_jitter.impl = "simclr"
     return c
 
 

@@ -18,7 +18,11 @@ def imagenet_config() -> ml_collections.ConfigDict:
     c = base.base_config()
     c.batch_size = 512  # --batch-size 512 (8 GPUs)
     c.num_epochs = 100  # --epochs 100 (68.1 % linear eval)
-    c.model = base.resnet_model(50)  # zero_init_residual=True, as the reference builds it
+    # main_simsiam.py: models.__dict__[args.arch](num_classes=args.dim, zero_init_residual=True), torchvision's
+    # kaiming_normal_(fan_out) convolutions.
+    c.model = base.resnet_model(50)
+    c.model.conv_init = "torchvision"
+    c.model.zero_init_residual = True
 
     c.method = ml_collections.ConfigDict()
     c.method.name = "simsiam"
@@ -41,9 +45,13 @@ def imagenet_config() -> ml_collections.ConfigDict:
     c.optim.exclude_1d_from_decay = False
     c.optim.momentum = 0.9  # --momentum
 
-    # MoCo v2's augmentation: crop (0.2, 1), jitter (0.4, 0.4, 0.4, 0.1) p = 0.8, gray 0.2, blur p = 0.5.
+    # main_simsiam.py `augmentation` (MoCo v2's): RandomResizedCrop(224, scale=(0.2, 1.)) with torchvision's
+    # default bilinear resize, ColorJitter(0.4, 0.4, 0.4, 0.1) p 0.8, RandomGrayscale 0.2,
+    # simsiam/loader.py GaussianBlur([.1, 2.]) p 0.5, flip, ImageNet mean/std. Deliberate: the blur is an
+    # exact Gaussian, not PIL's box approximation (docs/fidelity/_augment.md).
     c.augment = base.two_view_augment(size=224, scale=(0.2, 1.0), brightness=0.4, contrast=0.4, saturation=0.4,
                                       hue=0.1, blur_prob=(0.5, 0.5), solarize_prob=(0.0, 0.0))
+    c.augment.interpolation = "bilinear"
     return c
 
 

@@ -21,9 +21,12 @@ from ssl_jax import config_base as base
 def imagenet_config() -> ml_collections.ConfigDict:
     c = base.base_config()
     c.batch_size = 128  # --batchsize 128
+    # Deliberate: epochs without replacement; the reference's BatchSampler draws every batch with
+    # replacement (datasets.py), for the same number of steps.
     c.num_epochs = 90  # --num-iterations 900000 at batch 128 = 89.9 epochs of ImageNet
     c.model = base.resnet_model(18)  # --model resnet18
-    c.model.zero_init_residual = False
+    c.model.zero_init_residual = False  # models: torchvision resnet18() defaults
+    c.model.conv_init = "torchvision"
     c.dataset.fields = ("label",)
     # --mode sla --aug rotation; README: "summation (instead of average) of losses across
     # self-supervised transformations" on ImageNet, --with-large-loss: the loss x 4.
@@ -31,7 +34,9 @@ def imagenet_config() -> ml_collections.ConfigDict:
     # SGD(lr=--lr 0.1, momentum=0.9, weight_decay=--wd 1e-4) on every parameter; ImageNet:
     # StepLR(num_iterations // 3, 0.1) = x 0.1 after epochs 30 and 60.
     c.optim = base.sgd_multistep_optim(0.1, (30, 60), 0.1, 1e-4, False, c.batch_size)
+    # datasets.py _transform_large_train: RandomResizedCrop(224) (bilinear) + flip, ImageNet mean/std.
     c.augment = base.single_view_augment(size=224, scale=(0.08, 1.0), flip_prob=0.5)
+    c.augment.interpolation = "bilinear"
     return c
 
 
@@ -40,13 +45,15 @@ def cifar10_config() -> ml_collections.ConfigDict:
     c = base.use_cifar10_resnet18(imagenet_config())
     steps_per_epoch = 50_000 // 128  # 390
     c.num_epochs = 205  # --num-iterations 80000 = 205 epochs of 390 steps
+    # Deliberate: all 50000 training images (the reference holds out splits/cifar10_val_idx.npy).
     c.method.loss_scale = 1.0  # the mean over rotations on CIFAR
     # MultiStepLR at num_iterations // 2 and * 3 // 4 (iterations 40000, 60000), gamma 0.1.
     c.optim = base.sgd_multistep_optim(0.1, (40_000 / steps_per_epoch, 60_000 / steps_per_epoch), 0.1, 1e-4, False,
                             c.batch_size)
     # RandomCrop(32, padding=4) + flip in the reference: the random-resized crop over 75-100 % stands in.
     c.augment = base.single_view_augment(size=32, scale=(0.75, 1.0), flip_prob=0.5)
-    c.augment.mean, c.augment.std = base.CIFAR10_MEAN, base.CIFAR10_STD
+    c.augment.interpolation = "bilinear"
+    c.augment.mean, c.augment.std = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)  # datasets.py: Normalize((0.5,) * 3, (0.5,) * 3)
     return c
 
 

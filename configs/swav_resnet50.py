@@ -21,7 +21,9 @@ def imagenet_config() -> ml_collections.ConfigDict:
     c.batch_size = 4096  # --batch_size 64 per GPU x 64 GPUs
     c.num_epochs = 800  # --epochs 800
     c.model = base.resnet_model(50)  # --arch resnet50
-    c.model.zero_init_residual = False  # resnet50.py's default zero_init_residual=False
+    c.model.zero_init_residual = False  # src/resnet50.py's default zero_init_residual=False
+    c.model.conv_init = "torchvision"  # src/resnet50.py: kaiming_normal_(mode="fan_out", nonlinearity="relu")
+    # Deliberate: BatchNorm over the global batch; --sync_bn apex syncs groups of 8 GPUs (512 images).
 
     c.method = ml_collections.ConfigDict()
     c.method.name = "swav"
@@ -33,8 +35,8 @@ def imagenet_config() -> ml_collections.ConfigDict:
     c.method.epsilon = 0.05  # --epsilon 0.05 (Sinkhorn's entropic regularisation)
     c.method.sinkhorn_iterations = 3  # --sinkhorn_iterations 3
     c.method.crops_for_assign = (0, 1)  # --crops_for_assign 0 1: codes from the two 224 px crops
-    # Paper Sec. 4.1 / App.: the queue is only needed for small batches (<= 256): the batch-256
-    # recipes use --queue_length 3840 --epoch_queue_starts 15; at batch 4096 main_swav.py's default 0.
+    # --queue_length 0: the queue is only for small batches (the batch-256 scripts use
+    # --queue_length 3840 --epoch_queue_starts 15).
     c.method.queue_length = 0
     c.method.epoch_queue_starts = 15  # --epoch_queue_starts 15 (when a queue is used)
 
@@ -53,19 +55,24 @@ def imagenet_config() -> ml_collections.ConfigDict:
     # LARC adapts every parameter (biases and BN too) and the decay is on all of model.parameters().
     # (LARC's trust ratio divides by ||g|| + wd ||p||, optax's by ||g + wd p||: equal up to wd = 1e-6.)
     c.optim.exclude_1d_from_decay = False
-    # --freeze_prototypes_niters 313: no prototype update in the first 313 iterations, i.e. the
-    # first epoch at batch 4096 (1281167 / 4096 = 313; the batch-256 scripts freeze 5005 = one epoch too).
-    c.optim.freeze_epochs = 1
+    # --freeze_prototypes_niters 313: no prototype update in the first 313 iterations (per iteration,
+    # not epochs: an epoch is 1281167 // 4096 = 312 steps, so this is one epoch and one step).
+    c.optim.freeze_steps = 313
     c.optim.freeze_patterns = ("prototypes/",)
     c.optim.normalize_patterns = ("prototypes/kernel",)  # unit-norm prototypes (see ssl_jax/methods/swav.py)
 
     # main_swav.py's MultiCropDataset: --nmb_crops 2 6 --size_crops 224 96 --min_scale_crops 0.14 0.05
     # --max_scale_crops 1. 0.14; flip, get_color_distortion(s=1.0) (jitter 0.8, 0.8, 0.8, 0.2 with p 0.8,
-    # grayscale 0.2), PILRandomGaussianBlur(p=0.5, radius 0.1-2) on every crop, no solarisation.
+    # grayscale 0.2), PILRandomGaussianBlur(p=0.5, radius 0.1-2) on every crop, no solarisation;
+    # RandomResizedCrop's default bilinear resize; Normalize(mean=[0.485, 0.456, 0.406],
+    # std=[0.228, 0.224, 0.225]) (src/multicropdataset.py: 0.228, not torchvision's 0.229). Deliberate:
+    # the blur is an exact Gaussian, not PIL's box approximation (docs/fidelity/_augment.md).
     c.augment = base.multicrop_augment(global_scale=(0.14, 1.0), local_scale=(0.05, 0.14), local_number=6)
     c.augment.color_jitter.update({"brightness": 0.8, "contrast": 0.8, "saturation": 0.8, "hue": 0.2})
     c.augment.blur_prob = (0.5, 0.5, 0.5)
     c.augment.solarize_prob = (0.0, 0.0, 0.0)
+    c.augment.interpolation = "bilinear"
+    c.augment.std = (0.228, 0.224, 0.225)
     return c
 
 
@@ -82,6 +89,8 @@ def cifar10_config() -> ml_collections.ConfigDict:
     c.optim.lr_reference_batch = 256
     c.optim.min_lr = 0.0006  # --final_lr 0.0006
     c.optim.warmup_lr = 0.0  # --start_warmup 0 in that recipe
+    c.optim.freeze_steps = 0  # that recipe's --freeze_prototypes_niters 5005 is one epoch (5004 steps at 256) ...
+    c.optim.freeze_epochs = 1  # ... kept as one epoch at batch 128
     c.augment.local_crops.size = 16
     c.augment.color_jitter.update({"brightness": 0.4, "contrast": 0.4, "saturation": 0.4, "hue": 0.1})
     return c

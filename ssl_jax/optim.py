@@ -285,7 +285,8 @@ def build_optimizer(optim_cfg, schedules: Schedules, params: Any, steps_per_epoc
 
     Freezing, all by '/'-joined parameter-path regexes:
       * optim.freeze_patterns: no update at all (not even weight decay) while
-        step < freeze_epochs * steps_per_epoch (DINO's last layer), exactly like a
+        step < freeze_epochs * steps_per_epoch (DINO's last layer), or step < freeze_steps
+        when that is set (SwAV's prototypes), exactly like a
         parameter whose `.grad` is None in PyTorch; their Adam moments / momentum
         buffers start when they unfreeze, as PyTorch's per-parameter state does;
         with optim.freeze_by_zero_lr they are instead only given a zero step while
@@ -301,7 +302,8 @@ def build_optimizer(optim_cfg, schedules: Schedules, params: Any, steps_per_epoc
     name = optim_cfg.name
     if name not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {name!r} (config.optim.name); choose one of {OPTIMIZERS}")
-    freeze_steps = optim_cfg.get("freeze_epochs", 0) * steps_per_epoch
+    # optim.freeze_steps (iterations, SwAV's --freeze_prototypes_niters) wins over freeze_epochs.
+    freeze_steps = optim_cfg.get("freeze_steps", 0) or optim_cfg.get("freeze_epochs", 0) * steps_per_epoch
     frozen_at_start = path_mask(params, tuple(optim_cfg.get("freeze_patterns", ())))
     unfrozen = lambda count: count >= freeze_steps  # noqa: E731
 

@@ -403,3 +403,119 @@ def test_color_jitter_applies_ops_in_the_sampled_order():
         np.testing.assert_allclose(out, compose(order.numpy()), atol=1e-6)
         reversed_differs |= not np.allclose(out, compose(order.numpy()[::-1]), atol=1e-4)
     assert reversed_differs  # the order matters, so the check above is not vacuous
+
+
+# ----------------------------------------------------------------------------
+# The other references' variants (configs/simclr, byol, simsiam, swav, rotation, sla)
+# ----------------------------------------------------------------------------
+
+
+def _numpy_resize_weights(in_size: int, out_size: int, kernel) -> np.ndarray:
+    """[out, in] weights of PIL's antialiased resample (ImagingResample): the kernel stretched by
+    the scale when shrinking, centred on (i + 0.5) * scale, each row normalised."""
+    scale = in_size / out_size
+    support = max(scale, 1.0)
+    weights = np.zeros((out_size, in_size))
+    for i in range(out_size):
+        centre = (i + 0.5) * scale
+        for j in range(in_size):
+            weights[i, j] = kernel((j + 0.5 - centre) / support)
+        weights[i] /= weights[i].sum()
+    return weights
+
+
+def test_random_resized_crop_bilinear_is_the_antialiased_triangle_filter():
+    # torchvision's RandomResizedCrop default (SimSiam, SwAV, RotNet, SLA): PIL bilinear, whose
+    # shrink is a triangle filter of width 2 x scale: separable weights written out in numpy.
+    x = _float_image(shape=(20, 20, 3))
+    crop = augment.random_resized_crop(x, _seed(4), size=8, scale=(1.0, 1.0), ratio=(1.0, 1.0),
+                                       interpolation="bilinear")
+    w = _numpy_resize_weights(20, 8, lambda t: max(0.0, 1.0 - abs(t)))
+    expected = np.einsum("ij,jkc,lk->ilc", w, x.numpy().astype(np.float64), w)
+    np.testing.assert_allclose(crop.numpy(), expected, atol=1e-5)
+    bicubic = augment.random_resized_crop(x, _seed(4), size=8, scale=(1.0, 1.0), ratio=(1.0, 1.0))
+    assert np.abs(bicubic.numpy() - expected).max() > 1e-3
+
+
+def test_random_resized_crop_without_antialias_samples_the_source_pixels():
+    # The TF references (SimCLR, BYOL) resize without antialiasing: halving a 2x2-block image
+    # by bilinear sampling at the half-pixel centres reads each block's shared corner, a 4-pixel mean.
+    rng = np.random.RandomState(0)
+    x = rng.rand(16, 16, 3).astype(np.float32)
+    out = augment.random_resized_crop(tf.constant(x), _seed(0), size=8, scale=(1.0, 1.0), ratio=(1.0, 1.0),
+                                      interpolation="bilinear", antialias=False).numpy()
+    expected = x.reshape(8, 2, 8, 2, 3).mean(axis=(1, 3))
+    np.testing.assert_allclose(out, expected, atol=1e-5)
+    smooth = augment.random_resized_crop(tf.constant(x), _seed(0), size=8, scale=(1.0, 1.0), ratio=(1.0, 1.0),
+                                         interpolation="bilinear").numpy()
+    assert np.abs(smooth - expected).max() > 1e-3
+
+
+def test_simclr_and_byol_contrast_scale_each_channel_about_its_own_mean():
+    # tf.image.random_contrast (SimCLR data_util.py; BYOL's adjust_contrast): per-channel means.
+    x = (_float_image() * 0.5 + 0.25).numpy()
+    x[..., 0] *= 0.5  # channel means far apart, so a luma mean would not fit
+    for impl in ("simclr", "byol"):
+        out = augment.color_jitter(tf.constant(x), _seed(1), brightness=0.0, contrast=0.4, saturation=0.0,
+                                   hue=0.0, impl=impl).numpy()
+        mean = x.mean(axis=(0, 1))
+        factor = (out[..., 1] - mean[1]).ravel() @ (x[..., 1] - mean[1]).ravel() / np.sum((x[..., 1] - mean[1]) ** 2)
+        assert 0.6 <= factor <= 1.4 and abs(factor - 1) > 1e-3
+        np.testing.assert_allclose(out, np.clip((x - mean) * factor + mean, 0, 1), atol=1e-5)
+
+
+def test_simclr_and_byol_saturation_scale_hsv_saturation():
+    # tf.image.random_saturation / BYOL's adjust_saturation: S x factor clipped to 1, H and V kept.
+    x = (_float_image(shape=(6, 6, 3)) * 0.8 + 0.1).numpy()
+    for impl in ("simclr", "byol"):
+        out = augment.color_jitter(tf.constant(x), _seed(2), brightness=0.0, contrast=0.0, saturation=0.4,
+                                   hue=0.0, impl=impl).numpy()
+        hsv_in = np.array([colorsys.rgb_to_hsv(*p) for p in x.reshape(-1, 3)])
+        hsv_out = np.array([colorsys.rgb_to_hsv(*p) for p in out.reshape(-1, 3)])
+        factor = np.median(hsv_out[:, 1] / hsv_in[:, 1])
+        assert 0.6 <= factor <= 1.4 and abs(factor - 1) > 1e-3
+        expected = [colorsys.hsv_to_rgb(h, min(s * factor, 1.0), v) for h, s, v in hsv_in]
+        np.testing.assert_allclose(out.reshape(-1, 3), expected, atol=1e-4)
+
+
+def test_byol_brightness_adds_a_delta_and_simclr_multiplies():
+    x = (_float_image() * 0.5 + 0.25).numpy()
+    for i in range(5):
+        out = augment.color_jitter(tf.constant(x), _seed(i), brightness=0.2, contrast=0.0, saturation=0.0,
+                                   hue=0.0, impl="byol").numpy()
+        delta = np.median(out - x)
+        assert -0.2 <= delta <= 0.2
+        np.testing.assert_allclose(out, x + delta, atol=1e-5)
+        out = augment.color_jitter(tf.constant(x), _seed(i), brightness=0.2, contrast=0.0, saturation=0.0,
+                                   hue=0.0, impl="simclr").numpy()
+        factor = np.median(out / x)
+        assert 0.8 <= factor <= 1.2
+        np.testing.assert_allclose(out, x * factor, atol=1e-5)
+
+
+def test_blur_zero_padding_is_a_same_convolution():
+    # SimCLR's / BYOL's depthwise conv with padding='SAME': zeros outside the image.
+    x = _float_image(shape=(12, 12, 3)).numpy()
+    out = augment.gaussian_blur(tf.constant(x), _seed(0), sigma=(1.5, 1.5), kernel_size=5, padding="zero").numpy()
+    taps = np.exp(-0.5 * (np.arange(-2, 3) / 1.5) ** 2)
+    taps /= taps.sum()
+    rows = np.apply_along_axis(lambda v: np.convolve(v, taps, mode="same"), 0, x.astype(np.float64))
+    expected = np.apply_along_axis(lambda v: np.convolve(v, taps, mode="same"), 1, rows)
+    np.testing.assert_allclose(out, expected, atol=1e-5)
+    ones = augment.gaussian_blur(tf.ones((12, 12, 3)), _seed(0), sigma=(1.5, 1.5), kernel_size=5,
+                                 padding="zero").numpy()
+    assert ones[0, 0, 0] < 0.8 and abs(ones[6, 6, 0] - 1.0) < 1e-6
+
+
+def test_multi_crop_reads_the_reference_options():
+    base = _cfg(global_number=1, local_number=0, flip_prob=0.0, grayscale_prob=0.0, blur_prob=(0.0, 0.0, 0.0),
+                solarize_prob=(0.0, 0.0, 0.0), mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+    base.color_jitter.prob = 0.0
+    plain, _ = augment.multi_crop(tf.constant(_image()), _seed(3), base)
+    bilinear = base.copy_and_resolve_references()
+    bilinear.interpolation = "bilinear"
+    changed, _ = augment.multi_crop(tf.constant(_image()), _seed(3), bilinear)
+    assert np.abs(plain["global"].numpy() - changed["global"].numpy()).max() > 1e-3
+    with pytest.raises(ValueError, match="augment.interpolation"):
+        bilinear.interpolation = "nearest"
+        augment.multi_crop(tf.constant(_image()), _seed(3), bilinear)

@@ -9,6 +9,12 @@ This module mirrors ``DataAugmentationDINO`` from facebookresearch/dino
 with two global crops (blur probability 1.0 / 0.1, solarization 0.0 / 0.2) and
 several small local crops (blur 0.5, no solarization).
 
+The other references' variants are options of the same ops (defaults: DINO's):
+`interpolation` / `antialias` of the crop's resize (torchvision's RandomResizedCrop
+defaults to bilinear; the TF references resize bicubically without antialiasing),
+`color_jitter.impl` (`JITTER_IMPLS`: torchvision's ColorJitter, or the tf.image ops of
+SimCLR and BYOL) and `blur_padding` (reflect, or the zero padding of a 'SAME' convolution).
+
 Every random choice uses stateless TF ops (``tf.random.stateless_*``) with seeds
 derived by ``stateless_split`` / ``stateless_fold_in`` from one explicit seed.
 A view is therefore a pure function of ``(seed, example)``: the input pipeline
@@ -30,6 +36,8 @@ import tensorflow as tf
 _LUMA_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R 601-2, as PIL's convert('L').
 _CROP_ATTEMPTS = 10  # torchvision RandomResizedCrop.get_params tries 10 boxes.
 APPLIED_KEYS = ("flip", "color_jitter", "grayscale", "blur", "solarize")
+INTERPOLATIONS = ("bicubic", "bilinear")
+BLUR_PADDINGS = {"reflect": "REFLECT", "zero": "CONSTANT"}
 
 
 def _split(seed: tf.Tensor, num: int) -> list[tf.Tensor]:
@@ -98,8 +106,9 @@ def _crop_box(height, width, seed, scale, ratio):
 
 def random_resized_crop(image: tf.Tensor, seed: tf.Tensor, *, size: int,
                         scale: tuple[float, float],
-                        ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> tf.Tensor:
-    """Random crop (torchvision ``RandomResizedCrop``) resized bicubically.
+                        ratio: tuple[float, float] = (3 / 4, 4 / 3),
+                        interpolation: str = "bicubic", antialias: bool = True) -> tf.Tensor:
+    """Random crop (torchvision ``RandomResizedCrop``) resized with `interpolation`.
 
     Args:
         image: `[H, W, 3]` float32 in `[0, 1]`.
@@ -107,16 +116,19 @@ def random_resized_crop(image: tf.Tensor, seed: tf.Tensor, *, size: int,
         size: output side length.
         scale: range of the crop's area as a fraction of the image area.
         ratio: range of the crop's aspect ratio (width / height), sampled log-uniformly.
+        interpolation: "bicubic" or "bilinear".
+        antialias: low-pass filter when shrinking, as PIL's resize (what torchvision's
+            transforms run) does; False is tf.image.resize's default (the TF references).
 
     Returns:
         `[size, size, 3]` float32 in `[0, 1]`.
     """
+    if interpolation not in INTERPOLATIONS:
+        raise ValueError(f"unknown augment.interpolation {interpolation!r}; choose one of {INTERPOLATIONS}")
     shape = tf.shape(image)
     top, left, h, w = _crop_box(shape[0], shape[1], seed, scale, ratio)
     crop = tf.slice(image, tf.stack([top, left, 0]), tf.stack([h, w, -1]))
-    # antialias: PIL's bicubic resize (what the reference's torchvision transform runs)
-    # low-pass filters when it shrinks; without it 224 px crops of large images alias.
-    resized = tf.image.resize(crop, [size, size], method="bicubic", antialias=True)
+    resized = tf.image.resize(crop, [size, size], method=interpolation, antialias=antialias)
     return tf.clip_by_value(resized, 0.0, 1.0)
 
 
@@ -157,17 +169,48 @@ def _adjust_hue(image, delta):
     return tf.clip_by_value(tf.image.adjust_hue(image, delta), 0.0, 1.0)
 
 
-def _jitter_ops(brightness, contrast, saturation, hue):
+def _shift_brightness(image, delta):
+    """BYOL's `adjust_brightness`: adds `delta` to every channel."""
+    return tf.clip_by_value(image + delta, 0.0, 1.0)
+
+
+def _adjust_contrast_per_channel(image, factor):
+    """tf.image.adjust_contrast: each channel scaled about its own mean, `(x - mean) * factor + mean`."""
+    return tf.clip_by_value(tf.image.adjust_contrast(image, factor), 0.0, 1.0)
+
+
+def _adjust_saturation_hsv(image, factor):
+    """tf.image.adjust_saturation: the HSV saturation times `factor`, clipped to [0, 1]."""
+    return tf.clip_by_value(tf.image.adjust_saturation(image, factor), 0.0, 1.0)
+
+
+# color_jitter.impl -> (brightness op, whether its factor is additive, contrast op, saturation op):
+#   torchvision: ColorJitter (DINO, MoCo v3, SimSiam, SwAV).
+#   simclr: google-research/simclr data_util.py color_jitter_rand, impl='simclrv2' (brightness
+#     x U[max(0, 1 - b), 1 + b], tf.image.random_contrast / random_saturation / random_hue).
+#   byol: deepmind-research byol/utils/augmentations.py (brightness + U[-b, b], otherwise as simclr).
+JITTER_IMPLS = {
+    "torchvision": (_adjust_brightness, False, _adjust_contrast, _adjust_saturation),
+    "simclr": (_adjust_brightness, False, _adjust_contrast_per_channel, _adjust_saturation_hsv),
+    "byol": (_shift_brightness, True, _adjust_contrast_per_channel, _adjust_saturation_hsv),
+}
+
+
+def _jitter_ops(brightness, contrast, saturation, hue, impl="torchvision"):
     """Enabled `(op, low, high)` triples; factors are drawn from U[low, high].
 
     A strength of 0 disables its op, like torchvision's ``None``.
     """
     if not 0.0 <= hue <= 0.5:
         raise ValueError(f"hue must be in [0, 0.5], got {hue}")
+    if impl not in JITTER_IMPLS:
+        raise ValueError(f"unknown augment.color_jitter.impl {impl!r}; choose one of {sorted(JITTER_IMPLS)}")
+    brightness_op, additive, contrast_op, saturation_op = JITTER_IMPLS[impl]
+    brightness_range = (-brightness, brightness) if additive else (max(0.0, 1.0 - brightness), 1.0 + brightness)
     candidates = (
-        (_adjust_brightness, brightness, max(0.0, 1.0 - brightness), 1.0 + brightness),
-        (_adjust_contrast, contrast, max(0.0, 1.0 - contrast), 1.0 + contrast),
-        (_adjust_saturation, saturation, max(0.0, 1.0 - saturation), 1.0 + saturation),
+        (brightness_op, brightness, *brightness_range),
+        (contrast_op, contrast, max(0.0, 1.0 - contrast), 1.0 + contrast),
+        (saturation_op, saturation, max(0.0, 1.0 - saturation), 1.0 + saturation),
         (_adjust_hue, hue, -hue, hue),
     )
     return [(op, low, high) for op, strength, low, high in candidates if strength]
@@ -185,12 +228,15 @@ def _jitter_params(seed: tf.Tensor, ops) -> tuple[tf.Tensor, tf.Tensor]:
 
 
 def color_jitter(image: tf.Tensor, seed: tf.Tensor, *, brightness: float, contrast: float,
-                 saturation: float, hue: float) -> tf.Tensor:
+                 saturation: float, hue: float, impl: str = "torchvision") -> tf.Tensor:
     """torchvision ``ColorJitter``: four colour ops applied in a random order.
 
     Brightness multiplies by U[1-b, 1+b]; contrast blends with the mean luma by
     U[1-c, 1+c]; saturation blends with the grayscale image by U[1-s, 1+s]; hue is
     shifted by U[-h, h] turns of the hue circle. Each op clips to `[0, 1]`.
+    `impl` "simclr" / "byol" swaps in the TF references' ops (`JITTER_IMPLS`): contrast
+    about each channel's own mean, saturation scaled in HSV, and for "byol" brightness
+    shifted by U[-b, b] instead of scaled.
 
     Args:
         image: `[H, W, 3]` float32 in `[0, 1]`.
@@ -199,7 +245,7 @@ def color_jitter(image: tf.Tensor, seed: tf.Tensor, *, brightness: float, contra
     Returns:
         `[H, W, 3]` float32 in `[0, 1]`.
     """
-    ops = _jitter_ops(brightness, contrast, saturation, hue)
+    ops = _jitter_ops(brightness, contrast, saturation, hue, impl)
     if not ops:
         return image
     order, factors = _jitter_params(seed, ops)
@@ -222,8 +268,11 @@ def _gaussian_kernel(sigma: tf.Tensor, kernel_size: int) -> tf.Tensor:
 
 
 def gaussian_blur(image: tf.Tensor, seed: tf.Tensor, *, sigma: tuple[float, float],
-                  kernel_size: int) -> tf.Tensor:
-    """Separable Gaussian blur with sigma ~ U[sigma[0], sigma[1]] and reflect padding.
+                  kernel_size: int, padding: str = "reflect") -> tf.Tensor:
+    """Separable Gaussian blur with sigma ~ U[sigma[0], sigma[1]].
+
+    `padding` "reflect", or "zero" (SimCLR's and BYOL's depthwise convolution with
+    padding='SAME', which darkens the border).
 
     Args:
         image: `[H, W, 3]` float32 in `[0, 1]`, with `H, W > kernel_size // 2`.
@@ -236,12 +285,14 @@ def gaussian_blur(image: tf.Tensor, seed: tf.Tensor, *, sigma: tuple[float, floa
     """
     if kernel_size % 2 != 1:
         raise ValueError(f"kernel_size must be odd, got {kernel_size}")
+    if padding not in BLUR_PADDINGS:
+        raise ValueError(f"unknown augment.blur_padding {padding!r}; choose one of {sorted(BLUR_PADDINGS)}")
     weights = _gaussian_kernel(
         tf.random.stateless_uniform([], seed, minval=sigma[0], maxval=sigma[1]), kernel_size)
     pad = kernel_size // 2
     # Channels become the batch so one [k, 1, 1, 1] filter serves all of them.
     planes = tf.transpose(image, [2, 0, 1])[..., None]  # [3, H, W, 1]
-    planes = tf.pad(planes, [[0, 0], [pad, pad], [pad, pad], [0, 0]], mode="REFLECT")
+    planes = tf.pad(planes, [[0, 0], [pad, pad], [pad, pad], [0, 0]], mode=BLUR_PADDINGS[padding])
     planes = tf.nn.conv2d(planes, tf.reshape(weights, [kernel_size, 1, 1, 1]), 1, "VALID")
     planes = tf.nn.conv2d(planes, tf.reshape(weights, [1, kernel_size, 1, 1]), 1, "VALID")
     return tf.clip_by_value(tf.transpose(planes[..., 0], [1, 2, 0]), 0.0, 1.0)
@@ -262,7 +313,8 @@ def augment_view(image: tf.Tensor, seed: tf.Tensor, *, size: int, scale: tuple[f
                  saturation: float, hue: float, grayscale_prob: float, blur_prob: float,
                  blur_sigma: tuple[float, float], blur_kernel_size: int, solarize_prob: float,
                  mean: tuple[float, float, float], std: tuple[float, float, float],
-                 ) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
+                 interpolation: str = "bicubic", antialias: bool = True, jitter_impl: str = "torchvision",
+                 blur_padding: str = "reflect") -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
     """One DINO view: crop, flip, colour jitter, grayscale, blur, solarize, normalise.
 
     Args:
@@ -277,7 +329,7 @@ def augment_view(image: tf.Tensor, seed: tf.Tensor, *, size: int, scale: tuple[f
     (crop_seed, flip_seed, jitter_coin, jitter_seed, gray_seed, blur_coin, blur_seed,
      solarize_seed) = _split(seed, 8)
     view = random_resized_crop(tf.image.convert_image_dtype(image, tf.float32), crop_seed,
-                               size=size, scale=scale)
+                               size=size, scale=scale, interpolation=interpolation, antialias=antialias)
     applied = {
         "flip": _coin(flip_seed, flip_prob),
         "color_jitter": _coin(jitter_coin, jitter_prob),
@@ -288,10 +340,10 @@ def augment_view(image: tf.Tensor, seed: tf.Tensor, *, size: int, scale: tuple[f
     view = _maybe(applied["flip"], tf.image.flip_left_right, view)
     view = _maybe(applied["color_jitter"], functools.partial(
         color_jitter, seed=jitter_seed, brightness=brightness, contrast=contrast,
-        saturation=saturation, hue=hue), view)
+        saturation=saturation, hue=hue, impl=jitter_impl), view)
     view = _maybe(applied["grayscale"], to_grayscale, view)
     view = _maybe(applied["blur"], functools.partial(
-        gaussian_blur, seed=blur_seed, sigma=blur_sigma, kernel_size=blur_kernel_size), view)
+        gaussian_blur, seed=blur_seed, sigma=blur_sigma, kernel_size=blur_kernel_size, padding=blur_padding), view)
     view = _maybe(applied["solarize"], solarize, view)
     view = (view - tf.constant(mean, tf.float32)) / tf.constant(std, tf.float32)
     return view, applied
@@ -309,7 +361,9 @@ def _view_kwargs(cfg: Any, group: str, index: int) -> dict[str, Any]:
         saturation=jitter.saturation, hue=jitter.hue, grayscale_prob=cfg.grayscale_prob,
         blur_prob=cfg.blur_prob[prob_index], blur_sigma=tuple(cfg.blur_sigma),
         blur_kernel_size=cfg.blur_kernel_size, solarize_prob=cfg.solarize_prob[prob_index],
-        mean=tuple(cfg.mean), std=tuple(cfg.std))
+        mean=tuple(cfg.mean), std=tuple(cfg.std), interpolation=cfg.get("interpolation", "bicubic"),
+        antialias=cfg.get("antialias", True), jitter_impl=jitter.get("impl", "torchvision"),
+        blur_padding=cfg.get("blur_padding", "reflect"))
 
 
 def multi_crop(image: tf.Tensor, seed: tf.Tensor,
@@ -326,7 +380,8 @@ def multi_crop(image: tf.Tensor, seed: tf.Tensor,
             `global_crops`/`local_crops` (`number`, `size`, `scale`), `flip_prob`,
             `color_jitter` (`prob`, `brightness`, `contrast`, `saturation`, `hue`),
             `grayscale_prob`, `blur_prob` and `solarize_prob` (3-tuples: global crop 1,
-            global crop 2, local crops), `blur_sigma`, `blur_kernel_size`, `mean`, `std`.
+            global crop 2, local crops), `blur_sigma`, `blur_kernel_size`, `mean`, `std`,
+            and optionally `interpolation`, `antialias`, `color_jitter.impl`, `blur_padding`.
 
     Returns:
         `(views, applied)`: `views["global"]` is `[G, S, S, 3]` and `views["local"]`

@@ -18,7 +18,8 @@ Prototype normalisation: the reference normalises the prototype weights in place
 forward pass. Here they are normalised at init and after every optimiser update
 (`optim.normalize_patterns`, `optim.normalize_columns_after_update`), so the loss, LARS and
 the weight decay see unit-norm prototypes exactly as in the reference, and the step stays pure.
-Freezing them for the first `freeze_prototypes_niters` iterations is `optim.freeze_patterns`.
+Freezing them for the first `freeze_prototypes_niters` iterations is `optim.freeze_patterns` with
+`optim.freeze_steps`.
 """
 from __future__ import annotations
 

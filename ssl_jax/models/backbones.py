@@ -47,5 +47,5 @@ def build_backbone(model_cfg, *, with_drop_path: bool = True, dtype: jnp.dtype =
     if model_cfg.name == "resnet":
         return resnet(model_cfg.depth, cifar_stem=model_cfg.cifar_stem,
                       zero_init_residual=model_cfg.zero_init_residual, width=model_cfg.get("width", 64),
-                      dtype=dtype, remat=remat)
+                      dtype=dtype, remat=remat, conv_init=model_cfg.get("conv_init", "torchvision"))
     raise ValueError(f"unknown config.model.name {model_cfg.name!r}; choose 'vit' or 'resnet'")
