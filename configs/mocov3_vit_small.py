@@ -5,7 +5,13 @@
     python -m ssl_jax.main --config=configs/mocov3_vit_small.py:smoke --workdir=DIR      # seconds, tiny shapes
 
 Defaults are the ViT-Small recipe of facebookresearch/moco-v3 (CONFIG.md, `main_moco.py`
-flags cited as `--flag`).
+flags cited as `--flag`); docs/fidelity/mocov3_vit_small.md audits every field. Deliberate
+differences, shared with the other recipes: bfloat16 compute (`compute_dtype`) instead of
+float16 autocast + GradScaler (bfloat16 needs no loss scaling); the warm-up reaches the peak
+lr one step earlier (DINO's `cosine_scheduler`, ssl_jax/optim.py); crops are resized bicubic,
+not torchvision's default bilinear, and blurred with an exact 23-tap Gaussian, not PIL's
+GaussianBlur (the shared augmentation ops); linear evaluation runs `linear_dino` with MoCo
+v3's settings (see the fidelity table).
 """
 from __future__ import annotations
 
