@@ -30,11 +30,15 @@ XAVIER = lambda fan_in, fan_out: ("uniform", math.sqrt(6 / (fan_in + fan_out))) 
 N02 = ("normal", 0.02)
 
 
-def dino_like(cls=N02, registers=None, **overrides):
+def dino_like(cls=N02, pos=N02, registers=None, **overrides):
     """DINO's VisionTransformer: Linear trunc_normal(.02) bias 0, LayerNorm 1 / 0, cls and pos
-    trunc_normal(.02), the patch Conv2d left at PyTorch's default (weight and bias)."""
-    want = {"patch_embed/kernel": TORCH_DEFAULT, "patch_embed/bias": TORCH_DEFAULT, "cls_token": cls,
-            "pos_embed": N02, "norm/scale": ("const", 1.0), "norm/bias": ("const", 0.0)}
+    trunc_normal(.02), the patch Conv2d left at PyTorch's default (weight and bias). cls, pos,
+    registers None: the model has no such parameter."""
+    want = {"patch_embed/kernel": TORCH_DEFAULT, "patch_embed/bias": TORCH_DEFAULT,
+            "norm/scale": ("const", 1.0), "norm/bias": ("const", 0.0)}
+    for name, spec in (("cls_token", cls), ("pos_embed", pos), ("register_tokens", registers)):
+        if spec:
+            want[name] = spec
     for layer in range(1, DEPTH + 1):
         for name in ("attn/qkv", "attn/proj", "fc1", "fc2"):
             want[f"blocks_{layer - 1}/{name}/kernel"] = N02
@@ -42,8 +46,6 @@ def dino_like(cls=N02, registers=None, **overrides):
         for name in ("norm1", "norm2"):
             want[f"blocks_{layer - 1}/{name}/scale"] = ("const", 1.0)
             want[f"blocks_{layer - 1}/{name}/bias"] = ("const", 0.0)
-    if registers:
-        want["register_tokens"] = registers
     want.update(overrides)
     return want
 
@@ -74,27 +76,23 @@ CASES = {
     # MAE initialize_weights: xavier_uniform on every Linear (qkv as one [3D, D] matrix) and on the
     # patch weight viewed [D, 3 p p]; its bias keeps Conv2d's default; cls normal(.02); fixed sin-cos.
     "mae": ({"pos_embed": "sincos"},
-            {**dino_like(**per_block(lambda l, n: xavier_block(l, n, 3 * D))),
+            {**dino_like(pos=None, **per_block(lambda l, n: xavier_block(l, n, 3 * D))),
              "patch_embed/kernel": XAVIER(FAN_PATCH, D)}),
     # MoCo v3 vits.py: qkv uniform(+-sqrt(6 / (3D/3 + D))), other Linears xavier_uniform, bias 0;
     # patch weight uniform(+-sqrt(6 / (3 p p + D))) (~0.072), bias 0; cls normal(1e-6).
     "mocov3": ({"pos_embed": "sincos", "num_heads": 12},
-               {**dino_like(cls=("normal", 1e-6), **per_block(lambda l, n: xavier_block(l, n, D))),
+               {**dino_like(cls=("normal", 1e-6), pos=None, **per_block(lambda l, n: xavier_block(l, n, D))),
                 "patch_embed/kernel": ("uniform", math.sqrt(6 / (3 * P * P + D))),
                 "patch_embed/bias": ("const", 0.0)}),
     # I-JEPA: trunc_normal(.02) on Linear and Conv2d, biases 0, fix_init_weight; no [CLS].
     "ijepa": ({"pos_embed": "sincos", "class_token": False},
-              {**dino_like(**per_block(beit_block)), "patch_embed/kernel": N02,
+              {**dino_like(cls=None, pos=None, **per_block(beit_block)), "patch_embed/kernel": N02,
                "patch_embed/bias": ("const", 0.0)}),
     # SimMIM (BEiT): the same, with cls and pos trunc_normal(.02) and the mask token trunc_normal(.02).
     "simmim": ({"mask_token": "trunc_normal"},
                {**dino_like(**per_block(beit_block)), "patch_embed/kernel": N02,
                 "patch_embed/bias": ("const", 0.0), "mask_token": N02}),
 }
-CASES["ijepa"][1].pop("cls_token")
-CASES["ijepa"][1].pop("pos_embed")
-CASES["mae"][1].pop("pos_embed")
-CASES["mocov3"][1].pop("pos_embed")
 
 
 def check(path, value, spec):

@@ -112,6 +112,7 @@ def vit_init(name: str) -> ViTInit:
         raise UserError(f"unknown ViT init {name!r} (config.model.init); choose one of {sorted(VIT_INITS)}")
     return VIT_INITS[name]
 
+
 VIT_SIZES = {
     # name: (embed_dim, depth, num_heads), as in DINO's vit_tiny/small/base.
     "tiny": (192, 12, 3),
