@@ -125,6 +125,34 @@ def test_vit_init_matches_the_reference_formulas(scheme):
         check(path, got[path], spec)
 
 
+def flat_params(module, *inputs):
+    params = jax.jit(module.init)(jax.random.key(1), *inputs)["params"]
+    return {"/".join(k): v for k, v in flax.traverse_util.flatten_dict(params).items()}
+
+
+def test_mae_decoder_and_ijepa_predictor_follow_their_references():
+    """MAE `_init_weights` covers the decoder (xavier-uniform Linears, decoder width 512); I-JEPA's
+    `VisionTransformerPredictor` has trunc_normal(.02) Linears and its own `fix_init_weight`."""
+    from ssl_jax.models.mim_heads import JEPAPredictor, MAEDecoder
+
+    e = 512
+    got = flat_params(MAEDecoder(grid_hw=(2, 2), patch_dim=FAN_PATCH, embed_dim=e, depth=DEPTH, num_heads=16),
+                      jnp.zeros((1, 2, D)), jnp.arange(4)[None])
+    fans = {"attn/qkv": (e, 3 * e), "attn/proj": (e, e), "fc1": (e, 4 * e), "fc2": (4 * e, e)}
+    want = {"decoder_embed/kernel": XAVIER(D, e), "decoder_pred/kernel": XAVIER(e, FAN_PATCH), "mask_token": N02}
+    want.update({f"decoder_blocks_{i}/{name}/kernel": XAVIER(*fan) for i in range(DEPTH) for name, fan in fans.items()})
+    for path, spec in want.items():
+        check(path, got[path], spec)
+
+    got = flat_params(JEPAPredictor(grid_hw=(2, 2), out_dim=D, embed_dim=D, depth=DEPTH, num_heads=12),
+                      jnp.zeros((1, 1, D)), jnp.zeros((1, 1), int), jnp.ones((1, 1), bool), jnp.ones((1, 1, 1), int),
+                      jnp.ones((1, 1, 1), bool))
+    want = {"predictor_embed/kernel": N02, "predictor_proj/kernel": N02, "mask_token": N02}
+    want.update({k.replace("blocks_", "predictor_blocks_"): v for k, v in per_block(beit_block).items()})
+    for path, spec in want.items():
+        check(path, got[path], spec)
+
+
 def np_mae_sincos(grid, dim):
     """MAE util/pos_embed.py get_2d_sincos_pos_embed(dim, grid, cls_token=True) (I-JEPA's is the same)."""
     grid_w, grid_h = np.arange(grid, dtype=float), np.arange(grid, dtype=float)
