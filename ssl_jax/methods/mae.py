@@ -11,10 +11,8 @@ Reproduces facebookresearch/mae `models_mae.py` (`forward_encoder`, `forward_dec
 with fixed sin-cos position embeddings run on the gathered visible tokens (`keep`), so
 its cost is ~(1 - mask_ratio) of a full pass. No teacher, no method state.
 
-Known differences from the reference: linear layers use the repo ViT's truncated-normal(0.02)
-init (MAE: xavier-uniform), and the sin-cos channels are ordered (row, column) where MAE
-orders them (column, row), a fixed permutation of the embedding that does not matter when
-training from scratch.
+The encoder (`model.init = "mae"`) and the decoder follow `initialize_weights`: xavier-uniform
+Linears and patch projection, sin-cos channels ordered (column, row) as `get_2d_sincos_pos_embed`.
 """
 from __future__ import annotations
 

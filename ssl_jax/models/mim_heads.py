@@ -8,8 +8,10 @@
   positions, one mask token + position per target patch, 6 blocks, LayerNorm, a linear map
   back to the encoder width; one pass per target block.
 
-Both reuse `ssl_jax.models.vit.Block` (pre-norm, LayerNorm eps 1e-6, qkv bias, exact GELU,
-truncated-normal(0.02) linears). Padding tokens of static-size index lists are excluded
+Both reuse `ssl_jax.models.vit.Block` (pre-norm, LayerNorm eps 1e-6, qkv bias, exact GELU)
+with their reference's init (`vit.VIT_INITS`): the decoder's Linears xavier-uniform (MAE's
+`_init_weights` covers the whole model), the predictor's trunc_normal(.02) with
+`fix_init_weight` over its own blocks. Padding tokens of static-size index lists are excluded
 from attention with the blocks' `kv_mask`.
 """
 from __future__ import annotations
@@ -20,16 +22,17 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from ssl_jax.models.vit import Block, sincos_pos_embed, trunc_normal
+from ssl_jax.models.vit import Block, sincos_pos_embed, trunc_normal, xavier_uniform
 
 
 def run_blocks(x: jax.Array, *, depth: int, num_heads: int, mlp_ratio: float, dtype, remat: bool, prefix: str,
-               kv_mask: Optional[jax.Array] = None) -> jax.Array:
+               init_scheme: str, kv_mask: Optional[jax.Array] = None) -> jax.Array:
     """`depth` ViT blocks named `{prefix}_{i}` in the calling module, then LayerNorm
     `{prefix}_norm`: [B, T, D] -> [B, T, D]. Call from inside a compact method."""
     block = nn.remat(Block, static_argnums=(2,)) if remat else Block
     for i in range(depth):
-        x, _ = block(num_heads, mlp_ratio, 0.0, dtype, name=f"{prefix}_{i}")(x, True, kv_mask)
+        x, _ = block(num_heads, mlp_ratio, 0.0, dtype, init_scheme=init_scheme, layer=i + 1,
+                     name=f"{prefix}_{i}")(x, True, kv_mask)
     return nn.LayerNorm(1e-6, dtype=dtype, name=f"{prefix}_norm")(x)
 
 
@@ -58,13 +61,13 @@ class MAEDecoder(nn.Module):
 
     @nn.compact
     def __call__(self, latent: jax.Array, restore: jax.Array) -> jax.Array:
-        x = nn.Dense(self.embed_dim, kernel_init=trunc_normal, dtype=self.dtype, name="decoder_embed")(latent)
+        x = nn.Dense(self.embed_dim, kernel_init=xavier_uniform, dtype=self.dtype, name="decoder_embed")(latent)
         mask_token = self.param("mask_token", nn.initializers.normal(0.02), (1, 1, self.embed_dim))
         x = jnp.concatenate([x[:, :1], unshuffle(x[:, 1:], mask_token, restore)], axis=1)
-        x = x + sincos_pos_embed(self.grid_hw, self.embed_dim).astype(x.dtype)
+        x = x + sincos_pos_embed(self.grid_hw, self.embed_dim, width_first=True).astype(x.dtype)  # column first
         x = run_blocks(x, depth=self.depth, num_heads=self.num_heads, mlp_ratio=self.mlp_ratio, dtype=self.dtype,
-                       remat=self.remat, prefix="decoder_blocks")
-        x = nn.Dense(self.patch_dim, kernel_init=trunc_normal, dtype=self.dtype, name="decoder_pred")(x)
+                       remat=self.remat, prefix="decoder_blocks", init_scheme="mae")
+        x = nn.Dense(self.patch_dim, kernel_init=xavier_uniform, dtype=self.dtype, name="decoder_pred")(x)
         return x[:, 1:]
 
 
@@ -89,7 +92,7 @@ class JEPAPredictor(nn.Module):
                  targets_idx: jax.Array, targets_valid: jax.Array) -> jax.Array:
         batch, num_ctx, _ = context.shape
         _, num_targets, num_tgt = targets_idx.shape
-        pos = sincos_pos_embed(self.grid_hw, self.embed_dim)[0, 1:]  # [N, E] (no [CLS] slot)
+        pos = sincos_pos_embed(self.grid_hw, self.embed_dim, width_first=True)[0, 1:]  # [N, E], column first
         x = nn.Dense(self.embed_dim, kernel_init=trunc_normal, dtype=self.dtype, name="predictor_embed")(context)
         x = x + pos[context_idx].astype(x.dtype)
         mask_token = self.param("mask_token", trunc_normal, (1, 1, 1, self.embed_dim))
@@ -99,6 +102,6 @@ class JEPAPredictor(nn.Module):
         valid = jnp.concatenate([jnp.broadcast_to(context_valid[:, None], (batch, num_targets, num_ctx)),
                                  targets_valid], axis=2).reshape(batch * num_targets, num_ctx + num_tgt)
         x = run_blocks(x, depth=self.depth, num_heads=self.num_heads, mlp_ratio=self.mlp_ratio, dtype=self.dtype,
-                       remat=self.remat, prefix="predictor_blocks", kv_mask=valid)
+                       remat=self.remat, prefix="predictor_blocks", init_scheme="ijepa", kv_mask=valid)
         x = nn.Dense(self.out_dim, kernel_init=trunc_normal, dtype=self.dtype, name="predictor_proj")(x[:, num_ctx:])
         return x.reshape(batch, num_targets, num_tgt, self.out_dim)
