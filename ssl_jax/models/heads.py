@@ -178,7 +178,8 @@ class ProjectionMLP(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         if self.init_scheme not in LINEAR_INITS:
-            raise ValueError(f"unknown MLP init {self.init_scheme!r}; choose one of {sorted(LINEAR_INITS)}")
+            raise ValueError(f"unknown projector/predictor init {self.init_scheme!r} (method.projector.init, "
+                             f"method.predictor.init); choose one of {sorted(LINEAR_INITS)}")
         kernel_init = LINEAR_INITS[self.init_scheme]
         norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9, epsilon=1e-5,
                                  dtype=self.dtype)
