@@ -27,9 +27,11 @@ def imagenet_config() -> ml_collections.ConfigDict:
 
     c.method = ml_collections.ConfigDict()
     c.method.name = "byol"
-    # Linear(4096) -> BN -> ReLU -> Linear(256), haiku's default init; same shape for the predictor.
-    c.method.projector = base.mlp(4096, 256, 2, init="haiku")
-    c.method.predictor = base.mlp(4096, 256, 2, init="haiku")
+    # byol/utils/networks.py `MLP`: Linear(4096) -> BN(decay .9, eps 1e-5) -> ReLU -> Linear(256,
+    # with_bias=False), haiku.Linear's default init (byol_experiment.py `_forward`: projector 4096 -> 256,
+    # predictor 4096 -> 256, configs/byol.py network_config). The first Linear's bias there is cancelled by the BN.
+    c.method.projector = base.mlp(4096, 256, 2, last_bias=False, init="haiku")
+    c.method.predictor = base.mlp(4096, 256, 2, last_bias=False, init="haiku")
 
     c.optim = ml_collections.ConfigDict()
     c.optim.name = "lars"

@@ -40,10 +40,11 @@ def imagenet_config() -> ml_collections.ConfigDict:
     c.method = ml_collections.ConfigDict()
     c.method.name = "mocov3"
     c.method.temperature = 0.2  # --moco-t=.2
-    # ViT: a 3-layer projector, 2-layer predictor (_build_projector_and_predictor_mlps),
-    # Linear without bias -> BN -> ReLU, the projector's last BN without affine parameters.
+    # moco/builder.py `MoCo_ViT._build_projector_and_predictor_mlps`: projector _build_mlp(3, ...), predictor
+    # _build_mlp(2, ...), both with last_bn=True: Linear(bias=False) -> BN -> ReLU, the last Linear(bias=False)
+    # followed by BatchNorm1d(affine=False); torch.nn.Linear's default init (built after vits.py's init).
     c.method.projector = base.mlp(4096, 256, 3, last_bn=True)  # --moco-mlp-dim 4096, --moco-dim 256
-    c.method.predictor = base.mlp(4096, 256, 2, last_bias=False)
+    c.method.predictor = base.mlp(4096, 256, 2, last_bn=True)
 
     c.optim = ml_collections.ConfigDict()
     c.optim.name = "adamw"  # --optimizer=adamw

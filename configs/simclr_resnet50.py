@@ -29,8 +29,9 @@ def imagenet_config() -> ml_collections.ConfigDict:
     c.method = ml_collections.ConfigDict()
     c.method.name = "simclr"
     c.method.temperature = 0.1  # --temperature
-    # v1: Linear(2048) -> BN -> ReLU -> Linear(128) -> BN (scale, no shift); N(0, 0.01) init
-    # (`linear_layer` of the reference; a Linear before a BN has no bias there either).
+    # model_util.py `projection_head` ('nonlinear', 2 layers = v1): Linear(2048) -> BN -> ReLU -> Linear(128)
+    # -> BN with a scale but no shift (`batch_norm_relu(center=use_bias=False)`); `linear_layer`: dense
+    # N(0, 0.01) init, no bias before a BN; resnet.py BN eps 1e-5, --batch_norm_decay 0.9.
     c.method.projector = base.mlp(2048, 128, 2, last_bn=True, last_bn_scale=True, init="normal_0.01")
 
     c.optim = ml_collections.ConfigDict()

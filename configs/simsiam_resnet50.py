@@ -26,9 +26,10 @@ def imagenet_config() -> ml_collections.ConfigDict:
 
     c.method = ml_collections.ConfigDict()
     c.method.name = "simsiam"
-    # 3 x Linear(2048), BN after each, the last BN without affine parameters.
+    # simsiam/builder.py: 3 x Linear(2048, bias=False), BN after each, the last BatchNorm1d(affine=False)
+    # (the last Linear is torchvision's fc with its bias frozen, cancelled by that BN); torch.nn.Linear's init.
     c.method.projector = base.mlp(2048, 2048, 3, last_bn=True)  # --dim 2048
-    # Linear(512) -> BN -> ReLU -> Linear(2048) with bias: the bottleneck predictor.
+    # Linear(512, bias=False) -> BN -> ReLU -> Linear(2048) with a (torch-initialised) bias: the predictor.
     c.method.predictor = base.mlp(512, 2048, 2, last_bias=True)  # --pred-dim 512
 
     c.optim = ml_collections.ConfigDict()

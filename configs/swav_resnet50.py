@@ -27,8 +27,9 @@ def imagenet_config() -> ml_collections.ConfigDict:
 
     c.method = ml_collections.ConfigDict()
     c.method.name = "swav"
-    # projection_head: Linear(2048, hidden_mlp) -> BatchNorm1d -> ReLU -> Linear(hidden_mlp, feat_dim)
-    # (--hidden_mlp 2048, --feat_dim 128; the Linear before the BN has a bias there, which the BN cancels).
+    # src/resnet50.py projection_head: Linear(2048, hidden_mlp) -> BatchNorm1d -> ReLU -> Linear(hidden_mlp,
+    # feat_dim) (--hidden_mlp 2048, --feat_dim 128; the Linear before the BN has a bias there, which the BN
+    # cancels); torch.nn.Linear's default init, bias included (the init loop only touches convs and BatchNorm2d).
     c.method.projector = base.mlp(2048, 128, 2, last_bias=True, init="torch")
     c.method.num_prototypes = 3000  # --nmb_prototypes 3000
     c.method.temperature = 0.1  # --temperature 0.1

@@ -101,14 +101,17 @@ def sinkhorn_knopp(teacher_logits: jax.Array, temperature: jax.Array, num_iters:
     each receive M / K in total: Q = exp(t / tau), normalised to sum 1, then `num_iters`
     times: each prototype's row (of Q^T) to 1/K, each sample to 1/M; finally x M.
     `weights` [M] (0/1) leaves some rows out (padding, unmasked patches): they get Q = 0 and
-    M is their count (the reference's all-reduced `n_masked_patches`). The global max is
-    subtracted before exp (the first normalisation cancels it), so large logits / small
-    temperatures do not overflow.
+    M is their count (the reference's all-reduced `n_masked_patches`).
+
+    Each prototype's own maximum (over the rows kept) is subtracted before exp: the first
+    per-prototype normalisation cancels it exactly, so the result is the reference's, but no
+    column can underflow to all zeros in float32 (with one global maximum, a prototype whose
+    best logit lay more than ~104 x tau below it gave 0 / 0 = NaN) nor overflow.
     """
     logits = teacher_logits.astype(jnp.float32) / temperature
     valid = jnp.ones(logits.shape[:1], bool) if weights is None else weights.astype(bool)
     logits = jnp.where(valid[:, None], logits, -jnp.inf)
-    q = jnp.exp(logits - jnp.max(logits))  # [M, K]; 0 on left-out rows
+    q = jnp.exp(logits - jnp.max(logits, axis=0, keepdims=True))  # [M, K]; 0 on left-out rows
     num_samples = jnp.maximum(jnp.sum(valid.astype(jnp.float32)), 1.0)
     num_prototypes = logits.shape[1]
     q = q / jnp.sum(q)

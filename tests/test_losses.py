@@ -1,5 +1,6 @@
 """Tests for ssl_jax.losses: DINO's cross-view loss, teacher centring/sharpening,
-the centre EMA and the entropy metric.
+the centre EMA, the entropy metric and Sinkhorn-Knopp (against dinov2's
+`sinkhorn_knopp_teacher`, float64).
 
 References are float64 numpy re-implementations of facebookresearch/dino's
 `DINOLoss.forward` / `DINOLoss.update_center` (main_dino.py), written here from the
@@ -244,3 +245,34 @@ def test_mean_entropy_averages_per_distribution_entropies():
     probs = np_softmax(2.0 * rng.randn(4, 3, 9))
     want = np.mean(-np.sum(probs * np.log(probs), axis=-1))
     np.testing.assert_allclose(float(losses.mean_entropy(jnp.asarray(probs, jnp.float32))), want, rtol=1e-5)
+
+
+# ----------------------------------------------------------------------------- Sinkhorn-Knopp
+
+def np_sinkhorn_knopp_teacher(teacher_output: np.ndarray, teacher_temp: float, n_iterations: int) -> np.ndarray:
+    """dinov2/loss/dino_clstoken_loss.py `sinkhorn_knopp_teacher` (= swav main_swav.py
+    `distributed_sinkhorn`) on one process, in float64 and without any max subtraction
+    (exp(+-300) is representable in float64)."""
+    q = np.exp(np.asarray(teacher_output, np.float64) / teacher_temp).T  # [K, B]
+    num_prototypes, batch = q.shape
+    q /= q.sum()
+    for _ in range(n_iterations):
+        q /= q.sum(axis=1, keepdims=True)
+        q /= num_prototypes
+        q /= q.sum(axis=0, keepdims=True)
+        q /= batch
+    return (q * batch).T
+
+
+def test_sinkhorn_knopp_is_finite_and_exact_when_prototypes_lie_300_tau_apart():
+    """Prototypes whose logits sit up to 300 tau below (or above) the others: a dead prototype's
+    column must not underflow to 0 / 0. Each prototype gets a constant offset in [-300, 300] tau
+    plus moderate per-sample noise; the float64 reference needs no max subtraction at that range."""
+    rng = np.random.RandomState(11)
+    temperature = 0.05
+    offsets = np.linspace(-300.0, 300.0, 6) * temperature  # [K]
+    logits = (offsets[None, :] + rng.randn(16, 6) * 2 * temperature).astype(np.float32)  # [M, K]
+    for iters in (3, 50):
+        q = np.asarray(losses.sinkhorn_knopp(jnp.asarray(logits), temperature, iters))
+        assert np.all(np.isfinite(q))
+        np.testing.assert_allclose(q, np_sinkhorn_knopp_teacher(logits, temperature, iters), rtol=1e-4, atol=1e-6)

@@ -3,7 +3,10 @@
 `DINOHead` is DINO's `DINOHead`: an MLP (Linear-GELU x (nlayers-1), then a linear
 bottleneck), L2 normalisation, and a weight-normalised linear layer without bias
 whose norm `g` is fixed to 1 when `norm_last_layer` (the reference sets
-`weight_g.requires_grad = False`). The weight-normalised layer is computed as
+`weight_g.requires_grad = False`). Init as in DINO, iBOT and DINOv2 alike: the MLP's
+Linears N(0, 0.02) with zero biases (`_init_weights`); the last layer is built after
+`self.apply(self._init_weights)`, so its direction `v` keeps torch.nn.Linear's default,
+U(-1/sqrt(D_in), 1/sqrt(D_in)), and `g` starts at 1. The weight-normalised layer is computed as
 `(x @ v) * g / ||v||`, normalising after the matmul: numerically the same as
 `x @ (g * v / ||v||)` but it never materialises a second [bottleneck, out_dim]
 matrix, which made the 65536-wide layer ~2.4x slower on CPU.
@@ -14,13 +17,44 @@ parameters stay float32 and the losses cast the outputs to float32.
 from __future__ import annotations
 
 import functools
+import math
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from ssl_jax.losses import l2_normalize
-from ssl_jax.models.vit import gelu, trunc_normal
+from ssl_jax.models.vit import gelu
+
+
+def haiku_linear_kernel_init(key: jax.Array, shape: tuple[int, ...], dtype=jnp.float32) -> jax.Array:
+    """haiku.Linear's default kernel init, `TruncatedNormal(stddev=1 / sqrt(fan_in))`: a standard
+    normal cut at +-2, times the stddev (haiku does not rescale for the cut, so the std is
+    0.880 / sqrt(fan_in); flax's variance_scaling 'truncated_normal' would give 1 / sqrt(fan_in))."""
+    return jax.random.truncated_normal(key, -2.0, 2.0, shape, dtype) / math.sqrt(shape[0])
+
+
+LINEAR_INITS = {
+    # torch.nn.Linear's default kaiming_uniform(a=sqrt(5)): U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
+    # MoCo v3, SimSiam, SwAV, the DINO-family last layer.
+    "torch": nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform"),
+    # haiku.Linear's default: BYOL.
+    "haiku": haiku_linear_kernel_init,
+    # SimCLR's dense layers: tf.random_normal_initializer(stddev=.01).
+    "normal_0.01": nn.initializers.normal(0.01),
+    # DINO/iBOT/DINOv2 `_init_weights`: trunc_normal_(std=.02), cut at +-2 in absolute value,
+    # i.e. +-100 std: a normal (flax's truncated_normal(.02) cuts at +-2 std, std 0.0176).
+    "normal_0.02": nn.initializers.normal(0.02),
+}
+
+
+def linear_bias_init(scheme: str, fan_in: int) -> nn.initializers.Initializer:
+    """The bias init that goes with a LINEAR_INITS kernel init: torch.nn.Linear's default
+    U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for 'torch'; zeros for haiku, TF and DINO's `_init_weights`."""
+    if scheme != "torch":
+        return nn.initializers.zeros
+    bound = 1 / math.sqrt(fan_in)
+    return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound, bound)
 
 
 def column_sum(m: jax.Array) -> jax.Array:
@@ -34,9 +68,9 @@ def column_sum(m: jax.Array) -> jax.Array:
 class WeightNormDense(nn.Module):
     """Bias-free weight-normalised linear layer, `torch.nn.utils.weight_norm(Linear)`.
 
-    Params: `v` [D_in, D_out] (direction) and, unless `fix_norm`, `g` [1, D_out]
-    initialised to 1: 2-D like PyTorch's `weight_g` [D_out, 1], so it gets weight decay
-    as in DINO's `get_params_groups`. x: [..., D_in] -> [..., D_out].
+    Params: `v` [D_in, D_out] (direction), torch.nn.Linear's default init, and, unless
+    `fix_norm`, `g` [1, D_out] initialised to 1: 2-D like PyTorch's `weight_g` [D_out, 1],
+    so it gets weight decay as in DINO's `get_params_groups`. x: [..., D_in] -> [..., D_out].
     """
 
     features: int
@@ -44,7 +78,7 @@ class WeightNormDense(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        v = self.param("v", trunc_normal, (x.shape[-1], self.features))
+        v = self.param("v", LINEAR_INITS["torch"], (x.shape[-1], self.features))
         inv_norm = jax.lax.rsqrt(column_sum(jnp.square(v.astype(jnp.float32))))
         out = (x @ v.astype(x.dtype)) * inv_norm.astype(x.dtype)
         if not self.fix_norm:
@@ -53,7 +87,8 @@ class WeightNormDense(nn.Module):
 
 
 class MLP(nn.Module):
-    """Linear layers with GELU between them: dims[0] -> ... -> dims[-1], no act. after the last."""
+    """Linear layers with GELU between them: dims[0] -> ... -> dims[-1], no act. after the last.
+    Kernels N(0, 0.02), biases 0 (DINO's `_init_weights`). x: [..., D] -> [..., dims[-1]]."""
 
     dims: tuple[int, ...]
     dtype: jnp.dtype = jnp.float32
@@ -61,7 +96,7 @@ class MLP(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         for i, dim in enumerate(self.dims):
-            x = nn.Dense(dim, kernel_init=trunc_normal, dtype=self.dtype, name=f"mlp_{i}")(x)
+            x = nn.Dense(dim, kernel_init=LINEAR_INITS["normal_0.02"], dtype=self.dtype, name=f"mlp_{i}")(x)
             if i < len(self.dims) - 1:
                 x = gelu(x)
         return x
@@ -116,26 +151,19 @@ class IBOTHead(nn.Module):
         return last(l2_normalize(mlp(cls))), last2(l2_normalize(mlp(patches)))
 
 
-LINEAR_INITS = {
-    # torch.nn.Linear's default (kaiming_uniform, a=sqrt(5)): MoCo v3, SimSiam.
-    "torch": nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform"),
-    # haiku.Linear's default (truncated normal, std 1/sqrt(fan_in)): BYOL.
-    "haiku": nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal"),
-    # SimCLR's TF dense layers: normal(0, 0.01).
-    "normal_0.01": nn.initializers.normal(0.01),
-}
-
-
 class ProjectionMLP(nn.Module):
-    """The projector / predictor MLP of SimCLR, BYOL, MoCo v3 and SimSiam. x: [B, D] -> [B, out_dim].
+    """The projector / predictor MLP of SimCLR, BYOL, MoCo v3, SimSiam and SwAV. x: [B, D] -> [B, out_dim].
 
     (num_layers - 1) x [Linear(hidden_dim) -> BatchNorm -> ReLU], then Linear(out_dim),
     optionally followed by a BatchNorm (`last_bn`) whose scale is learned only with
-    `last_bn_scale` (SimCLR v2) and that has no shift (SimCLR, MoCo v3 and SimSiam
+    `last_bn_scale` (SimCLR) and that has no shift (SimCLR, MoCo v3 and SimSiam
     all drop it). A Linear followed by BatchNorm has no bias: BatchNorm's mean
-    subtraction cancels it, so it would get a zero gradient. Without a last BN the
-    last Linear has a bias iff `last_bias` (BYOL, SimSiam's predictor: yes; MoCo v3: no).
-    BatchNorm statistics are over the global batch (see `ssl_jax.models.resnet`).
+    subtraction cancels it exactly (BYOL's and SwAV's first Linear have one, which never
+    changes the output and gets a zero gradient). Without a last BN the last Linear has a
+    bias iff `last_bias` (SimSiam's predictor, SwAV: yes; BYOL, MoCo v3 ResNet predictor: no).
+    `init_scheme` names the kernel init (LINEAR_INITS) and its bias init (`linear_bias_init`).
+    BatchNorm: momentum 0.9 (torch 0.1, haiku/TF decay 0.9), eps 1e-5, as in every reference;
+    statistics over the global batch (see `ssl_jax.models.resnet`).
     """
 
     hidden_dim: int
@@ -150,7 +178,8 @@ class ProjectionMLP(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         if self.init_scheme not in LINEAR_INITS:
-            raise ValueError(f"unknown MLP init {self.init_scheme!r}; choose one of {sorted(LINEAR_INITS)}")
+            raise ValueError(f"unknown projector/predictor init {self.init_scheme!r} (method.projector.init, "
+                             f"method.predictor.init); choose one of {sorted(LINEAR_INITS)}")
         kernel_init = LINEAR_INITS[self.init_scheme]
         norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9, epsilon=1e-5,
                                  dtype=self.dtype)
@@ -160,7 +189,8 @@ class ProjectionMLP(nn.Module):
             x = nn.relu(norm(name=f"bn_{i}")(x))
         last = self.num_layers - 1
         x = nn.Dense(self.out_dim, use_bias=self.last_bias and not self.last_bn, kernel_init=kernel_init,
-                     dtype=self.dtype, name=f"linear_{last}")(x)
+                     bias_init=linear_bias_init(self.init_scheme, x.shape[-1]), dtype=self.dtype,
+                     name=f"linear_{last}")(x)
         if self.last_bn:
             x = norm(use_scale=self.last_bn_scale, use_bias=False, name=f"bn_{last}")(x)
         return x
