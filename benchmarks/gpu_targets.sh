@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 7's GPU targets in one run: DINO ViT-S/16 and MAE ViT-B/16 at the papers' per-GPU batch
+# The GPU speed targets in one run: DINO ViT-S/16 and MAE ViT-B/16 at the papers' per-GPU batch
 # (64: DINO's 1024 over 16 GPUs, MAE's 4096 over 64) in bfloat16 (the configs' compute dtype),
 # ssl_jax's step beside the PyTorch reference under AMP when torch, timm and lightly are
 # installed (`pip install -e '.[bench]'`), else ssl_jax alone. "of peak" is then the

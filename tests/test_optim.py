@@ -335,7 +335,7 @@ def test_build_optimizer_rejects_unknown_optimizer():
         optim.build_optimizer(cfg, optim.build_schedules(cfg, 10, 2, 256), params, 2)
 
 
-# ----------------------------------------------------------------------------- LARS and SGD (issue 3 methods)
+# ----------------------------------------------------------------------------- LARS and SGD (SimCLR, BYOL, SimSiam)
 
 def _two_view_params(rng: np.random.RandomState) -> dict:
     """A parameter tree shaped like a contrastive method's: backbone conv + BN, projector, predictor."""

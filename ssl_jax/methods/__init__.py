@@ -24,7 +24,7 @@ METHODS = {"dino": DINO, "simclr": SimCLR, "byol": BYOL, "mocov3": MoCoV3, "sims
 # Masked image modelling: one view, masks drawn inside the step (ssl_jax/masks.py).
 METHODS.update({"mae": MAE, "simmim": SimMIM, "ijepa": IJEPA})
 
-# Clustering and pretext tasks (issue 9).
+# Clustering, pretext tasks and semi-supervised clustering.
 METHODS.update({"swav": SwAV, "rotation": Rotation, "mp3": MP3,
                 "instance": InstanceDiscrimination, "suave": Suave, "daino": Daino,
                 "sit": SiT})
