@@ -88,6 +88,7 @@ def check_names(config) -> None:
     """The method, model, compute dtype, optimiser, schedule and dataset names the code dispatches on."""
     from ssl_jax.methods import METHODS
     from ssl_jax.models.backbones import COMPUTE_DTYPES
+    from ssl_jax.models.heads import LINEAR_INITS
     from ssl_jax.optim import OPTIMIZERS
 
     check_known(config, "method.name", METHODS)
@@ -97,6 +98,9 @@ def check_names(config) -> None:
     check_known(config, "optim.lr_schedule", LR_SCHEDULES)
     check_known(config, "optim.lr_scaling", LR_SCALINGS)
     check_known(config, "optim.teacher_momentum_schedule", MOMENTUM_SCHEDULES)
+    for name, section in config.method.items():  # the projector / predictor MLPs (heads.projection_mlp)
+        if isinstance(section, ml_collections.ConfigDict) and "init" in section:
+            check_known(config, f"method.{name}.init", LINEAR_INITS)
     name = config.dataset.name
     if name != "folder":
         import tensorflow_datasets as tfds

@@ -61,6 +61,14 @@ def test_teacher_momentum_is_required_exactly_for_an_ema_teacher():
         config_check.validate(simclr)
 
 
+def test_unknown_mlp_init_names_its_section():
+    simclr = load_config("simclr_resnet50", "smoke")
+    simclr.method.projector.init = "kaiming"
+    with pytest.raises(UserError, match=r"^config.method.projector.init='kaiming' is not one of .* set e.g. "
+                                        r"--config.method.projector.init="):
+        config_check.validate(simclr)
+
+
 def test_every_preset_validates():
     presets = {"": None, "cifar10": None, "smoke": None}
     for path in glob.glob(os.path.join(REPO, "configs", "*.py")):
