@@ -33,7 +33,6 @@ CROP_SCALES = ("augment.global_crops.scale", "augment.local_crops.scale")
 LR_SCHEDULES = ("cosine", "multistep")
 LR_SCALINGS = ("linear", "sqrt")
 MOMENTUM_SCHEDULES = ("cosine", "linear")
-MODELS = ("vit", "resnet")
 _MISSING = object()
 
 
@@ -51,11 +50,17 @@ def fail(path: str, value, requirement: str, example) -> None:
     raise UserError(f"config.{path}={value!r} {requirement}; set e.g. --config.{path}={example}")
 
 
-def check_known(config, path: str, known, default=_MISSING) -> None:
+def check_known(config, path: str, known) -> None:
     value = lookup(config, path)
-    value = default if value is _MISSING else value
     if value is not _MISSING and value not in known:
         fail(path, value, f"is not one of {sorted(known)}", sorted(known)[0])
+
+
+def clip_unit(value):
+    """`value` (a number or a tuple of numbers) clipped to [0, 1]."""
+    if isinstance(value, (tuple, list)):
+        return type(value)(clip_unit(v) for v in value)
+    return min(max(value, 0.0), 1.0)
 
 
 def check_numbers(config) -> None:
@@ -68,12 +73,13 @@ def check_numbers(config) -> None:
         value = lookup(config, path)
         if value is not _MISSING and value < 0:
             fail(path, value, "must be >= 0", 0)
-    for path in PROBABILITIES:
+    for path in PROBABILITIES:  # a number, or a tuple of them (per crop)
         value = lookup(config, path)
-        values = value if isinstance(value, (tuple, list)) else (value,)
-        if value is not _MISSING and value is not None and not all(0.0 <= v <= 1.0 for v in values):
-            fail(path, value, "must be a probability, in [0, 1]", tuple(min(max(v, 0.0), 1.0) for v in values)
-                 if isinstance(value, (tuple, list)) else min(max(value, 0.0), 1.0))
+        if value is _MISSING or value is None:
+            continue
+        clipped = clip_unit(value)
+        if clipped != value:
+            fail(path, value, "must be a probability, in [0, 1]", clipped)
     for path in CROP_SCALES:
         value = lookup(config, path)
         if value is not _MISSING and not 0.0 < value[0] <= value[1] <= 1.0:
@@ -87,7 +93,7 @@ def check_numbers(config) -> None:
 def check_names(config) -> None:
     """The method, model, compute dtype, optimiser, schedule and dataset names the code dispatches on."""
     from ssl_jax.methods import METHODS
-    from ssl_jax.models.backbones import COMPUTE_DTYPES
+    from ssl_jax.models.backbones import COMPUTE_DTYPES, MODELS
     from ssl_jax.models.heads import LINEAR_INITS
     from ssl_jax.optim import OPTIMIZERS
 

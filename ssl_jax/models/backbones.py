@@ -22,6 +22,7 @@ from ssl_jax.models.vit import vit
 
 
 COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+MODELS = ("vit", "resnet")  # config.model.name
 
 
 def compute_dtype(config) -> jnp.dtype:
@@ -53,4 +54,4 @@ def build_backbone(model_cfg, *, with_drop_path: bool = True, dtype: jnp.dtype =
         return resnet(model_cfg.depth, cifar_stem=model_cfg.cifar_stem,
                       zero_init_residual=model_cfg.zero_init_residual, width=model_cfg.get("width", 64),
                       dtype=dtype, remat=remat, conv_init=model_cfg.get("conv_init", "torchvision"))
-    raise UserError(f"unknown config.model.name {model_cfg.name!r}; choose 'vit' or 'resnet'")
+    raise UserError(f"unknown config.model.name {model_cfg.name!r}; choose one of {MODELS}")
