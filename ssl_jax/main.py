@@ -40,8 +40,8 @@ def main(argv):
     from ssl_jax.errors import UserError
 
     try:
-        config = config_check.load(flags.FLAGS["config"])  # one line for a bad file or value, before any compile
         check_override_types(flags.FLAGS["config"])
+        config = config_check.load(flags.FLAGS["config"])  # one line for a bad file or value, before any compile
         if _MODE.value == "train":
             train.train_and_evaluate(config, _WORKDIR.value, allow_config_change=_ALLOW_CONFIG_CHANGE.value,
                                      restore_fallback=_RESTORE_FALLBACK.value)
