@@ -16,6 +16,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ssl_jax.errors import UserError
+
 
 BATCH_FIELDS = ("label", "index")
 
@@ -25,7 +27,7 @@ def batch_fields(dataset_cfg) -> tuple[str, ...]:
     fields = tuple(dataset_cfg.get("fields", ()))
     unknown = [f for f in fields if f not in BATCH_FIELDS]
     if unknown:
-        raise ValueError(f"unknown config.dataset.fields {unknown}; choose among {BATCH_FIELDS}")
+        raise UserError(f"unknown config.dataset.fields {unknown}; choose among {BATCH_FIELDS}")
     return fields
 
 

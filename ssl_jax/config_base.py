@@ -14,6 +14,7 @@ from typing import Callable
 
 import ml_collections
 
+from ssl_jax.errors import UserError
 from ssl_jax.partition import DEFAULT_RULES
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -203,7 +204,7 @@ def select_preset(presets: dict[str, Callable[[], ml_collections.ConfigDict]], p
     """`presets[preset]()` for a config file's `get_config`; '' means 'imagenet' (the paper's recipe)."""
     name = preset or "imagenet"
     if name not in presets:
-        raise ValueError(f"unknown preset {preset!r} for {os.path.basename(config_file)}; "
+        raise UserError(f"unknown preset {preset!r} for {os.path.basename(config_file)}; "
                          f"choose one of {sorted(presets)}")
     return presets[name]()
 

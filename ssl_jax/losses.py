@@ -9,6 +9,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from ssl_jax.errors import UserError
+
 
 def l2_normalize(x: jax.Array, axis: int = -1, eps: float = 1e-12) -> jax.Array:
     """x / max(||x||, eps), as torch.nn.functional.normalize."""
@@ -139,12 +141,12 @@ def koleo(features: jax.Array, eps: float = 1e-8) -> jax.Array:
     the arbitrary direction (1, ..., 1) with a ~1/eps gradient instead); for d >> eps the
     two definitions agree to O(eps). The normalisation also takes sqrt after the max, so
     all-zero features give a finite loss and gradient. A set of n < 2 samples has no
-    neighbour: a ValueError.
+    neighbour: a UserError.
     """
     n = features.shape[-2]
     if n < 2:
-        raise ValueError(f"KoLeo needs at least 2 samples per set, got {n} (raise the batch size or "
-                         f"method.koleo_group_size)")
+        raise UserError(f"KoLeo needs at least 2 samples per set, got {n} (raise the batch size or "
+                        f"method.koleo_group_size)")
     x = features.astype(jnp.float32)
     # x / max(||x||, eps), with sqrt taken after the max: finite gradient at x = 0 too.
     x = x * jax.lax.rsqrt(jnp.maximum(jnp.sum(jnp.square(x), axis=-1, keepdims=True), eps * eps))

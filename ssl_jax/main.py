@@ -36,17 +36,18 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     # orbax and tfds log every file they touch at INFO; keep the console to our progress lines.
     logging.set_verbosity(logging.WARNING)
-    from ssl_jax import train
+    from ssl_jax import config_check, train
     from ssl_jax.errors import UserError
 
     try:
         check_override_types(flags.FLAGS["config"])
+        config = config_check.load(flags.FLAGS["config"])  # one line for a bad file or value, before any compile
         if _MODE.value == "train":
-            train.train_and_evaluate(_CONFIG.value, _WORKDIR.value, allow_config_change=_ALLOW_CONFIG_CHANGE.value,
+            train.train_and_evaluate(config, _WORKDIR.value, allow_config_change=_ALLOW_CONFIG_CHANGE.value,
                                      restore_fallback=_RESTORE_FALLBACK.value)
         else:
-            train.evaluate_checkpoint(_CONFIG.value, _WORKDIR.value, _STEP.value)
-    except (UserError, ValueError, FileNotFoundError, FloatingPointError) as e:
+            train.evaluate_checkpoint(config, _WORKDIR.value, _STEP.value)
+    except UserError as e:  # anything else is a bug and keeps its traceback
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
 
@@ -71,10 +72,21 @@ def parse_flags(argv: list[str]) -> list[str]:
     """absl's flag parsing, with an unknown --config.x override as one clear line, not a traceback.
 
     ml_collections raises KeyError/AttributeError for a field the locked config does not
-    have; other flag errors get absl's usage message.
+    have; other flag errors get absl's usage message. A UserError in the config file's
+    `get_config` (an unknown preset) is its one line: absl wraps it in a flag error.
     """
+    from ssl_jax.errors import UserError
+
     try:
-        return app.parse_flags_with_usage(argv)
+        return flags.FLAGS(argv)
+    except flags.Error as e:
+        innermost, cause = None, e
+        while cause is not None:
+            innermost = cause if isinstance(cause, UserError) else innermost
+            cause = cause.__cause__ or cause.__context__
+        if innermost is not None:
+            sys.exit(f"error: {innermost}")
+        return app.parse_flags_with_usage(argv)  # absl's usage message for any other flag error
     except (KeyError, AttributeError) as e:
         text = str(e)
         suggestion = re.search(r'Did you mean "([^"]+)" instead of "([^"]+)"', text)

@@ -30,6 +30,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ssl_jax.errors import UserError
+
 
 class RandomMasks(NamedTuple):
     """keep [B, K] int32: kept (visible) patch indices, in shuffled order (MAE's ids_keep);
@@ -44,7 +46,7 @@ class RandomMasks(NamedTuple):
 def num_kept(num_patches: int, mask_ratio: float) -> int:
     """MAE's `len_keep = int(L * (1 - mask_ratio))`."""
     if not 0.0 <= mask_ratio < 1.0:
-        raise ValueError(f"mask_ratio must be in [0, 1), got {mask_ratio}")
+        raise UserError(f"mask_ratio must be in [0, 1), got {mask_ratio}")
     return int(num_patches * (1 - mask_ratio))
 
 
@@ -65,7 +67,7 @@ def simmim_masks(rng: jax.Array, batch: int, img_size: int, mask_patch_size: int
     mask_patch_size) masked uniformly at random, each cell upsampled to the (mask_patch_size /
     model_patch_size)^2 model patches it covers. Returns [B, N] bool on the model's patch grid."""
     if img_size % mask_patch_size or mask_patch_size % model_patch_size:
-        raise ValueError(f"SimMIM masks need img_size ({img_size}) divisible by mask_patch_size "
+        raise UserError(f"SimMIM masks need img_size ({img_size}) divisible by mask_patch_size "
                          f"({mask_patch_size}) and mask_patch_size divisible by the patch size ({model_patch_size})")
     side, scale = img_size // mask_patch_size, mask_patch_size // model_patch_size
     count = int(math.ceil(side * side * mask_ratio))
@@ -153,7 +155,7 @@ def ibot_block_masks(rng: jax.Array, batch: int, grid_hw: tuple[int, int], *, pr
     iBOT's `pred_start_epoch` (no masking before that epoch) is not modelled.
     """
     if not 0.0 <= pred_ratio_var <= pred_ratio:
-        raise ValueError(f"iBOT needs 0 <= pred_ratio_var <= pred_ratio, got {pred_ratio_var} and {pred_ratio}")
+        raise UserError(f"iBOT needs 0 <= pred_ratio_var <= pred_ratio, got {pred_ratio_var} and {pred_ratio}")
     ratio_key, mask_key = jax.random.split(rng)
     ratios = jax.random.uniform(ratio_key, (batch,), minval=pred_ratio - pred_ratio_var,
                                 maxval=pred_ratio + pred_ratio_var)

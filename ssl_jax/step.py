@@ -4,14 +4,16 @@
 
 split rng -> value_and_grad of `method.loss` w.r.t. params (the teacher is a plain
 argument, so it receives no gradient by construction) -> optax update -> EMA
-teacher update with the scheduled momentum -> new method/model state returned by
+teacher update with the scheduled momentum (exactly when the method declares
+`ema_teacher`) -> new method/model state returned by
 the loss. A step whose loss or gradient norm is NaN/Inf changes nothing but the
 step counter and the rng (metric `nonfinite` = 1): the loop then stops or goes on,
 per `config.nonfinite.policy`. Nothing method-specific happens here. Importable
 without tensorflow.
 
 With `accum_steps` > 1 the gradient is averaged over that many micro-batches of the
-global batch (`ssl_jax.accumulate`) before the one optimiser update.
+global batch (`ssl_jax.accumulate`, method_state combined as `method.state_accumulation`
+declares) before the one optimiser update.
 
 `jit_train_steps` runs `steps_per_call` of these steps in one compiled call, a `lax.scan`
 of `train_step` over that many stacked batches (the same function, step after step). What it
@@ -36,21 +38,25 @@ from ssl_jax.state import TrainState, ema_update, tree_global_norm
 def train_step(state: TrainState, batch: dict, *, method, tx: optax.GradientTransformation,
                schedules: Schedules, accum_steps: int = 1) -> tuple[TrainState, dict]:
     """One optimisation step on a global batch. Pure: returns the new state and scalar metrics."""
+    if method.ema_teacher != (schedules.teacher_momentum is not None):
+        raise ValueError(f"{type(method).__name__}.ema_teacher={method.ema_teacher} but the teacher momentum "
+                         f"schedule is {'missing' if method.ema_teacher else 'set'} (ssl_jax.config_check validates "
+                         "config.optim.teacher_momentum before this)")
     rng, step_rng = jax.random.split(state.rng)
-    grad_fn = accumulated_value_and_grad(method.loss, accum_steps)
+    grad_fn = accumulated_value_and_grad(method.loss, accum_steps, method.state_accumulation)
     (loss, aux), grads = grad_fn(state.params, state.teacher, state.method_state, state.model_state, batch,
                                  step_rng, state.step)
     grad_norm = tree_global_norm(grads)
     metrics = dict(aux.metrics, loss=loss, grad_norm=grad_norm, learning_rate=schedules.learning_rate(state.step),
                    weight_decay=schedules.weight_decay(state.step))
-    if schedules.teacher_momentum is not None:
+    if method.ema_teacher:
         metrics["teacher_momentum"] = schedules.teacher_momentum(state.step)
 
     def update(state: TrainState) -> TrainState:
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         teacher = state.teacher
-        if schedules.teacher_momentum is not None:
+        if method.ema_teacher:
             teacher = ema_update(teacher, method.teacher_targets(params), metrics["teacher_momentum"])
         return state.replace(params=params, opt_state=opt_state, teacher=teacher, method_state=aux.method_state,
                              model_state=aux.model_state)

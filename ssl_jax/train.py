@@ -53,7 +53,7 @@ def steps_per_epoch_of(config) -> int:
 
     steps = pipeline.num_examples(config.dataset, config.dataset.train_split) // config.batch_size
     if steps == 0:
-        raise ValueError(f"batch_size={config.batch_size} is larger than the train split; lower --config.batch_size")
+        raise UserError(f"batch_size={config.batch_size} is larger than the train split; lower --config.batch_size")
     return steps
 
 
@@ -320,7 +320,7 @@ def evaluate_checkpoint(config, workdir: str, step: int | None = None) -> dict:
     checkpointer = Checkpointer(workdir, config.checkpoint.every_steps, config.checkpoint.max_to_keep)
     step = checkpointer.latest_step() if step is None else step
     if step is None:
-        raise FileNotFoundError(f"no checkpoint in {checkpointer.directory}; train first or pass the right --workdir")
+        raise UserError(f"no checkpoint in {checkpointer.directory}; train first or pass the right --workdir")
     state = restore_or_create(config, run, checkpointer, step)
     logger = MetricLogger(workdir)
     results = evaluate(config, run, state, logger, step)

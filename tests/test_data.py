@@ -9,6 +9,7 @@ import tensorflow as tf
 
 from conftest import make_smoke_config
 from ssl_jax.data import pipeline
+from ssl_jax.errors import UserError
 
 STEPS_PER_EPOCH = 2  # tiny epochs, so that a few batches cross epoch boundaries
 LOCAL_BATCH = 8
@@ -127,12 +128,12 @@ def test_eval_batches_follow_split_order(config):
 
 def test_missing_data_dir_raises_file_not_found_naming_tfds_data_dir(tmp_path):
     config = make_smoke_config(**{"dataset.data_dir": str(tmp_path / "no_tfds_here")})
-    with pytest.raises(FileNotFoundError, match="TFDS_DATA_DIR") as info:
+    with pytest.raises(UserError, match="TFDS_DATA_DIR") as info:
         pipeline.train_batches(config, 0, STEPS_PER_EPOCH, LOCAL_BATCH)
     assert str(tmp_path / "no_tfds_here") in str(info.value)
-    with pytest.raises(FileNotFoundError, match="TFDS_DATA_DIR"):
+    with pytest.raises(UserError, match="TFDS_DATA_DIR"):
         pipeline.num_examples(config.dataset, "train")
-    with pytest.raises(FileNotFoundError, match="TFDS_DATA_DIR"):
+    with pytest.raises(UserError, match="TFDS_DATA_DIR"):
         pipeline.eval_batches(config, "test", 16, 1)
 
 
@@ -140,6 +141,6 @@ def test_nonexistent_data_dir_fails_at_once_even_when_downloads_are_allowed(tmp_
     """A mistyped data dir must not start a download (minutes of retries offline) nor create it."""
     missing = tmp_path / "typo_tfds"
     config = make_smoke_config(**{"dataset.data_dir": str(missing), "dataset.download": True})
-    with pytest.raises(FileNotFoundError, match="does not exist.*TFDS_DATA_DIR"):
+    with pytest.raises(UserError, match="does not exist.*TFDS_DATA_DIR"):
         pipeline.num_examples(config.dataset, "train")
     assert not missing.exists()

@@ -33,6 +33,8 @@ from typing import Any
 
 import tensorflow as tf
 
+from ssl_jax.errors import UserError
+
 _LUMA_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R 601-2, as PIL's convert('L').
 _CROP_ATTEMPTS = 10  # torchvision RandomResizedCrop.get_params tries 10 boxes.
 APPLIED_KEYS = ("flip", "color_jitter", "grayscale", "blur", "solarize")
@@ -124,7 +126,7 @@ def random_resized_crop(image: tf.Tensor, seed: tf.Tensor, *, size: int,
         `[size, size, 3]` float32 in `[0, 1]`.
     """
     if interpolation not in INTERPOLATIONS:
-        raise ValueError(f"unknown augment.interpolation {interpolation!r}; choose one of {INTERPOLATIONS}")
+        raise UserError(f"unknown augment.interpolation {interpolation!r}; choose one of {INTERPOLATIONS}")
     shape = tf.shape(image)
     top, left, h, w = _crop_box(shape[0], shape[1], seed, scale, ratio)
     crop = tf.slice(image, tf.stack([top, left, 0]), tf.stack([h, w, -1]))
@@ -202,9 +204,9 @@ def _jitter_ops(brightness, contrast, saturation, hue, impl="torchvision"):
     A strength of 0 disables its op, like torchvision's ``None``.
     """
     if not 0.0 <= hue <= 0.5:
-        raise ValueError(f"hue must be in [0, 0.5], got {hue}")
+        raise UserError(f"hue must be in [0, 0.5], got {hue}")
     if impl not in JITTER_IMPLS:
-        raise ValueError(f"unknown augment.color_jitter.impl {impl!r}; choose one of {sorted(JITTER_IMPLS)}")
+        raise UserError(f"unknown augment.color_jitter.impl {impl!r}; choose one of {sorted(JITTER_IMPLS)}")
     brightness_op, additive, contrast_op, saturation_op = JITTER_IMPLS[impl]
     brightness_range = (-brightness, brightness) if additive else (max(0.0, 1.0 - brightness), 1.0 + brightness)
     candidates = (
@@ -284,9 +286,9 @@ def gaussian_blur(image: tf.Tensor, seed: tf.Tensor, *, sigma: tuple[float, floa
         `[H, W, 3]` float32 in `[0, 1]`.
     """
     if kernel_size % 2 != 1:
-        raise ValueError(f"kernel_size must be odd, got {kernel_size}")
+        raise UserError(f"kernel_size must be odd, got {kernel_size}")
     if padding not in BLUR_PADDINGS:
-        raise ValueError(f"unknown augment.blur_padding {padding!r}; choose one of {sorted(BLUR_PADDINGS)}")
+        raise UserError(f"unknown augment.blur_padding {padding!r}; choose one of {sorted(BLUR_PADDINGS)}")
     weights = _gaussian_kernel(
         tf.random.stateless_uniform([], seed, minval=sigma[0], maxval=sigma[1]), kernel_size)
     pad = kernel_size // 2

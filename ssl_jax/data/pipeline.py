@@ -60,7 +60,7 @@ def get_builder(dataset_cfg):
     try:
         builder = tfds.builder(dataset_cfg.name, data_dir=directory)
     except tfds.core.registered.DatasetNotFoundError:
-        raise ValueError(f"unknown tfds dataset name {dataset_cfg.name!r} (config.dataset.name); "
+        raise UserError(f"unknown tfds dataset name {dataset_cfg.name!r} (config.dataset.name); "
                          f"see `tfds.list_builders()` for the registered names") from None
     if tf.io.gfile.exists(os.path.join(builder.data_dir, "dataset_info.json")):
         return builder
@@ -68,21 +68,21 @@ def get_builder(dataset_cfg):
     fix = (f"Point tfds at a directory that holds {dataset_cfg.name}/<version>/ with "
            f"TFDS_DATA_DIR=/path/to/tfds or --config.dataset.data_dir=/path/to/tfds")
     if not dataset_cfg.get("download", True):
-        raise FileNotFoundError(f"dataset {dataset_cfg.name!r} is not prepared in {where} and "
-                                f"config.dataset.download is off. {fix}.")
+        raise UserError(f"dataset {dataset_cfg.name!r} is not prepared in {where} and "
+                        f"config.dataset.download is off. {fix}.")
     if directory and not tf.io.gfile.isdir(directory):
         # An explicit data dir that does not exist is a typo far more often than a wish to
         # download there; failing at once also avoids minutes of retries when offline.
-        raise FileNotFoundError(f"the data dir {directory} (TFDS_DATA_DIR or config.dataset.data_dir) does "
-                                f"not exist. {fix}, or create it to let tfds download {dataset_cfg.name!r} into it.")
+        raise UserError(f"the data dir {directory} (TFDS_DATA_DIR or config.dataset.data_dir) does "
+                        f"not exist. {fix}, or create it to let tfds download {dataset_cfg.name!r} into it.")
     print(f"dataset {dataset_cfg.name!r} is not prepared in {where}: downloading it with tfds "
           f"(offline? {fix})", flush=True)
     try:
         builder.download_and_prepare()
     except Exception as e:  # network errors, manual-download datasets, ...
-        raise FileNotFoundError(f"dataset {dataset_cfg.name!r} is not prepared in {where} and could not be "
-                                f"downloaded ({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}). "
-                                f"{fix}.") from None
+        raise UserError(f"dataset {dataset_cfg.name!r} is not prepared in {where} and could not be "
+                        f"downloaded ({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}). "
+                        f"{fix}.") from None
     return builder
 
 

@@ -14,6 +14,7 @@ import ml_collections
 
 from ssl_jax import train
 from ssl_jax.checkpoint import Checkpointer
+from ssl_jax.errors import UserError
 from ssl_jax.models.backbones import backbone_kwargs, build_backbone
 from ssl_jax.run_config import CONFIG_FILE
 
@@ -37,8 +38,8 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
     """WORKDIR/config.json (the resolved config the run trained with) as a ConfigDict."""
     path = os.path.join(workdir, CONFIG_FILE)
     if not os.path.exists(path):
-        raise FileNotFoundError(f"{path} does not exist: --workdir must be a directory written by "
-                                f"`python -m ssl_jax.main` (it holds config.json and checkpoints/)")
+        raise UserError(f"{path} does not exist: --workdir must be a directory written by "
+                        f"`python -m ssl_jax.main` (it holds config.json and checkpoints/)")
     with open(path) as f:
         return ml_collections.ConfigDict(json.load(f))
 
@@ -51,7 +52,7 @@ def restore(workdir: str, step: int | None = None, config=None) -> Frozen:
     checkpointer = Checkpointer(workdir, config.checkpoint.every_steps, config.checkpoint.max_to_keep)
     step = checkpointer.latest_step() if step is None else step
     if step is None:
-        raise FileNotFoundError(f"no checkpoint in {checkpointer.directory}; train first or pass the right --workdir")
+        raise UserError(f"no checkpoint in {checkpointer.directory}; train first or pass the right --workdir")
     state = train.restore_or_create(config, run, checkpointer, step)
     if len(run.mesh.axis_names) > 1:  # an FSDP-sharded state is gathered for evaluation
         state = jax.jit(lambda s: s, out_shardings=train.replicated(run.mesh))(state)

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from ssl_jax.errors import UserError
 from ssl_jax.optim import build_optimizer, build_schedules
 from ssl_jax.step import batch_sharding, replicated
 
@@ -68,8 +69,8 @@ class Probe:
         self.head = LinearClassifier(num_classes, cfg.batchnorm, cfg.init_std)
         self.steps_per_epoch = num_examples // cfg.batch_size
         if self.steps_per_epoch == 0:
-            raise ValueError(f"linear probe batch_size={cfg.batch_size} is larger than the train split "
-                             f"({num_examples} examples); lower --protocol.<probe>.batch_size")
+            raise UserError(f"linear probe batch_size={cfg.batch_size} is larger than the train split "
+                            f"({num_examples} examples); lower --protocol.<probe>.batch_size")
         self.total_steps = self.steps_per_epoch * cfg.epochs
         variables = self.head.init(jax.random.key(0), jnp.zeros((2, num_features)))
         self.init_params = variables["params"]

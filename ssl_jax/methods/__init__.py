@@ -1,6 +1,7 @@
 """Method registry: config.method.name -> the class implementing `ssl_jax.methods.base.Method`."""
 from __future__ import annotations
 
+from ssl_jax.errors import UserError
 from ssl_jax.methods.byol import BYOL
 from ssl_jax.methods.dino import DINO
 from ssl_jax.methods.dinov2 import DINOv2
@@ -34,5 +35,5 @@ def build_method(config, steps_per_epoch: int):
     """Instantiates the method named by config.method.name."""
     name = config.method.name
     if name not in METHODS:
-        raise ValueError(f"unknown method {name!r} (config.method.name); available: {sorted(METHODS)}")
+        raise UserError(f"unknown method {name!r} (config.method.name); available: {sorted(METHODS)}")
     return METHODS[name](config, steps_per_epoch)

@@ -30,7 +30,23 @@ class LossOutput(NamedTuple):
 
 
 class Method(Protocol):
-    """The contract between a method and the one train step."""
+    """The contract between a method and the one train step.
+
+    Two class attributes declare what the step does around the loss (tests/test_contract.py
+    checks every registered method declares them):
+      ema_teacher: True when `teacher` is an EMA of `teacher_targets(params)`, updated by the
+        step with config.optim.teacher_momentum, which is then required (and refused for a
+        method without one: `ssl_jax.config_check`);
+      state_accumulation: how the method_state of `accum_steps` micro-batches combines into the
+        step's (`ssl_jax.accumulate`): "mean" (each micro-batch starts from the step's state,
+        the results are averaged: right for an EMA of batch means, e.g. DINO's center) or
+        "sequential" (each micro-batch starts from the previous one's result: SwAV's queue
+        receives every micro-batch's embeddings). model_state (BatchNorm statistics) is
+        always averaged.
+    """
+
+    ema_teacher: bool
+    state_accumulation: str
 
     def init(self, rng: jax.Array, batch: dict) -> MethodVariables:
         """Creates params (and teacher/method/model state) from an example batch."""
@@ -47,6 +63,10 @@ class Method(Protocol):
 
     def eval_variables(self, state) -> PyTree:
         """Which weights evaluation uses (DINO: the teacher's)."""
+
+    def class_logits(self, state, images: jax.Array) -> jax.Array:
+        """Optional, for methods that train a classifier (SLA, Suave, Daino): logits [B, C] of
+        images [B, H, W, 3] from a TrainState, what `ssl_jax.evaluate --eval=classifier` scores."""
 
 
 class OnlineBackboneEval:

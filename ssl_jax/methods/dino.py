@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from ssl_jax import losses
+from ssl_jax.errors import UserError
 from ssl_jax.methods.base import LossOutput, MethodVariables
 from ssl_jax.models.backbones import backbone_kwargs, build_backbone, compute_dtype
 from ssl_jax.models.heads import DINOHead
@@ -27,10 +28,13 @@ from ssl_jax.optim import per_epoch_linear_warmup
 class DINO:
     """The DINO method. `views` in the batch: 'global' [B, 2, H, W, 3], 'local' [B, L, h, w, 3]."""
 
+    ema_teacher = True
+    state_accumulation = "mean"  # the center, an EMA of batch means: the micro-batches' mean is the batch's
+
     def __init__(self, config, steps_per_epoch: int):
         cfg = config.method
         if config.model.name != "vit":
-            raise ValueError(f"DINO here supports config.model.name='vit', got {config.model.name!r}")
+            raise UserError(f"DINO here supports config.model.name='vit', got {config.model.name!r}")
         self.backbone = build_backbone(config.model, **backbone_kwargs(config))
         self.head = DINOHead(cfg.out_dim, cfg.head_hidden_dim, cfg.head_bottleneck_dim, cfg.head_nlayers,
                              cfg.norm_last_layer, compute_dtype(config))

@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 
 from ssl_jax import losses, masks
+from ssl_jax.errors import UserError
 from ssl_jax.methods.ibot import IBOT
 from ssl_jax.models.heads import DINOHead
 from ssl_jax.optim import cosine_schedule
@@ -42,7 +43,7 @@ class DINOv2(IBOT):
 
     def _build(self, cfg, steps_per_epoch: int, dtype) -> None:
         if cfg.centering not in CENTERINGS:
-            raise ValueError(f"unknown method.centering {cfg.centering!r}; choose one of {CENTERINGS}")
+            raise UserError(f"unknown method.centering {cfg.centering!r}; choose one of {CENTERINGS}")
         self.centering = cfg.centering
         self.dino_head = self.head  # DINO's head, built by DINO.__init__ from the same fields
         self.ibot_head = (DINOHead(cfg.ibot_out_dim, cfg.ibot_head_hidden_dim, cfg.ibot_head_bottleneck_dim,
@@ -56,7 +57,7 @@ class DINOv2(IBOT):
         self.koleo_group_size = cfg.koleo_group_size
         low, high = cfg.mask_ratio_min_max
         if not 0.0 <= low <= high < 1.0 or not 0.0 < cfg.mask_sample_probability <= 1.0:
-            raise ValueError(f"method.mask_ratio_min_max {tuple(cfg.mask_ratio_min_max)} must satisfy "
+            raise UserError(f"method.mask_ratio_min_max {tuple(cfg.mask_ratio_min_max)} must satisfy "
                              f"0 <= min <= max < 1 and method.mask_sample_probability "
                              f"({cfg.mask_sample_probability}) must be in (0, 1]")
         self.mask_ratio_min_max = (low, high)
@@ -136,7 +137,7 @@ class DINOv2(IBOT):
         batch, crops, dim = student_global_cls.shape
         group = min(self.koleo_group_size or batch, batch)  # a batch below the group size is one group
         if batch % group:
-            raise ValueError(f"the batch ({batch}) must be a multiple of method.koleo_group_size ({group}); "
+            raise UserError(f"the batch ({batch}) must be a multiple of method.koleo_group_size ({group}); "
                              "0 computes KoLeo over the whole batch")
         per_crop = student_global_cls.transpose(1, 0, 2).reshape(crops, batch // group, group, dim)
         return {"koleo": (self.koleo_weight, crops * losses.koleo(per_crop))}  # equal groups: sum of means

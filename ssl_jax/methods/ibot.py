@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 
 from ssl_jax import losses, masks
+from ssl_jax.errors import UserError
 from ssl_jax.methods.base import LossOutput, MethodVariables
 from ssl_jax.methods.dino import DINO
 from ssl_jax.models.backbones import compute_dtype
@@ -40,7 +41,7 @@ class IBOT(DINO):
     def __init__(self, config, steps_per_epoch: int):
         super().__init__(config, steps_per_epoch)  # backbone, temperatures, center momentum
         if not config.model.get("mask_token"):
-            raise ValueError(f"{type(self).__name__} masks student patches with a learned token: set "
+            raise UserError(f"{type(self).__name__} masks student patches with a learned token: set "
                              "config.model.mask_token='zeros' (the references' init)")
         size, patch = config.augment.global_crops.size, config.model.patch_size
         self.grid = (size // patch, size // patch)
@@ -54,7 +55,7 @@ class IBOT(DINO):
         """iBOT's heads, patch temperature, loss weights and mask distribution (DINO's own
         `self.head` stays unused: iBOT's heads take the patch tokens too)."""
         if cfg.shared_head and not cfg.shared_head_teacher:
-            raise ValueError("method.shared_head=True needs method.shared_head_teacher=True: a teacher "
+            raise UserError("method.shared_head=True needs method.shared_head_teacher=True: a teacher "
                              "'last_layer2' would have no student counterpart to follow")
         patch_out_dim = cfg.out_dim if cfg.shared_head or cfg.shared_head_teacher else cfg.patch_out_dim
         head = dict(out_dim=cfg.out_dim, patch_out_dim=patch_out_dim, hidden_dim=cfg.head_hidden_dim,
@@ -74,7 +75,7 @@ class IBOT(DINO):
         self.pred_ratio = jnp.asarray(cfg.pred_ratio, jnp.float32)
         self.pred_ratio_var = jnp.asarray(cfg.pred_ratio_var, jnp.float32)
         if self.pred_ratio.shape != self.pred_ratio_var.shape or bool(jnp.any(self.pred_ratio_var > self.pred_ratio)):
-            raise ValueError(f"method.pred_ratio {tuple(cfg.pred_ratio)} and method.pred_ratio_var "
+            raise UserError(f"method.pred_ratio {tuple(cfg.pred_ratio)} and method.pred_ratio_var "
                              f"{tuple(cfg.pred_ratio_var)} need the same length and var <= ratio")
         self.pred_aspect_ratio = tuple(cfg.pred_aspect_ratio)
         self.pred_start_epoch = cfg.pred_start_epoch

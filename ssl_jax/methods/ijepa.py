@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from ssl_jax import losses, masks
+from ssl_jax.errors import UserError
 from ssl_jax.methods.base import LossOutput, MethodVariables
 from ssl_jax.methods.mim import check_vit, single_view
 from ssl_jax.models.backbones import backbone_kwargs, build_backbone, compute_dtype
@@ -37,11 +38,14 @@ class IJEPA:
     """The I-JEPA method. Batch: {'views': {'global': [B, 1, H, W, 3]}};
     params {'backbone' (context encoder), 'predictor'}; teacher {'backbone'} (target encoder)."""
 
+    ema_teacher = True
+    state_accumulation = "mean"
+
     def __init__(self, config, steps_per_epoch: int):
         del steps_per_epoch
         check_vit(config, "I-JEPA")
         if config.model.get("class_token", True):
-            raise ValueError("I-JEPA's ViT has no [CLS] token: set config.model.class_token=False")
+            raise UserError("I-JEPA's ViT has no [CLS] token: set config.model.class_token=False")
         cfg = config.method
         kwargs = backbone_kwargs(config)
         self.encoder = build_backbone(config.model, **kwargs)

@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from ssl_jax import losses
+from ssl_jax.errors import UserError
 from ssl_jax.methods.base import LossOutput, MethodVariables, OnlineBackboneEval
 from ssl_jax.models.backbones import backbone_kwargs, build_backbone, compute_dtype
 from ssl_jax.models.heads import LinearHead
@@ -30,10 +31,13 @@ INSTANCE_RULES = ((r"instances/linear/kernel$", (None, "fsdp")), (r"instances/li
 class InstanceDiscrimination(OnlineBackboneEval):
     """`views`: 'global' [B, V, S, S, 3]; `index` [B] (config.dataset.fields must include 'index')."""
 
+    ema_teacher = False
+    state_accumulation = "mean"
+
     def __init__(self, config, steps_per_epoch: int):
         del steps_per_epoch
         if "index" not in tuple(config.dataset.get("fields", ())):
-            raise ValueError("instance discrimination needs each image's index: set config.dataset.fields = ('index',)")
+            raise UserError("instance discrimination needs each image's index: set config.dataset.fields = ('index',)")
         cfg = config.method
         self.num_instances = cfg.num_instances
         self.label_smoothing = cfg.label_smoothing

@@ -30,6 +30,9 @@ from ssl_jax.models.vit import patchify
 class MAE:
     """The MAE method. Batch: {'views': {'global': [B, 1, H, W, 3]}}; params {'backbone', 'decoder'}."""
 
+    ema_teacher = False
+    state_accumulation = "mean"
+
     def __init__(self, config, steps_per_epoch: int):
         del steps_per_epoch
         check_vit(config, "MAE")

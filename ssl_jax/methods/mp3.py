@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from ssl_jax import losses, masks
+from ssl_jax.errors import UserError
 from ssl_jax.methods.base import LossOutput, MethodVariables, OnlineBackboneEval
 from ssl_jax.models.backbones import backbone_kwargs, build_backbone, compute_dtype
 from ssl_jax.models.heads import LinearHead
@@ -30,15 +31,18 @@ from ssl_jax.models.network import Network
 class MP3(OnlineBackboneEval):
     """MP3 pretraining. `views`: 'global' [B, 1, S, S, 3]."""
 
+    ema_teacher = False
+    state_accumulation = "mean"
+
     def __init__(self, config, steps_per_epoch: int):
         del steps_per_epoch
         model = config.model
         if model.name != "vit" or model.get("pos_embed") != "none" or model.get("class_token", True):
-            raise ValueError("MP3 predicts positions, so its ViT must have none to leak: set config.model.name='vit', "
+            raise UserError("MP3 predicts positions, so its ViT must have none to leak: set config.model.name='vit', "
                              "config.model.pos_embed='none' and config.model.class_token=False")
         size = config.augment.global_crops.size
         if config.augment.global_crops.number != 1 or config.augment.local_crops.number:
-            raise ValueError("MP3 takes one view per image: config.augment.global_crops.number=1, local_crops.number=0")
+            raise UserError("MP3 takes one view per image: config.augment.global_crops.number=1, local_crops.number=0")
         self.num_patches = (size // model.patch_size) ** 2
         self.network = Network({"backbone": build_backbone(model, **backbone_kwargs(config)),
                                 "head": LinearHead(self.num_patches, compute_dtype(config))})
@@ -63,7 +67,7 @@ class MP3(OnlineBackboneEval):
         context = ~masks.random_masks(mask_rng, images.shape[0], self.num_patches, self.mask_ratio).mask
         logits = self.position_logits(params, images, context, drop_rng)
         if logits.shape[1] != self.num_patches:
-            raise ValueError(f"MP3 was built for {self.num_patches} patches per image, got {logits.shape[1]}: "
+            raise UserError(f"MP3 was built for {self.num_patches} patches per image, got {logits.shape[1]}: "
                              f"train on config.augment.global_crops.size crops")
         positions = jnp.broadcast_to(jnp.arange(self.num_patches), logits.shape[:2])
         loss = losses.cross_entropy(logits, positions)

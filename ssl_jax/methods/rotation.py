@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from ssl_jax import losses
+from ssl_jax.errors import UserError
 from ssl_jax.methods.base import LossOutput, MethodVariables, OnlineBackboneEval
 from ssl_jax.models.backbones import backbone_kwargs, build_backbone, compute_dtype
 from ssl_jax.models.heads import LinearHead
@@ -33,7 +34,7 @@ def rotate_four(images: jax.Array) -> jax.Array:
     """images [B, H, W, C] (square) -> [B, 4, H, W, C]: rotations by 0, 90, 180, 270 degrees
     counter-clockwise (`torch.rot90(x, k, (2, 3))` on NCHW)."""
     if images.shape[1] != images.shape[2]:
-        raise ValueError(f"rotation prediction needs square crops, got {images.shape[1]}x{images.shape[2]}")
+        raise UserError(f"rotation prediction needs square crops, got {images.shape[1]}x{images.shape[2]}")
     return jnp.stack([jnp.rot90(images, k, axes=(1, 2)) for k in range(NUM_ROTATIONS)], axis=1)
 
 
@@ -54,12 +55,15 @@ def aggregate_joint_logits(joint_logits: jax.Array) -> jax.Array:
 class Rotation(OnlineBackboneEval):
     """RotNet (method.joint_labels False) or SLA (True, needs labels). `views`: 'global' [B, 1, S, S, 3]."""
 
+    ema_teacher = False
+    state_accumulation = "mean"
+
     def __init__(self, config, steps_per_epoch: int):
         del steps_per_epoch
         cfg = config.method
         self.joint_labels = cfg.joint_labels
         if self.joint_labels and "label" not in tuple(config.dataset.get("fields", ())):
-            raise ValueError("method.joint_labels (SLA) needs the labels in the batch: set "
+            raise UserError("method.joint_labels (SLA) needs the labels in the batch: set "
                              "config.dataset.fields = ('label',)")
         num_outputs = NUM_ROTATIONS * (config.dataset.num_classes if self.joint_labels else 1)
         self.network = Network({"backbone": build_backbone(config.model, **backbone_kwargs(config)),
@@ -95,9 +99,13 @@ class Rotation(OnlineBackboneEval):
             metrics["aggregated_accuracy"] = jnp.sum(hits * (labels >= 0)) / jnp.maximum(jnp.sum(labels >= 0), 1)
         return loss, LossOutput(metrics, method_state, new_stats or None)
 
-    def class_logits(self, params, model_state, images: jax.Array) -> jax.Array:
-        """SLA's aggregated class logits [B, C] of images [B, S, S, 3] (eval-mode BatchNorm)."""
-        logits, _ = self.rotated_logits(params, model_state or {}, images, train=False)
+    def class_logits(self, state, images: jax.Array) -> jax.Array:
+        """SLA's aggregated class logits [B, C] of images [B, S, S, 3] (eval-mode BatchNorm), from a
+        TrainState. RotNet (no labels) has no class head."""
+        if not self.joint_labels:
+            raise UserError("--eval=classifier scores SLA's joint (label, rotation) head; this RotNet run "
+                            "(method.joint_labels=False) has none: use knn or linear")
+        logits, _ = self.rotated_logits(state.params, state.model_state or {}, images, train=False)
         return aggregate_joint_logits(logits)
 
     def teacher_targets(self, params):

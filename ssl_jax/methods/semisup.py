@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from ssl_jax import losses
+from ssl_jax.errors import UserError
 from ssl_jax.methods.dino import DINO
 from ssl_jax.methods.swav import SwAV, assignment_codes
 
@@ -32,10 +33,10 @@ from ssl_jax.methods.swav import SwAV, assignment_codes
 def check_semi_supervised(config, num_prototypes: int, field: str) -> None:
     """Labels in the batch, and one prototype per class."""
     if "label" not in tuple(config.dataset.get("fields", ())):
-        raise ValueError("semi-supervised clustering needs the labels in the batch: "
+        raise UserError("semi-supervised clustering needs the labels in the batch: "
                          "set config.dataset.fields = ('label',)")
     if num_prototypes != config.dataset.num_classes:
-        raise ValueError(f"the prototypes are class prototypes: set config.{field}={config.dataset.num_classes} "
+        raise UserError(f"the prototypes are class prototypes: set config.{field}={config.dataset.num_classes} "
                          f"(config.dataset.num_classes), got {num_prototypes}")
 
 

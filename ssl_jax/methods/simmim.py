@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from ssl_jax import losses, masks
+from ssl_jax.errors import UserError
 from ssl_jax.methods.base import LossOutput, MethodVariables
 from ssl_jax.methods.mim import check_vit, single_view
 from ssl_jax.models.backbones import backbone_kwargs, build_backbone, compute_dtype
@@ -27,11 +28,14 @@ from ssl_jax.models.vit import patchify, torch_conv_kernel_init
 class SimMIM:
     """The SimMIM method. Batch: {'views': {'global': [B, 1, H, W, 3]}}; params {'backbone', 'head'}."""
 
+    ema_teacher = False
+    state_accumulation = "mean"
+
     def __init__(self, config, steps_per_epoch: int):
         del steps_per_epoch
         check_vit(config, "SimMIM")
         if not config.model.get("mask_token"):
-            raise ValueError("SimMIM replaces masked patches by a learned mask token: set "
+            raise UserError("SimMIM replaces masked patches by a learned mask token: set "
                              "config.model.mask_token='trunc_normal' (models/simmim.py's init)")
         cfg = config.method
         self.encoder = build_backbone(config.model, **backbone_kwargs(config))
@@ -63,7 +67,7 @@ class SimMIM:
         del teacher, step
         images = single_view(batch)
         if images.shape[1] != self.img_size:
-            raise ValueError(f"SimMIM's masks are drawn for config.model.img_size={self.img_size}, "
+            raise UserError(f"SimMIM's masks are drawn for config.model.img_size={self.img_size}, "
                              f"but the view is {images.shape[1]} px; set augment.global_crops.size to match")
         mask_rng, drop_rng = jax.random.split(rng)
         mask = masks.simmim_masks(mask_rng, images.shape[0], self.img_size, self.mask_patch_size, self.patch_size,

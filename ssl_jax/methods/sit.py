@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 
 from ssl_jax import losses
+from ssl_jax.errors import UserError
 from ssl_jax.methods.base import LossOutput, MethodVariables, OnlineBackboneEval
 from ssl_jax.methods.rotation import NUM_ROTATIONS, rotate_four
 from ssl_jax.models.backbones import backbone_kwargs, build_backbone, compute_dtype
@@ -47,14 +48,17 @@ def drag_and_drop(rng: jax.Array, images: jax.Array, patch: int, ratio: float) -
 class SiT(OnlineBackboneEval):
     """`views`: 'global' [B, 2, S, S, 3]."""
 
+    ema_teacher = False
+    state_accumulation = "mean"
+
     def __init__(self, config, steps_per_epoch: int):
         del steps_per_epoch
         model = config.model
         if model.name != "vit" or not model.get("class_token", True) or model.get("num_register_tokens", 0) != 1:
-            raise ValueError("SiT needs a ViT with its [CLS] (contrastive) token and one register (rotation) token: "
+            raise UserError("SiT needs a ViT with its [CLS] (contrastive) token and one register (rotation) token: "
                              "config.model.name='vit', class_token=True, num_register_tokens=1")
         if config.augment.global_crops.number != 2:
-            raise ValueError("SiT contrasts two views: config.augment.global_crops.number=2")
+            raise UserError("SiT contrasts two views: config.augment.global_crops.number=2")
         cfg = config.method
         dtype = compute_dtype(config)
         self.patch = model.patch_size

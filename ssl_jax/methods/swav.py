@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 
 from ssl_jax import losses
+from ssl_jax.errors import UserError
 from ssl_jax.methods.base import LossOutput, MethodVariables, OnlineBackboneEval
 from ssl_jax.models.backbones import backbone_kwargs, build_backbone, compute_dtype
 from ssl_jax.models.heads import LINEAR_INITS, projection_mlp
@@ -81,6 +82,9 @@ class SwAV(OnlineBackboneEval):
     """The SwAV method. `views`: 'global' [B, G, H, W, 3] and optionally 'local' [B, L, h, w, 3]
     (the crops are numbered global first, then local, as `crops_for_assign` counts them)."""
 
+    ema_teacher = False
+    state_accumulation = "sequential"  # the queue receives every micro-batch's embeddings (ssl_jax/accumulate.py)
+
     def __init__(self, config, steps_per_epoch: int):
         cfg = config.method
         dtype = compute_dtype(config)
@@ -94,11 +98,11 @@ class SwAV(OnlineBackboneEval):
         num_views = config.augment.global_crops.number + config.augment.local_crops.number
         if (not self.crops_for_assign or len(set(self.crops_for_assign)) != len(self.crops_for_assign)
                 or not all(0 <= v < num_views for v in self.crops_for_assign)):
-            raise ValueError(f"method.crops_for_assign={self.crops_for_assign} must name distinct crops among the "
+            raise UserError(f"method.crops_for_assign={self.crops_for_assign} must name distinct crops among the "
                              f"{num_views} crops (0..{num_views - 1}: global first, then local); SwAV uses (0, 1)")
         self.queue_length = cfg.queue_length
         if self.queue_length and self.queue_length % config.batch_size:
-            raise ValueError(f"method.queue_length={self.queue_length} must be a multiple of the global batch "
+            raise UserError(f"method.queue_length={self.queue_length} must be a multiple of the global batch "
                              f"{config.batch_size} (main_swav.py rounds it down the same way); set it to "
                              f"{self.queue_length - self.queue_length % config.batch_size or config.batch_size}")
         self.queue_start_step = cfg.epoch_queue_starts * steps_per_epoch

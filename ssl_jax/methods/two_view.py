@@ -37,6 +37,12 @@ class TwoViewMethod(OnlineBackboneEval):
     # SimCLR runs both views through the network as one batch of 2B, so BatchNorm
     # statistics are over both views; the others run each view on its own.
     joint_views: bool = False
+    state_accumulation = "mean"  # no method_state
+
+    def __init_subclass__(cls, **kwargs):
+        """A method's `ema_teacher` is its target: the step keeps an EMA teacher exactly for 'ema'."""
+        super().__init_subclass__(**kwargs)
+        cls.ema_teacher = cls.target == "ema"
 
     def __init__(self, config, steps_per_epoch: int):
         del steps_per_epoch
@@ -56,7 +62,7 @@ class TwoViewMethod(OnlineBackboneEval):
 
     def init(self, rng: jax.Array, batch: dict) -> MethodVariables:
         params, stats = self.network.init(rng, batch["views"]["global"][:, 0])
-        teacher = jax.tree.map(jnp.copy, self.teacher_targets(params)) if self.target == "ema" else None
+        teacher = jax.tree.map(jnp.copy, self.teacher_targets(params)) if self.ema_teacher else None
         return MethodVariables(params, teacher, None, stats or None)
 
     def teacher_targets(self, params):

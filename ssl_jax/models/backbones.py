@@ -16,18 +16,20 @@ from __future__ import annotations
 import flax.linen as nn
 import jax.numpy as jnp
 
+from ssl_jax.errors import UserError
 from ssl_jax.models.resnet import resnet
 from ssl_jax.models.vit import vit
 
 
 COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+MODELS = ("vit", "resnet")  # config.model.name
 
 
 def compute_dtype(config) -> jnp.dtype:
     """config.compute_dtype as a dtype (float32 when the config has no such field)."""
     name = config.get("compute_dtype", "float32")
     if name not in COMPUTE_DTYPES:
-        raise ValueError(f"unknown config.compute_dtype {name!r}; choose one of {sorted(COMPUTE_DTYPES)}")
+        raise UserError(f"unknown config.compute_dtype {name!r}; choose one of {sorted(COMPUTE_DTYPES)}")
     return COMPUTE_DTYPES[name]
 
 
@@ -52,4 +54,4 @@ def build_backbone(model_cfg, *, with_drop_path: bool = True, dtype: jnp.dtype =
         return resnet(model_cfg.depth, cifar_stem=model_cfg.cifar_stem,
                       zero_init_residual=model_cfg.zero_init_residual, width=model_cfg.get("width", 64),
                       dtype=dtype, remat=remat, conv_init=model_cfg.get("conv_init", "torchvision"))
-    raise ValueError(f"unknown config.model.name {model_cfg.name!r}; choose 'vit' or 'resnet'")
+    raise UserError(f"unknown config.model.name {model_cfg.name!r}; choose one of {MODELS}")

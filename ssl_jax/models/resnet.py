@@ -30,6 +30,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from ssl_jax.errors import UserError
 from ssl_jax.models import conv
 
 
@@ -146,9 +147,9 @@ def resnet(depth: int, *, cifar_stem: bool = False, zero_init_residual: bool = T
     """ResNet-`depth` (10, 18, 34, 50, 101 or 152); `width` channels in the first stage (64 in the papers);
     `conv_init` the convolution init (a key of CONV_INITS)."""
     if depth not in RESNET_DEPTHS:
-        raise ValueError(f"unknown ResNet depth {depth} (config.model.depth); choose one of {sorted(RESNET_DEPTHS)}")
+        raise UserError(f"unknown ResNet depth {depth} (config.model.depth); choose one of {sorted(RESNET_DEPTHS)}")
     if conv_init not in CONV_INITS:
-        raise ValueError(f"unknown ResNet conv init {conv_init!r} (config.model.conv_init); "
+        raise UserError(f"unknown ResNet conv init {conv_init!r} (config.model.conv_init); "
                          f"choose one of {sorted(CONV_INITS)}")
     stage_sizes, bottleneck = RESNET_DEPTHS[depth]
     return ResNet(stage_sizes, bottleneck, cifar_stem=cifar_stem, zero_init_residual=zero_init_residual, width=width,

@@ -154,7 +154,7 @@ def sincos_pos_embed(grid_hw: tuple[int, int], dim: int, temperature: float = 10
     resolutions.
     """
     if dim % 4:
-        raise ValueError(f"sin-cos position embeddings need embed_dim divisible by 4, got {dim}")
+        raise UserError(f"sin-cos position embeddings need embed_dim divisible by 4, got {dim}")
     rows, cols = np.meshgrid(np.arange(grid_hw[0], dtype=np.float64), np.arange(grid_hw[1], dtype=np.float64),
                              indexing="ij")
     omega = 1.0 / temperature ** (np.arange(dim // 4, dtype=np.float64) / (dim // 4))
@@ -352,7 +352,7 @@ class VisionTransformer(nn.Module):
         batch, height, width, _ = images.shape
         p = self.patch_size
         if height % p or width % p:
-            raise ValueError(f"image size {height}x{width} is not a multiple of patch_size={p}")
+            raise UserError(f"image size {height}x{width} is not a multiple of patch_size={p}")
         grid = (height // p, width // p)
         init = vit_init(self.init_scheme)
         # Patchify then one matmul: the same map as DINO's Conv2d(k=p, stride=p), faster on CPU.
@@ -364,7 +364,7 @@ class VisionTransformer(nn.Module):
         if self.mask_token:
             inits = {"zeros": nn.initializers.zeros, "trunc_normal": trunc_normal}
             if self.mask_token not in inits:
-                raise ValueError(f"unknown mask_token init {self.mask_token!r}; use one of {sorted(inits)} or ''")
+                raise UserError(f"unknown mask_token init {self.mask_token!r}; use one of {sorted(inits)} or ''")
             mask_token = self.param("mask_token", inits[self.mask_token], (1, 1, self.embed_dim))
         if mask is not None:
             if not self.mask_token:
@@ -381,7 +381,7 @@ class VisionTransformer(nn.Module):
             pos = interpolate_pos_embed(self.param("pos_embed", init.pos_embed, (1, 1 + num_patches, self.embed_dim)),
                                         grid)
         else:
-            raise ValueError(f"unknown pos_embed {self.pos_embed!r} (config.model.pos_embed); use 'learned', "
+            raise UserError(f"unknown pos_embed {self.pos_embed!r} (config.model.pos_embed); use 'learned', "
                              f"'sincos' or 'none'")
         pos = pos.astype(x.dtype)  # [1, 1 + N, D], the [CLS] slot first
         x = x + pos[:, 1:]
@@ -456,12 +456,12 @@ def vit(size: str, *, img_size: int, patch_size: int, drop_path_rate: float = 0.
     """
     if size == "custom":
         if None in (embed_dim, depth, num_heads):
-            raise ValueError("model.size='custom' needs model.embed_dim, model.depth and model.num_heads")
+            raise UserError("model.size='custom' needs model.embed_dim, model.depth and model.num_heads")
         dims = (embed_dim, depth, num_heads)
     elif size in VIT_SIZES:
         dims = VIT_SIZES[size][:2] + (num_heads or VIT_SIZES[size][2],)
     else:
-        raise ValueError(f"unknown ViT size {size!r}; choose one of {sorted(VIT_SIZES)} or 'custom'")
+        raise UserError(f"unknown ViT size {size!r}; choose one of {sorted(VIT_SIZES)} or 'custom'")
     vit_init(init)  # an unknown name fails here, before any tracing
     return VisionTransformer(img_size=img_size, patch_size=patch_size, embed_dim=dims[0], depth=dims[1],
                              num_heads=dims[2], drop_path_rate=drop_path_rate, pos_embed=pos_embed, dtype=dtype,
