@@ -64,8 +64,12 @@ class Checkpointer:
         options = ocp.CheckpointManagerOptions(save_interval_steps=every_steps, max_to_keep=max_to_keep,
                                                keep_period=keep_period, create=True,
                                                cleanup_tmp_directories=True)
-        self.manager = ocp.CheckpointManager(self.directory, options=options,
-                                             item_handlers=ocp.StandardCheckpointHandler())
+        try:
+            self.manager = ocp.CheckpointManager(self.directory, options=options,
+                                                 item_handlers=ocp.StandardCheckpointHandler())
+        except ImportError as e:  # orbax asks google-cloud-storage about a gs:// bucket's layout
+            raise UserError(f"checkpoints in {self.directory} need a Python package that is not installed ({e}); "
+                            f"pip install google-cloud-storage") from None
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
