@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import time
 
-from ssl_jax import paths
+from ssl_jax import config_base, paths
 from ssl_jax.errors import UserError
 
 CONFIG_FILE = "config.json"
@@ -44,10 +44,13 @@ def flatten(tree: dict, prefix: str = "") -> dict:
 def diff(saved: dict, current: dict) -> dict[str, tuple]:
     """{dotted field: (saved value, current value)} for every field that differs."""
     old, new = flatten(saved), flatten(current)
+    defaults = flatten(as_dict(config_base.base_config()))
     changed = {}
     for key in sorted(set(old) | set(new)):
         if key in MACHINE_LOCAL_FIELDS:
             continue
+        if key not in old and key in defaults and new[key] == defaults[key]:
+            continue  # a run-level field added to ssl_jax after this run started, at its default
         before, after = old.get(key, _MISSING), new.get(key, _MISSING)
         if before != after:
             changed[key] = (before, after)

@@ -174,3 +174,20 @@ def test_local_paths_are_unchanged(local_run):
     assert (workdir / "config.json").exists() and (workdir / "metrics" / "metrics.jsonl").exists()
     assert list((workdir / "metrics").glob("events.out.tfevents.*"))
     assert (workdir / "checkpoints" / "6" / "_CHECKPOINT_METADATA").exists()
+
+
+def test_config_json_from_before_a_run_level_field_existed_still_resumes(tmp_path):
+    """config.json written before eval.dataset / dataset.on_corrupt existed: those fields at their
+    defaults are no change; set to anything else they are."""
+    from ssl_jax import run_config
+    from ssl_jax.errors import UserError
+
+    config = make_smoke_config()
+    run_config.save(config, str(tmp_path), 0, {})
+    saved = json.loads((tmp_path / "config.json").read_text())
+    del saved["eval"]["dataset"], saved["dataset"]["on_corrupt"]
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    assert run_config.check_resume(config, str(tmp_path), 3, allow_change=False) == {}
+    config.dataset.on_corrupt = "skip"
+    with pytest.raises(UserError, match=r"dataset.on_corrupt: '<absent>' -> 'skip'"):
+        run_config.check_resume(config, str(tmp_path), 3, allow_change=False)
