@@ -59,8 +59,10 @@ def load_protocol(preset: str = ""):
 
 
 def default_protocol(config):
-    """The protocol preset for the run's dataset: ':cifar10' for CIFAR-10, else the ImageNet one."""
-    return load_protocol("cifar10" if config.dataset.name == "cifar10" else "")
+    """The protocol preset for the run's eval dataset: ':cifar10' for CIFAR-10, else the ImageNet one."""
+    from ssl_jax.data import pipeline
+
+    return load_protocol("cifar10" if pipeline.eval_dataset(config).name == "cifar10" else "")
 
 
 def run_knn(frozen, protocol) -> dict[str, float]:
