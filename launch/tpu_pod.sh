@@ -52,7 +52,7 @@ case $action in
     need REPO_URL
     ref=${REPO_REF:-main}
     remote="rm -rf ~/ssl_jax && git clone --branch $(quote "$ref") $(quote "$REPO_URL") ~/ssl_jax && cd ~/ssl_jax"
-    remote+=" && python3 -m pip install -q -e . 'jax[tpu]' -f https://storage.googleapis.com/jax-releases/libtpu_releases.html"
+    remote+=" && python3 -m pip install -q -e . 'jax[tpu]' google-cloud-storage -f https://storage.googleapis.com/jax-releases/libtpu_releases.html"
     echo "tpu_pod: installing $REPO_URL@$ref on every worker of $TPU_NAME"
     run "${tpu[@]}" ssh "$TPU_NAME" --zone="$ZONE" "${project_flag[@]}" --worker=all --command="$remote"
     ;;

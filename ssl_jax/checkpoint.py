@@ -10,17 +10,17 @@ Restoring checks the checkpoint's recorded shapes against the config's state bef
 reading any array, so a changed config or a damaged checkpoint gives one line that
 names the step and the problem (`CheckpointError`). With `fallback`, a checkpoint that
 cannot be restored is moved (never deleted) to WORKDIR/corrupt_checkpoints/ and the
-previous one is tried.
+previous one is tried. The workdir may be a URL (gs://...): every path is an epath.Path
+(`ssl_jax.paths`).
 """
 from __future__ import annotations
 
-import os
-import shutil
 from typing import Callable
 
 import jax
 import orbax.checkpoint as ocp
 
+from ssl_jax import paths
 from ssl_jax.errors import UserError
 
 MAX_SHOWN = 3  # mismatching arrays named in an error
@@ -59,13 +59,17 @@ class Checkpointer:
     """Saves every `every_steps` steps (and when forced), keeps the last `max_to_keep`."""
 
     def __init__(self, workdir: str, every_steps: int, max_to_keep: int, keep_period: int | None = None):
-        self.workdir = os.path.abspath(workdir)
-        self.directory = os.path.join(self.workdir, "checkpoints")
+        self.workdir = paths.resolve(workdir)
+        self.directory = self.workdir / "checkpoints"
         options = ocp.CheckpointManagerOptions(save_interval_steps=every_steps, max_to_keep=max_to_keep,
                                                keep_period=keep_period, create=True,
                                                cleanup_tmp_directories=True)
-        self.manager = ocp.CheckpointManager(self.directory, options=options,
-                                             item_handlers=ocp.StandardCheckpointHandler())
+        try:
+            self.manager = ocp.CheckpointManager(self.directory, options=options,
+                                                 item_handlers=ocp.StandardCheckpointHandler())
+        except ImportError as e:  # orbax asks google-cloud-storage about a gs:// bucket's layout
+            raise UserError(f"checkpoints in {self.directory} need a Python package that is not installed ({e}); "
+                            f"pip install google-cloud-storage") from None
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
@@ -83,7 +87,7 @@ class Checkpointer:
 
     def check_compatible(self, step: int, abstract_state) -> None:
         """Raises CheckpointError unless the checkpoint at `step` has the state's arrays and shapes."""
-        where = os.path.join(self.directory, str(step))
+        where = self.directory / str(step)
         try:
             saved = _leaf_shapes(self.manager.item_metadata(step))
         except Exception as e:  # missing or damaged metadata files: orbax raises many types
@@ -109,7 +113,7 @@ class Checkpointer:
         try:
             return self.manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
         except Exception as e:  # truncated or missing array files: orbax/tensorstore raise many types
-            raise CheckpointError(f"checkpoint step {step} ({os.path.join(self.directory, str(step))}) is "
+            raise CheckpointError(f"checkpoint step {step} ({self.directory / str(step)}) is "
                                   f"incomplete or corrupt: {_short(e)}", corrupt=True) from None
 
     def restore_latest(self, abstract_state, fallback: bool, log: Callable[[str], None]):
@@ -141,16 +145,16 @@ class Checkpointer:
         return None, None
 
     @property
-    def quarantine_dir(self) -> str:
-        return os.path.join(self.workdir, "corrupt_checkpoints")
+    def quarantine_dir(self):
+        return self.workdir / "corrupt_checkpoints"
 
-    def quarantine(self, step: int) -> str:
+    def quarantine(self, step: int):
         """Moves checkpoint `step` out of the manager's sight; returns where it went."""
-        os.makedirs(self.quarantine_dir, exist_ok=True)
-        target, n = os.path.join(self.quarantine_dir, str(step)), 1
-        while os.path.exists(target):
-            target, n = os.path.join(self.quarantine_dir, f"{step}.{n}"), n + 1
-        shutil.move(os.path.join(self.directory, str(step)), target)
+        self.quarantine_dir.mkdir(parents=True, exist_ok=True)
+        target, n = self.quarantine_dir / str(step), 1
+        while target.exists():
+            target, n = self.quarantine_dir / f"{step}.{n}", n + 1
+        (self.directory / str(step)).rename(target)
         self.manager.reload()
         return target
 

@@ -50,8 +50,12 @@ def base_config() -> ml_collections.ConfigDict:
     c.parallel = ml_collections.ConfigDict({"fsdp": 1, "rules": DEFAULT_RULES})
 
     c.dataset = ml_collections.ConfigDict()
+    # A tfds name, or "folder": image files under data_dir (flat, nested or <class>/ folders) or a
+    # .txt list of them as the split, on any filesystem (layouts: ssl_jax/data/folder.py).
     c.dataset.name = "imagenet2012"
-    c.dataset.data_dir = ""  # "" -> $TFDS_DATA_DIR, else tfds' default (~/tensorflow_datasets).
+    c.dataset.data_dir = ""  # tfds: "" -> $TFDS_DATA_DIR, else tfds' default (~/tensorflow_datasets). folder: its root.
+    # folder: an image that does not decode stops the run naming it ("error"), or is named and left out ("skip").
+    c.dataset.on_corrupt = "error"
     c.dataset.download = True  # let tfds download and prepare the dataset if it is missing.
     c.dataset.train_split = "train"
     c.dataset.image_key = "image"
@@ -62,6 +66,11 @@ def base_config() -> ml_collections.ConfigDict:
     c.dataset.shuffle_buffer = 20_000
 
     c.eval = ml_collections.ConfigDict()
+    # The dataset kNN (and ssl_jax.evaluate) reads its eval splits from; name "" -> config.dataset. E.g.
+    # pretrain on a folder and monitor kNN on cifar10. num_classes 0 -> config.dataset.num_classes
+    # (a folder: its class sub-folders). A folder without class sub-folders turns kNN off.
+    c.eval.dataset = ml_collections.ConfigDict({"name": "", "data_dir": "", "image_key": "image",
+                                                "label_key": "label", "num_classes": 0})
     c.eval.every_steps = 0  # kNN every N steps; 0: only at the end. Always at the end.
     c.eval.batch_size = 256
     c.eval.train_split = "train"  # kNN memory bank

@@ -26,6 +26,8 @@ import time
 
 import jax
 
+from ssl_jax import paths
+
 EVALS = ("knn", "linear_dino", "linear_mae", "finetune", "classifier")
 ALIASES = {"linear": ("linear_dino", "linear_mae")}
 
@@ -57,12 +59,15 @@ def load_protocol(preset: str = ""):
 
 
 def default_protocol(config):
-    """The protocol preset for the run's dataset: ':cifar10' for CIFAR-10, else the ImageNet one."""
-    return load_protocol("cifar10" if config.dataset.name == "cifar10" else "")
+    """The protocol preset for the run's eval dataset: ':cifar10' for CIFAR-10, else the ImageNet one."""
+    from ssl_jax.data import pipeline
+
+    return load_protocol("cifar10" if pipeline.eval_dataset(config).name == "cifar10" else "")
 
 
 def run_knn(frozen, protocol) -> dict[str, float]:
     """Weighted kNN on cached [CLS] features (the method's `features`) for every k at once."""
+    from ssl_jax.data import pipeline
     from ssl_jax.eval.cache import cached_features
     from ssl_jax.eval.knn import knn_accuracy
 
@@ -71,7 +76,7 @@ def run_knn(frozen, protocol) -> dict[str, float]:
     train_x, train_y = cached_features(frozen, "knn", {}, features_fn, config.eval.train_split)
     test_x, test_y = cached_features(frozen, "knn", {}, features_fn, config.eval.test_split)
     return {f"knn_top1@{k}": knn_accuracy(train_x, train_y, test_x, test_y, k=k, temperature=protocol.knn.temperature,
-                                          num_classes=config.dataset.num_classes) for k in protocol.knn.k}
+                                          num_classes=pipeline.eval_num_classes(config)) for k in protocol.knn.k}
 
 
 def run_linear(frozen, protocol, name: str) -> dict[str, float]:
@@ -85,12 +90,13 @@ def run_linear(frozen, protocol, name: str) -> dict[str, float]:
     params = {"n_last_blocks": cfg.n_last_blocks, "avgpool": cfg.avgpool}
     features_fn = probe_features_fn(config, frozen.run.method, cfg.n_last_blocks, cfg.avgpool)
     test_x, test_y = cached_features(frozen, "probe", params, features_fn, config.eval.test_split)
-    num_classes = config.dataset.num_classes
+    from ssl_jax.data import pipeline
+
+    num_classes = pipeline.eval_num_classes(config)
     if cfg.augment:
-        from ssl_jax.data import pipeline
         from ssl_jax.eval.supervised_data import augmented_batches
 
-        num_train = pipeline.num_examples(config.dataset, config.eval.train_split)
+        num_train = pipeline.num_examples(pipeline.eval_dataset(config), config.eval.train_split)
         batches = augmented_batches(config, config.eval.train_split, cfg.batch_size, cfg.crop_scale, protocol.seed,
                                     frozen.run.mesh)
         probe, state, losses = linear.train_on_images(cfg, features_fn, frozen.variables, batches, test_x.shape[1],
@@ -111,9 +117,10 @@ def run_finetune(frozen, protocol) -> dict[str, float]:
     from ssl_jax.eval.supervised_data import augmented_batches
 
     cfg, config, mesh = protocol.finetune, frozen.config, frozen.run.mesh
-    tuner = FineTuner(config, cfg, frozen.run.method.eval_variables(frozen.state), config.dataset.num_classes,
+    tuner = FineTuner(config, cfg, frozen.run.method.eval_variables(frozen.state), pipeline.eval_num_classes(config),
                       protocol.seed)
-    steps = cfg.steps_per_epoch or pipeline.num_examples(config.dataset, config.eval.train_split) // cfg.batch_size
+    steps = (cfg.steps_per_epoch
+             or pipeline.num_examples(pipeline.eval_dataset(config), config.eval.train_split) // cfg.batch_size)
     batches = augmented_batches(config, config.eval.train_split, cfg.batch_size, cfg.crop_scale, protocol.seed, mesh)
     params, losses = tuner.train(batches, steps, mesh)
     logits, labels = extract_features(config, lambda p, images: tuner.logits(p, images), params,
@@ -174,13 +181,9 @@ def evaluate_frozen(frozen, evals=("knn",), protocol=None, printer=print) -> dic
         logger.close()
     printer(format_table(rows))
     if jax.process_index() == 0:
-        path = os.path.join(frozen.workdir, "checkpoints", f"eval_{frozen.step}.json")
-        saved = {}
-        if os.path.exists(path):
-            with open(path) as f:
-                saved = json.load(f)
-        with open(path, "w") as f:
-            json.dump({**saved, "step": frozen.step, **results}, f, indent=2, sort_keys=True)
+        path = paths.resolve(frozen.workdir) / "checkpoints" / f"eval_{frozen.step}.json"
+        saved = paths.read_json(path) if path.exists() else {}
+        paths.write_atomically(path, json.dumps({**saved, "step": frozen.step, **results}, indent=2, sort_keys=True))
         printer(f"wrote {path}")
     return results
 

@@ -1,11 +1,27 @@
-"""Metrics to TensorBoard event files, a JSON-lines file and a readable line per log step."""
+"""Metrics to TensorBoard event files, a JSON-lines file and a readable line per log step.
+
+Both files go through `ssl_jax.paths`, so WORKDIR may be a URL (gs://...): tensorboardX
+writes the events (no tensorflow needed for local runs) and, for a URL, opens its file
+through epath instead of its own GCS/S3 writers, which need google-cloud-storage / boto3.
+"""
 from __future__ import annotations
 
 import json
-import os
 import time
 
 import jax
+
+from ssl_jax import paths
+
+
+class _EpathFiles:
+    """tensorboardX's writer factory for a URL scheme: its event file opened through epath."""
+
+    def open(self, path: str):
+        return paths.resolve(path).open("wb")
+
+    def directory_check(self, path: str) -> None:
+        paths.resolve(path).mkdir(parents=True, exist_ok=True)
 
 
 class MetricLogger:
@@ -15,12 +31,14 @@ class MetricLogger:
         self.enabled = jax.process_index() == 0
         if not self.enabled:
             return
-        from tensorboardX import SummaryWriter  # light: no tensorflow needed
+        from tensorboardX import SummaryWriter, record_writer  # light: no tensorflow needed
 
-        directory = os.path.join(workdir, "metrics")
-        os.makedirs(directory, exist_ok=True)
-        self.writer = SummaryWriter(directory)
-        self.jsonl = open(os.path.join(directory, "metrics.jsonl"), "a")
+        directory = paths.resolve(workdir) / "metrics"
+        directory.mkdir(parents=True, exist_ok=True)
+        if paths.is_url(directory):
+            record_writer.register_writer_factory(str(directory).split(":")[0], _EpathFiles())
+        self.writer = SummaryWriter(str(directory))
+        self.jsonl = (directory / "metrics.jsonl").open("a")
 
     def write(self, step: int, scalars: dict, prefix: str = "train") -> None:
         if not self.enabled:

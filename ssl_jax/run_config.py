@@ -10,9 +10,9 @@ atomically (temporary file + rename), so a crash never leaves half a config.
 from __future__ import annotations
 
 import json
-import os
 import time
 
+from ssl_jax import config_base, paths
 from ssl_jax.errors import UserError
 
 CONFIG_FILE = "config.json"
@@ -20,8 +20,8 @@ CHANGES_FILE = "config_changes.jsonl"
 # Fields that say where this machine finds things, not what is trained (another host, another
 # data mount), and steps_per_call, which only groups the same steps into fewer compiled calls:
 # they may differ between the original run and a resumed one.
-MACHINE_LOCAL_FIELDS = ("dataset.data_dir", "dataset.download", "distributed.coordinator_address",
-                        "distributed.process_id", "steps_per_call")
+MACHINE_LOCAL_FIELDS = ("dataset.data_dir", "dataset.download", "eval.dataset.data_dir",
+                        "distributed.coordinator_address", "distributed.process_id", "steps_per_call")
 _MISSING = "<absent>"
 
 
@@ -44,10 +44,13 @@ def flatten(tree: dict, prefix: str = "") -> dict:
 def diff(saved: dict, current: dict) -> dict[str, tuple]:
     """{dotted field: (saved value, current value)} for every field that differs."""
     old, new = flatten(saved), flatten(current)
+    defaults = flatten(as_dict(config_base.base_config()))
     changed = {}
     for key in sorted(set(old) | set(new)):
         if key in MACHINE_LOCAL_FIELDS:
             continue
+        if key not in old and key in defaults and new[key] == defaults[key]:
+            continue  # a run-level field added to ssl_jax after this run started, at its default
         before, after = old.get(key, _MISSING), new.get(key, _MISSING)
         if before != after:
             changed[key] = (before, after)
@@ -60,12 +63,11 @@ def describe(changes: dict[str, tuple]) -> str:
 
 def load_saved(workdir: str) -> dict | None:
     """WORKDIR/config.json as a dict, or None when the workdir has none."""
-    path = os.path.join(workdir, CONFIG_FILE)
-    if not os.path.exists(path):
+    path = paths.resolve(workdir) / CONFIG_FILE
+    if not path.exists():
         return None
     try:
-        with open(path) as f:
-            return json.load(f)
+        return paths.read_json(path)
     except (OSError, ValueError) as e:
         raise UserError(f"cannot read {path} ({type(e).__name__}: {e}); restore it, or move it away to resume "
                         f"without the config check") from None
@@ -82,21 +84,9 @@ def check_resume(config, workdir: str, step: int, allow_change: bool) -> dict[st
     changes = diff(saved, as_dict(config))
     if changes and not allow_change:
         raise UserError(f"the config differs from the one the checkpoint at step {step} was trained with "
-                        f"({os.path.join(workdir, CONFIG_FILE)}): {describe(changes)}. Resume with the same "
+                        f"({paths.resolve(workdir) / CONFIG_FILE}): {describe(changes)}. Resume with the same "
                         f"config, or pass --allow_config_change if the change is intended.")
     return changes
-
-
-def _write_atomically(path: str, text: str, mode: str = "w") -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    if mode == "a" and os.path.exists(path):
-        with open(path) as f:
-            text = f.read() + text
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def save(config, workdir: str, step: int, changes: dict[str, tuple]) -> None:
@@ -104,5 +94,8 @@ def save(config, workdir: str, step: int, changes: dict[str, tuple]) -> None:
     if changes:
         record = {"step": step, "time": time.time(),
                   "changes": {key: {"before": b, "after": a} for key, (b, a) in changes.items()}}
-        _write_atomically(os.path.join(workdir, CHANGES_FILE), json.dumps(record) + "\n", mode="a")
-    _write_atomically(os.path.join(workdir, CONFIG_FILE), config.to_json_best_effort(indent=2, sort_keys=True))
+        changes_file = paths.resolve(workdir) / CHANGES_FILE
+        before = changes_file.read_text() if changes_file.exists() else ""
+        paths.write_atomically(changes_file, before + json.dumps(record) + "\n")
+    paths.write_atomically(paths.resolve(workdir) / CONFIG_FILE,
+                           config.to_json_best_effort(indent=2, sort_keys=True))

@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
 from typing import NamedTuple
 
 import jax
 import numpy as np
 
-from ssl_jax import partition, run_config, sharding
+from ssl_jax import partition, paths, run_config, sharding
 from ssl_jax.batch import example_batch
 from ssl_jax.checkpoint import Checkpointer
 from ssl_jax.collapse import CollapseMonitor
@@ -147,14 +146,17 @@ def restore_or_create(config, run: Run, checkpointer: Checkpointer, step: int | 
 
 
 def prepare_workdir(workdir: str) -> None:
-    """Creates the workdir and checks that it is writable, before any work is done."""
+    """Creates the workdir (local or a URL, `ssl_jax.paths`) and checks that it is writable, before any work."""
     try:
-        os.makedirs(workdir, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=workdir, prefix=".write_test"):
-            pass
-    except OSError as e:
-        raise UserError(f"cannot write to --workdir={workdir} ({e.strerror or type(e).__name__}); "
-                        f"pass a directory you can create and write to") from None
+        directory = paths.resolve(workdir)
+        directory.mkdir(parents=True, exist_ok=True)
+        probe = directory / f".write_test-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except Exception as e:  # OSError locally; tf.errors / NotImplementedError for URLs
+        reason = getattr(e, "strerror", None) or f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+        raise UserError(f"cannot write to --workdir={workdir} ({reason}); pass a directory (or gs:// URL) "
+                        f"you can create and write to") from None
 
 
 def step_flops(compiled) -> float:
@@ -165,7 +167,7 @@ def step_flops(compiled) -> float:
 
 
 def evaluate(config, run: Run, state: TrainState, logger: MetricLogger, step: int) -> dict:
-    """kNN on the eval split, logged and printed."""
+    """kNN on the eval dataset's splits (`config.eval.dataset`, default the training dataset), logged and printed."""
     from ssl_jax.eval.knn_eval import evaluate_knn  # imports tensorflow
 
     start = time.time()
@@ -218,8 +220,7 @@ def _checked_loop(config, workdir: str, run: Run, checkpointer: Checkpointer, al
     from ssl_jax.data import pipeline  # tensorflow: after the checks above, which need none
 
     batches = pipeline.train_batches(config, start_step, run.steps_per_epoch, run.local_batch)
-    for field in ("train_split", "test_split"):  # fail now, not after training
-        pipeline.check_split(config.dataset, config.eval[field], 1, f"eval.{field}")
+    knn_off = pipeline.knn_off_reason(config)  # fails now on a bad eval dataset, not after training
     if jax.process_index() == 0:
         run_config.save(config, workdir, start_step, changes)
     if changes:
@@ -229,6 +230,8 @@ def _checked_loop(config, workdir: str, run: Run, checkpointer: Checkpointer, al
              f"global batch {config.batch_size} on {sharding.describe_mesh(run.mesh)}"
              + (f" in {config.accum_steps} micro-batches" if config.get("accum_steps", 1) > 1 else "") + ", "
              + (f"resuming from step {start_step}" if start_step else "starting from scratch") + f"; workdir {workdir}")
+    if knn_off:
+        log_line(f"kNN evaluation is off: {knn_off}")
 
     if sigterm.received and jax.process_count() == 1:
         log_line(f"SIGTERM before the first step: stopped at step {start_step}, nothing new to save")
@@ -292,7 +295,7 @@ def _checked_loop(config, workdir: str, run: Run, checkpointer: Checkpointer, al
                 checkpointer.save(done, state, force=is_last)
                 last_saved = done
             every = config.eval.every_steps
-            if is_last or (every and done % every == 0):
+            if not knn_off and (is_last or (every and done % every == 0)):
                 results = evaluate(config, run, state, logger, done)
                 interval_start = time.time()  # evaluation time is not training time
             # Asked for each step of the call: in a multi-process run the agreed stop step may be any of them.
@@ -316,6 +319,11 @@ def mean_metrics(per_step: list[dict]) -> dict[str, float]:
 def evaluate_checkpoint(config, workdir: str, step: int | None = None) -> dict:
     """kNN of a saved checkpoint (latest by default); writes eval_<step>.json next to it."""
     sharding.maybe_initialize_distributed(config)
+    from ssl_jax.data import pipeline  # imports tensorflow
+
+    knn_off = pipeline.knn_off_reason(config)
+    if knn_off:
+        raise UserError(f"nothing to evaluate: {knn_off}")
     run = setup(config)
     checkpointer = Checkpointer(workdir, config.checkpoint.every_steps, config.checkpoint.max_to_keep)
     step = checkpointer.latest_step() if step is None else step
@@ -326,6 +334,6 @@ def evaluate_checkpoint(config, workdir: str, step: int | None = None) -> dict:
     results = evaluate(config, run, state, logger, step)
     logger.close()
     if jax.process_index() == 0:
-        with open(os.path.join(checkpointer.directory, f"eval_{step}.json"), "w") as f:
-            json.dump({"step": step, **results}, f, indent=2)
+        paths.write_atomically(checkpointer.directory / f"eval_{step}.json",
+                               json.dumps({"step": step, **results}, indent=2))
     return results

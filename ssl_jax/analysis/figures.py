@@ -10,6 +10,8 @@ import json
 import matplotlib.pyplot as plt
 import numpy as np
 
+from ssl_jax import paths
+
 
 def attention_maps(images: np.ndarray, maps: np.ndarray, title: str = ""):
     """One row per image: the image, then the [CLS] attention of each head over it.
@@ -78,10 +80,15 @@ def cka(results: dict[str, np.ndarray]):
     return fig
 
 
-def training_curves(metrics_path: str, keys=("loss", "learning_rate")):
-    """Training metrics (`keys`) and every evaluation against the step, from metrics.jsonl."""
-    with open(metrics_path) as f:
-        rows = [json.loads(line) for line in f if line.strip()]
+def save(fig, path, **kwargs) -> None:
+    """Writes `fig` as a PNG to `path`, local or a URL (`ssl_jax.paths`)."""
+    with paths.resolve(path).open("wb") as f:
+        fig.savefig(f, format="png", **kwargs)
+
+
+def training_curves(metrics_path, keys=("loss", "learning_rate")):
+    """Training metrics (`keys`) and every evaluation against the step, from metrics.jsonl (local or a URL)."""
+    rows = [json.loads(line) for line in paths.resolve(metrics_path).read_text().splitlines() if line.strip()]
     train = sorted((r for r in rows if r.get("split") == "train"), key=lambda r: r["step"])
     evals = sorted((r for r in rows if r.get("split") == "eval"), key=lambda r: r["step"])
     eval_keys = sorted({k for r in evals for k in r if k not in ("step", "split", "time")})

@@ -12,11 +12,10 @@ as the run's evaluation (resize + centre crop to config.eval.crop).
 """
 from __future__ import annotations
 
-import os
-
 import jax
 import numpy as np
 
+from ssl_jax import paths
 from ssl_jax.analysis import figures, metrics
 from ssl_jax.analysis.reconstruction import mae_reconstructions
 from ssl_jax.eval.frozen import num_prefix_tokens, vit_module, vit_outputs
@@ -54,11 +53,12 @@ def analyse(frozen, inputs: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def write_pictures(frozen, out_dir: str, count: int = 8, files=()) -> list[str]:
-    """Writes the PNG files for one checkpoint into out_dir; returns their paths."""
-    os.makedirs(out_dir, exist_ok=True)
+    """Writes the PNG files for one checkpoint into out_dir (local or a URL); returns their paths."""
+    out = paths.resolve(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
     display, inputs = load_images(frozen.config, count, files)
     results = analyse(frozen, inputs)
-    name = f"{os.path.basename(frozen.workdir)} step {frozen.step}"
+    name = f"{paths.resolve(frozen.workdir).name} step {frozen.step}"
     made = {"attention_distance": figures.attention_distance({name: results["attention_distance"]}),
             "fourier": figures.fourier({name: results["fourier"]}),
             "cka": figures.cka({name: results["cka"]})}
@@ -68,15 +68,15 @@ def write_pictures(frozen, out_dir: str, count: int = 8, files=()) -> list[str]:
         panels = mae_reconstructions(frozen.run.method, frozen.state.params, inputs, frozen.config.augment.mean,
                                      frozen.config.augment.std)
         made["mae_reconstructions"] = figures.reconstructions(panels, name)
-    metrics_path = os.path.join(frozen.workdir, "metrics", "metrics.jsonl")
-    if os.path.exists(metrics_path):
+    metrics_path = paths.resolve(frozen.workdir) / "metrics" / "metrics.jsonl"
+    if metrics_path.exists():
         made["training_curves"] = figures.training_curves(metrics_path)
-    paths = []
+    written = []
     for key, fig in made.items():
-        paths.append(os.path.join(out_dir, f"{key}.png"))
-        fig.savefig(paths[-1], dpi=110)
+        written.append(str(out / f"{key}.png"))
+        figures.save(fig, written[-1], dpi=110)
         figures.plt.close(fig)
-    return paths
+    return written
 
 
 def main(argv):

@@ -8,9 +8,14 @@ encoded bytes), and each example's augmentation seed is derived from
 run sees exactly the batches the uninterrupted run would have seen, and nothing
 but the step has to be checkpointed for the data.
 
-`config.dataset.name = "folder"` reads an ImageFolder directory
-(`data_dir/<split>/<label>/<image>.jpg|png`) instead of a tfds dataset. An image
-that cannot be decoded stops the run with a line naming its file (or its index).
+`config.dataset.name = "folder"` reads image files instead of a tfds dataset: a flat or
+nested folder, class sub-folders when labels are wanted, or a text list of paths, on any
+filesystem tf.io.gfile reads (`ssl_jax.data.folder` documents the layouts). An image that
+cannot be decoded stops the run with a line naming its file (or its index), or is left out
+with `dataset.on_corrupt="skip"` (folders).
+
+Evaluation reads `eval_dataset(config)`: `config.eval.dataset` when its name is set (pretrain
+on a folder, monitor kNN on tfds CIFAR-10), else the training dataset.
 
 This module imports tensorflow; the train step does not.
 """
@@ -20,12 +25,13 @@ import os
 from typing import Iterator
 
 import jax
+import ml_collections
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from ssl_jax.batch import batch_fields
-from ssl_jax.data import augment
+from ssl_jax.data import augment, folder
 from ssl_jax.errors import UserError
 
 # Keep TensorFlow off any accelerator: it only feeds the host.
@@ -37,16 +43,6 @@ def data_dir(dataset_cfg) -> str | None:
     return dataset_cfg.get("data_dir") or os.environ.get("TFDS_DATA_DIR") or None
 
 
-def folder_builder(dataset_cfg):
-    """tfds' ImageFolder over config.dataset.data_dir (one sub-directory per split, then per label)."""
-    root = dataset_cfg.get("data_dir")
-    if not root or not tf.io.gfile.isdir(root):
-        raise UserError(f"config.dataset.name='folder' reads images from --config.dataset.data_dir, which is "
-                        f"{root or 'not set'}{'' if not root else ' and not a directory'}; point it at a directory "
-                        f"holding <split>/<label>/<image>.jpg|png")
-    return tfds.folder_dataset.ImageFolder(root)
-
-
 def get_builder(dataset_cfg):
     """The tfds builder of config.dataset.name, prepared (downloading it if allowed).
 
@@ -55,7 +51,7 @@ def get_builder(dataset_cfg):
     need a manual download (ImageNet), the error says how to point tfds at a copy.
     """
     if dataset_cfg.name == "folder":
-        return folder_builder(dataset_cfg)
+        return folder.Folder(dataset_cfg)
     directory = data_dir(dataset_cfg)
     try:
         builder = tfds.builder(dataset_cfg.name, data_dir=directory)
@@ -89,6 +85,8 @@ def get_builder(dataset_cfg):
 def num_examples(dataset_cfg, split: str, builder=None) -> int:
     """Number of examples in a split (all processes together); a clear error for an unknown split."""
     builder = builder or get_builder(dataset_cfg)
+    if isinstance(builder, folder.Folder):
+        return builder.num_examples(split)
     try:
         return builder.info.splits[split].num_examples
     except (KeyError, ValueError):
@@ -105,27 +103,25 @@ def check_split(dataset_cfg, split: str, global_batch: int, field: str, builder=
                         f"batch of {global_batch}; check --config.{field} (and the dataset's files)")
 
 
-def _decode(image_bytes: tf.Tensor) -> tf.Tensor:
-    """Encoded image -> uint8 [H, W, 3] (grayscale and RGBA become RGB)."""
-    return tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
-
-
-def _process_split(builder, split: str, decoders=None) -> tf.data.Dataset:
-    """This process's shard of `split`, in a fixed order (ImageFolder has no sub-splits: shard it)."""
-    if isinstance(builder, tfds.folder_dataset.ImageFolder):
-        ds = builder.as_dataset(split=split, shuffle_files=False, decoders=decoders)
-        return ds.shard(jax.process_count(), jax.process_index())
+def _process_split(builder, split: str, image_key: str = "image", encoded: bool = False) -> tf.data.Dataset:
+    """This process's shard of `split`, in a fixed order, images decoded to uint8 [H, W, 3], or left as
+    `encoded` references that `_reader(builder)` turns into bytes (a folder has no sub-splits: shard it)."""
+    if isinstance(builder, folder.Folder):
+        ds = builder.dataset(split).shard(jax.process_count(), jax.process_index())
+        return ds if encoded else ds.map(lambda ex: {**ex, image_key: folder.decode(folder.read(ex[image_key]))})
+    decoders = {image_key: tfds.decode.SkipDecoding()} if encoded else None
     return builder.as_dataset(split=tfds.split_for_jax_process(split), shuffle_files=False, decoders=decoders,
                               read_config=tfds.ReadConfig(try_autocache=False))
 
 
-def _encoded_split(builder, split: str, image_key: str) -> tf.data.Dataset:
-    """This process's shard of `split`, in a fixed order, images left encoded."""
-    return _process_split(builder, split, decoders={image_key: tfds.decode.SkipDecoding()})
+def _reader(builder):
+    """What turns an encoded split's image field into the image's bytes: tfds records hold the bytes,
+    a folder's hold the file's path (read as late as possible, after shuffling and skipping)."""
+    return folder.read if isinstance(builder, folder.Folder) else tf.identity
 
 
 def _name_of(example) -> tf.Tensor:
-    """The example's file name where the dataset has one (ImageFolder), else ''."""
+    """The example's file name where the dataset has one (a folder), else ''."""
     return example.get("image/filename", tf.constant(""))
 
 
@@ -160,7 +156,7 @@ def _with_split_index(ds: tf.data.Dataset, builder, split: str) -> tf.data.Datas
     """Adds INDEX_KEY: the example's position in the whole `split` (not just this process's shard),
     so it is the same in every epoch and for any number of processes."""
     count, process = jax.process_count(), jax.process_index()
-    if isinstance(builder, tfds.folder_dataset.ImageFolder):  # ds.shard(count, process): every count-th example
+    if isinstance(builder, folder.Folder):  # ds.shard(count, process): every count-th example
         position = lambda i: i * count + process  # noqa: E731
     else:  # tfds.split_for_jax_process: contiguous sub-splits
         offset = sum(builder.info.splits[s].num_examples for s in tfds.even_splits(split, n=count)[:process])
@@ -197,7 +193,8 @@ def train_batches(config, start_step: int, steps_per_epoch: int, local_batch: in
     dataset_cfg = config.dataset
     builder = get_builder(dataset_cfg)
     check_split(dataset_cfg, dataset_cfg.train_split, config.batch_size, "dataset.train_split", builder)
-    base = _encoded_split(builder, dataset_cfg.train_split, dataset_cfg.image_key)
+    base = _process_split(builder, dataset_cfg.train_split, dataset_cfg.image_key, encoded=True)
+    read = _reader(builder)
     fields = batch_fields(dataset_cfg)
     if fields:
         base = _with_split_index(base, builder, dataset_cfg.train_split)
@@ -234,7 +231,7 @@ def train_batches(config, start_step: int, steps_per_epoch: int, local_batch: in
         bad = []
         for epoch_and_index, image_bytes, name, _ in epoch_dataset(epoch).skip(offset * local_batch).take(local_batch):
             try:
-                _decode(image_bytes)
+                folder.decode(read(image_bytes))
             except tf.errors.OpError:
                 bad.append(name.numpy().decode() or f"example {int(epoch_and_index[1])} of epoch {epoch}")
         return bad
@@ -244,7 +241,7 @@ def train_batches(config, start_step: int, steps_per_epoch: int, local_batch: in
         key = tf.stack([tf.constant(config.seed, tf.int64), tf.constant(process, tf.int64)])
         key = tf.random.experimental.stateless_fold_in(key, epoch_and_index[0])
         key = tf.random.experimental.stateless_fold_in(key, epoch_and_index[1])
-        views, _ = augment.multi_crop(_decode(image_bytes), key, config.augment)
+        views, _ = augment.multi_crop(folder.decode(read(image_bytes)), key, config.augment)
         return {"views": views, **example_fields}
 
     first_epoch, offset = divmod(start_step, steps_per_epoch)
@@ -268,15 +265,58 @@ def eval_preprocess(image: tf.Tensor, eval_cfg, augment_cfg) -> tf.Tensor:
     return (image - tf.constant(augment_cfg.mean)) / tf.constant(augment_cfg.std)
 
 
+def eval_dataset(config) -> ml_collections.ConfigDict:
+    """The `dataset` section evaluation reads: config.eval.dataset when its name is set, else config.dataset.
+
+    config.eval.dataset holds name, data_dir, image_key, label_key and num_classes (0: the
+    number of class folders of a folder's eval.train_split); the rest follows config.dataset.
+    """
+    own = config.eval.get("dataset")
+    if not own or not own.get("name"):
+        return config.dataset
+    return ml_collections.ConfigDict({**config.dataset.to_dict(), **own.to_dict(), "on_corrupt": "error"})
+
+
+def eval_num_classes(config) -> int:
+    """Classes of the eval dataset: a folder's class sub-folders, else its num_classes (or config.dataset's)."""
+    dataset_cfg = eval_dataset(config)
+    builder = get_builder(dataset_cfg)
+    if isinstance(builder, folder.Folder):
+        return len(builder.split(config.eval.train_split).classes)
+    return dataset_cfg.get("num_classes") or config.dataset.num_classes
+
+
+def knn_off_reason(config) -> str | None:
+    """Why the kNN evaluation cannot run (the eval dataset is a folder without class sub-folders), or None
+    after checking its splits. Raises UserError for a missing or empty split (before training starts)."""
+    dataset_cfg = eval_dataset(config)
+    builder = get_builder(dataset_cfg)
+    if isinstance(builder, folder.Folder):
+        for field in ("train_split", "test_split"):  # the train split first: a flat folder may have no other
+            if not builder.split(config.eval[field]).labelled:
+                return (f"split {config.eval[field]!r} (eval.{field}) of the folder dataset has no class sub-folders "
+                        f"(no labels); to monitor kNN set e.g. --config.eval.dataset.name=cifar10 "
+                        f"--config.eval.train_split='train[:10000]' --config.eval.test_split=test, or eval splits "
+                        f"with <class>/ folders")
+        train, test = builder.split(config.eval.train_split), builder.split(config.eval.test_split)
+        if train.classes != test.classes:
+            raise UserError(f"the kNN splits {config.eval.train_split!r} and {config.eval.test_split!r} have different "
+                            f"class folders ({len(train.classes)} and {len(test.classes)}); give both the same ones")
+    for field in ("train_split", "test_split"):
+        check_split(dataset_cfg, config.eval[field], 1, f"eval.{field}", builder)
+    return None
+
+
 def eval_batches(config, split: str, local_batch: int, num_batches: int, raw: bool = False) -> Iterator[dict]:
-    """Yields exactly `num_batches` per-process batches {'image', 'label', 'mask'} over `split`.
+    """Yields exactly `num_batches` per-process batches {'image', 'label', 'mask'} over `split` of
+    `eval_dataset(config)`.
 
     The last batches are padded (mask 0) so every process yields the same count.
     With raw=True images stay uint8 at their stored size (for the raw-pixel baseline).
     """
-    dataset_cfg = config.dataset
+    dataset_cfg = eval_dataset(config)
     builder = get_builder(dataset_cfg)
-    ds = _process_split(builder, split)
+    ds = _process_split(builder, split, dataset_cfg.image_key)
 
     def prepare(ex):
         image = ex[dataset_cfg.image_key]

@@ -9,40 +9,43 @@ extracts again instead of reading stale features.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
-import os
 import re
 
 import jax
 import numpy as np
 
+from ssl_jax import paths
+from ssl_jax.data import pipeline
 from ssl_jax.eval.features import extract_features
 
 CACHE_DIR = "eval_cache"
 
 
-def cache_path(frozen, kind: str, split: str, params: dict) -> str:
+def cache_path(frozen, kind: str, split: str, params: dict):
     """Where the features of `kind` (with its `params`) on `split` of this checkpoint live."""
     config = frozen.config
-    key = json.dumps({"kind": kind, "params": params, "split": split, "dataset": config.dataset.name,
+    key = json.dumps({"kind": kind, "params": params, "split": split, "dataset": pipeline.eval_dataset(config).name,
                       "resize": config.eval.resize, "crop": config.eval.crop, "mean": list(config.augment.mean),
                       "std": list(config.augment.std)}, sort_keys=True)
     digest = hashlib.sha1(key.encode()).hexdigest()[:10]
     name = f"{kind}_{re.sub(r'[^A-Za-z0-9]+', '-', split).strip('-')}_{digest}.npz"
-    return os.path.join(frozen.workdir, CACHE_DIR, str(frozen.step), name)
+    return paths.resolve(frozen.workdir) / CACHE_DIR / str(frozen.step) / name
 
 
 def cached_features(frozen, kind: str, params: dict, features_fn, split: str) -> tuple[np.ndarray, np.ndarray]:
     """(features [N, F], labels [N]) of `split` for this checkpoint: read from the cache, or
     extracted over the mesh with features_fn(variables, images) and written (process 0)."""
     path = cache_path(frozen, kind, split, params)
-    if os.path.exists(path):
-        with np.load(path) as data:
+    if path.exists():
+        with np.load(io.BytesIO(path.read_bytes())) as data:
             return data["features"], data["labels"]
     features, labels = extract_features(frozen.config, features_fn, frozen.variables, split, frozen.run.mesh)
     if jax.process_index() == 0:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = path + ".tmp.npz"
-        np.savez(tmp, features=features, labels=labels)
-        os.replace(tmp, path)  # complete files only, even if interrupted
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.parent / f"{path.name}.tmp"
+        with tmp.open("wb") as f:
+            np.savez(f, features=features, labels=labels)
+        tmp.replace(path)  # complete files only, even if interrupted
     return features, labels

@@ -12,14 +12,14 @@ from ssl_jax.step import batch_sharding, replicated
 
 
 def extract_features(config, features_fn, variables, split: str, mesh) -> tuple[np.ndarray, np.ndarray]:
-    """Features [N, D] and labels [N] of every example of `split` (all processes).
+    """Features [N, D] and labels [N] of every example of `split` of the eval dataset (all processes).
 
     features_fn(variables, images [b, H, W, 3]) -> [b, D] runs jitted over the mesh
     on images preprocessed as config.eval says.
     """
     global_batch = config.eval.batch_size
     local_batch = sharding.check_global_batch(global_batch, mesh, field="eval.batch_size")
-    num_batches = math.ceil(pipeline.num_examples(config.dataset, split) / global_batch)
+    num_batches = math.ceil(pipeline.num_examples(pipeline.eval_dataset(config), split) / global_batch)
     jitted = jax.jit(features_fn, in_shardings=(replicated(mesh), batch_sharding(mesh)),
                      out_shardings=replicated(mesh))
     features, labels = [], []

@@ -3,8 +3,6 @@ evaluations and analyses read off it (features of several kinds, every block's t
 attention weights). Nothing is trained here."""
 from __future__ import annotations
 
-import json
-import os
 from typing import NamedTuple
 
 import flax.linen as nn
@@ -12,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from ssl_jax import train
+from ssl_jax import paths, train
 from ssl_jax.checkpoint import Checkpointer
 from ssl_jax.errors import UserError
 from ssl_jax.models.backbones import backbone_kwargs, build_backbone
@@ -36,12 +34,11 @@ class Frozen(NamedTuple):
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
     """WORKDIR/config.json (the resolved config the run trained with) as a ConfigDict."""
-    path = os.path.join(workdir, CONFIG_FILE)
-    if not os.path.exists(path):
+    path = paths.resolve(workdir) / CONFIG_FILE
+    if not path.exists():
         raise UserError(f"{path} does not exist: --workdir must be a directory written by "
                         f"`python -m ssl_jax.main` (it holds config.json and checkpoints/)")
-    with open(path) as f:
-        return ml_collections.ConfigDict(json.load(f))
+    return ml_collections.ConfigDict(paths.read_json(path))
 
 
 def restore(workdir: str, step: int | None = None, config=None) -> Frozen:
@@ -56,7 +53,7 @@ def restore(workdir: str, step: int | None = None, config=None) -> Frozen:
     state = train.restore_or_create(config, run, checkpointer, step)
     if len(run.mesh.axis_names) > 1:  # an FSDP-sharded state is gathered for evaluation
         state = jax.jit(lambda s: s, out_shardings=train.replicated(run.mesh))(state)
-    return Frozen(config, run, state, step, os.path.abspath(workdir))
+    return Frozen(config, run, state, step, str(paths.resolve(workdir)))
 
 
 def vit_module(config) -> nn.Module:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
+from ssl_jax.data import pipeline
 from ssl_jax.eval.features import extract_features
 from ssl_jax.eval.knn import knn_accuracy
 
@@ -13,7 +14,7 @@ def knn_of_features(config, features_fn, variables, mesh) -> dict[str, float]:
     test_x, test_y = extract_features(config, features_fn, variables, config.eval.test_split, mesh)
     return {f"knn_top1@{k}": knn_accuracy(train_x, train_y, test_x, test_y, k=k,
                                           temperature=config.eval.knn_temperature,
-                                          num_classes=config.dataset.num_classes)
+                                          num_classes=pipeline.eval_num_classes(config))
             for k in config.eval.knn_k}
 
 

@@ -9,10 +9,11 @@ Evaluation rows (from training or `--mode=eval`) are placed at the training time
 from __future__ import annotations
 
 import json
-import os
 
 import numpy as np
 from absl import app, flags
+
+from ssl_jax import paths
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory holding metrics/metrics.jsonl.")
 _OUT = flags.DEFINE_string("out", None, "PNG file to write.")
@@ -27,8 +28,7 @@ def knn_curve(metrics_path: str, key: str) -> tuple[np.ndarray, np.ndarray, np.n
     The time of an evaluation at step s is the train_seconds of the last training row at
     or before s (linear interpolation between log steps).
     """
-    with open(metrics_path) as f:
-        rows = [json.loads(line) for line in f if line.strip()]
+    rows = [json.loads(line) for line in paths.resolve(metrics_path).read_text().splitlines() if line.strip()]
     train = sorted((r["step"], r["train_seconds"]) for r in rows if r["split"] == "train")
     evals = sorted({r["step"]: r[key] for r in rows if r["split"] == "eval" and key in r}.items())
     if not train or not evals:
@@ -46,7 +46,9 @@ def main(argv):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    minutes, steps, accuracy = knn_curve(os.path.join(_WORKDIR.value, "metrics", "metrics.jsonl"), _KEY.value)
+    from ssl_jax.analysis import figures
+
+    minutes, steps, accuracy = knn_curve(paths.resolve(_WORKDIR.value) / "metrics" / "metrics.jsonl", _KEY.value)
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(minutes, 100 * accuracy, "o-", label=f"DINO teacher ({_KEY.value})")
     for m, s, a in zip(minutes, steps, accuracy):
@@ -60,8 +62,8 @@ def main(argv):
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(_OUT.value)), exist_ok=True)
-    fig.savefig(_OUT.value, dpi=120)
+    paths.resolve(_OUT.value).parent.mkdir(parents=True, exist_ok=True)
+    figures.save(fig, _OUT.value, dpi=120)
     print(f"wrote {_OUT.value}")
 
 

@@ -21,10 +21,10 @@ from ssl_jax.data import augment, pipeline
 def augmented_batches(config, split: str, global_batch: int, scale: tuple[float, float], seed: int,
                       mesh) -> Iterator[dict]:
     """Endless global batches {'image' [B, crop, crop, 3], 'label' [B]} of `split`, sharded on the mesh."""
-    dataset_cfg = config.dataset
+    dataset_cfg = pipeline.eval_dataset(config)
     local_batch = sharding.check_global_batch(global_batch, mesh, field="protocol batch_size")
     builder = pipeline.get_builder(dataset_cfg)
-    base = pipeline._process_split(builder, split)  # this process's shard, decoded, fixed order
+    base = pipeline._process_split(builder, split, dataset_cfg.image_key)  # this process's shard, decoded, fixed order
     mean, std = tf.constant(config.augment.mean), tf.constant(config.augment.std)
     size = config.eval.crop
 
