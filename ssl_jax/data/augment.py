@@ -98,8 +98,9 @@ def _crop_box(height, width, seed, scale, ratio):
 
 def random_resized_crop(image: tf.Tensor, seed: tf.Tensor, *, size: int,
                         scale: tuple[float, float],
-                        ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> tf.Tensor:
-    """Random crop (torchvision ``RandomResizedCrop``) resized bicubically.
+                        ratio: tuple[float, float] = (3 / 4, 4 / 3), interpolation: str = "bicubic") -> tf.Tensor:
+    """Random crop (torchvision ``RandomResizedCrop``) resized bicubically (or `interpolation`
+    'bilinear', torchvision's default, which SimMIM and I-JEPA keep).
 
     Args:
         image: `[H, W, 3]` float32 in `[0, 1]`.
@@ -116,7 +117,7 @@ def random_resized_crop(image: tf.Tensor, seed: tf.Tensor, *, size: int,
     crop = tf.slice(image, tf.stack([top, left, 0]), tf.stack([h, w, -1]))
     # antialias: PIL's bicubic resize (what the reference's torchvision transform runs)
     # low-pass filters when it shrinks; without it 224 px crops of large images alias.
-    resized = tf.image.resize(crop, [size, size], method="bicubic", antialias=True)
+    resized = tf.image.resize(crop, [size, size], method=interpolation, antialias=True)
     return tf.clip_by_value(resized, 0.0, 1.0)
 
 
@@ -262,7 +263,7 @@ def augment_view(image: tf.Tensor, seed: tf.Tensor, *, size: int, scale: tuple[f
                  saturation: float, hue: float, grayscale_prob: float, blur_prob: float,
                  blur_sigma: tuple[float, float], blur_kernel_size: int, solarize_prob: float,
                  mean: tuple[float, float, float], std: tuple[float, float, float],
-                 ) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
+                 interpolation: str = "bicubic") -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
     """One DINO view: crop, flip, colour jitter, grayscale, blur, solarize, normalise.
 
     Args:
@@ -277,7 +278,7 @@ def augment_view(image: tf.Tensor, seed: tf.Tensor, *, size: int, scale: tuple[f
     (crop_seed, flip_seed, jitter_coin, jitter_seed, gray_seed, blur_coin, blur_seed,
      solarize_seed) = _split(seed, 8)
     view = random_resized_crop(tf.image.convert_image_dtype(image, tf.float32), crop_seed,
-                               size=size, scale=scale)
+                               size=size, scale=scale, interpolation=interpolation)
     applied = {
         "flip": _coin(flip_seed, flip_prob),
         "color_jitter": _coin(jitter_coin, jitter_prob),
@@ -309,7 +310,7 @@ def _view_kwargs(cfg: Any, group: str, index: int) -> dict[str, Any]:
         saturation=jitter.saturation, hue=jitter.hue, grayscale_prob=cfg.grayscale_prob,
         blur_prob=cfg.blur_prob[prob_index], blur_sigma=tuple(cfg.blur_sigma),
         blur_kernel_size=cfg.blur_kernel_size, solarize_prob=cfg.solarize_prob[prob_index],
-        mean=tuple(cfg.mean), std=tuple(cfg.std))
+        mean=tuple(cfg.mean), std=tuple(cfg.std), interpolation=cfg.get("interpolation", "bicubic"))
 
 
 def multi_crop(image: tf.Tensor, seed: tf.Tensor,

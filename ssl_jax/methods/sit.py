@@ -1,27 +1,30 @@
 """SiT: Self-supervised vIsion Transformer (Atito, Awais and Kittler, 2021): corrupted-image
 reconstruction, rotation prediction and contrastive learning, trained jointly, each task with
-its own output of one ViT.
+its own output of one ViT. Reference: Sara-Ahmed/SiT (`engine.py` train_SSL, `losses.py`,
+`vision_transformer_SiT.py`, `datasets/datasets_utils.py`).
 
-    for each of the two views v of an image (global crops):
-        x~ = corrupt(x_v)        a random `corrupt_ratio` of its patches replaced by the same patches
+    for each of the two views v of an image (global crops, each with its own rotation):
+        k  ~ U{0, 1, 2, 3};  x_k = rot90(x_v, k)
+        x~ = corrupt(x_k)        a random `corrupt_ratio` of its patches replaced by the same patches
                                  of another image of the batch ("drag and drop")
-        k  ~ U{0, 1, 2, 3};  x~_k = rot90(x~, k),  target_k = rot90(x_v, k)
-        [c, r, patches] = ViT(x~_k)   c: [CLS], the contrastive token; r: a register, the rotation token
-        L_rec = L1(linear(patches), patchify(target_k))              the clean image, every pixel
-        L_rot = CE(linear(r), k)
-        z_v = MLP(c)
-    L_con = NT-Xent(z_1, z_2) + NT-Xent(z_2, z_1)  (negatives from the global batch)
-    loss = w_rec L_rec + w_rot mean_v L_rot + w_con L_con
+        [c, r, patches] = ViT(x~)    c: [CLS], the contrastive token; r: a register, the rotation token
+        L_rec = L1(ConvTranspose(patches), x_k)          the clean image, every pixel
+        L_rot = CE(Linear(r), k)
+        z_v = Linear(c)                                  D -> 512
+    L_con = (NT-Xent(z_1, z_2) + NT-Xent(z_2, z_1)) / 2    the reference's ContrastiveLoss over 2B anchors
+    loss = sum_t a_t exp(-s_t) L_t + s_t / 2    s_t learned (init 1), a = 1 (rotation, contrastive), 0.5 (L1)
 
-The rotation token is the ViT's register token kept in its output (`keep_registers`), so it
-attends and is attended like [CLS] but has no position embedding; evaluation uses [CLS], the
-contrastive token. Shared pieces: `rotation.rotate_four`, `losses.nt_xent`,
-`losses.masked_pixel_l1` (over all patches), `vit.patchify`, `heads.LinearHead` / `heads.MLP`.
-The paper weights the three losses by learned uncertainties; the weights here are fixed config
-values (`method.weights`).
+The loss weights are the reference's learned uncertainties (`LearnedLoss.calculate_weighted_loss`),
+parameters `task_weights/<task>` [1] trained with the rest (1-D: no weight decay, as timm's
+optimiser groups). The rotation token is the ViT's register token kept in its output
+(`keep_registers`), so it attends and is attended like [CLS] but has no position embedding (the
+reference adds a learned one to its learned token: the same sum of two learned vectors);
+evaluation uses [CLS], the contrastive token. Shared pieces: `rotation.rotate_four`,
+`losses.nt_xent`, `losses.masked_pixel_l1` (over all patches), `vit.patchify`, `heads.MLP`.
 """
 from __future__ import annotations
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
@@ -29,7 +32,7 @@ from ssl_jax import losses
 from ssl_jax.methods.base import LossOutput, MethodVariables, OnlineBackboneEval
 from ssl_jax.methods.rotation import NUM_ROTATIONS, rotate_four
 from ssl_jax.models.backbones import backbone_kwargs, build_backbone, compute_dtype
-from ssl_jax.models.heads import MLP, LinearHead
+from ssl_jax.models.heads import MLP
 from ssl_jax.models.network import Network
 from ssl_jax.models.vit import patchify
 
@@ -42,6 +45,25 @@ def drag_and_drop(rng: jax.Array, images: jax.Array, patch: int, ratio: float) -
     replaced = jax.random.uniform(rng, (batch, grid, grid)) < ratio
     pixels = jnp.repeat(jnp.repeat(replaced, patch, axis=1), patch, axis=2)[..., None]
     return jnp.where(pixels, jnp.roll(images, 1, axis=0), images)
+
+
+class PatchPixels(nn.Module):
+    """ConvTranspose2d(D, C, kernel p, stride p) on the patch tokens: tokens [B, N, D] -> pixels
+    [B, N, p*p*C] in `vit.patchify` order; one bias per channel; torch's default init
+    (kaiming_uniform(a=sqrt(5)): U(+-1/sqrt(fan_in)), fan_in = C p^2 for a transposed conv's weight)."""
+
+    patch: int
+    channels: int = 3
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, tokens: jax.Array) -> jax.Array:
+        bound = (self.channels * self.patch**2) ** -0.5
+        init = lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound, bound)  # noqa: E731
+        pixels = nn.Dense(self.patch**2 * self.channels, use_bias=False, kernel_init=init, dtype=self.dtype,
+                          name="proj")(tokens)
+        bias = self.param("bias", init, (self.channels,))
+        return pixels + jnp.tile(bias, self.patch**2).astype(pixels.dtype)
 
 
 class SiT(OnlineBackboneEval):
@@ -59,12 +81,14 @@ class SiT(OnlineBackboneEval):
         dtype = compute_dtype(config)
         self.patch = model.patch_size
         self.network = Network({"backbone": build_backbone(model, **backbone_kwargs(config))})
-        self.heads = {"reconstruction": LinearHead(self.patch * self.patch * 3, dtype),
-                      "rotation": LinearHead(NUM_ROTATIONS, dtype),
-                      "contrastive": MLP(tuple(cfg.contrastive_dims), dtype)}
+        # Linear heads with trunc_normal(.02) init and zero bias (`_init_vit_weights`); the pixels come
+        # from ConvTranspose2d(D, 3, p, stride=p) with torch's default init (`convTrans`).
+        self.heads = {"reconstruction": PatchPixels(self.patch, 3, dtype),
+                      "rotation": MLP((NUM_ROTATIONS,), dtype),
+                      "contrastive": MLP((cfg.contrastive_dim,), dtype)}
         self.corrupt_ratio = cfg.corrupt_ratio
         self.temperature = cfg.temperature
-        self.weights = dict(cfg.weights)
+        self.loss_scales = dict(cfg.loss_scales)
 
     def init(self, rng: jax.Array, batch: dict) -> MethodVariables:
         backbone_rng, *head_rngs = jax.random.split(rng, 1 + len(self.heads))
@@ -72,6 +96,7 @@ class SiT(OnlineBackboneEval):
         dim = self.network.modules["backbone"].embed_dim
         for (name, head), head_rng in zip(self.heads.items(), head_rngs):
             params[name] = head.init(head_rng, jnp.zeros((1, dim)))["params"]
+        params["task_weights"] = {name: jnp.ones((1,), jnp.float32) for name in self.loss_scales}  # s_t = 1.0
         return MethodVariables(params, None, None, None)
 
     def forward(self, params, images: jax.Array, rng: jax.Array | None):
@@ -96,19 +121,22 @@ class SiT(OnlineBackboneEval):
             def pick(x, k=k):  # x rotated by k[b] quarter turns, image by image
                 return jnp.take_along_axis(rotate_four(x), k[:, None, None, None, None], axis=1)[:, 0]
 
-            corrupted = pick(drag_and_drop(corrupt_rng, clean, self.patch, self.corrupt_ratio))
+            rotated = pick(clean)  # the reference rotates in the dataset, before augmenting and corrupting
+            corrupted = drag_and_drop(corrupt_rng, rotated, self.patch, self.corrupt_ratio)
             z, rotation_logits, pixels = self.forward(params, corrupted, drop_rng)
-            target = patchify(pick(clean), self.patch)
+            target = patchify(rotated, self.patch)
             reconstruction_losses.append(losses.masked_pixel_l1(pixels, target, jnp.ones(target.shape[:2], bool)))
             rotation_losses.append(losses.cross_entropy(rotation_logits, k))
             hits.append(jnp.mean((jnp.argmax(rotation_logits, -1) == k).astype(jnp.float32)))
             embeddings.append(z)
         terms = {"reconstruction": jnp.mean(jnp.stack(reconstruction_losses)),
                  "rotation": jnp.mean(jnp.stack(rotation_losses)),
-                 "contrastive": losses.nt_xent(embeddings[0], embeddings[1], self.temperature)
-                 + losses.nt_xent(embeddings[1], embeddings[0], self.temperature)}
-        loss = sum(self.weights[name] * value for name, value in terms.items())
+                 "contrastive": 0.5 * (losses.nt_xent(embeddings[0], embeddings[1], self.temperature)
+                                       + losses.nt_xent(embeddings[1], embeddings[0], self.temperature))}
+        s = {name: params["task_weights"][name][0] for name in terms}
+        loss = sum(self.loss_scales[name] * jnp.exp(-s[name]) * value + 0.5 * s[name] for name, value in terms.items())
         metrics = {f"{name}_loss": value for name, value in terms.items()}
+        metrics.update({f"{name}_weight": value for name, value in s.items()})
         metrics["rotation_accuracy"] = jnp.mean(jnp.stack(hits))
         return loss, LossOutput(metrics, method_state, model_state)
 
