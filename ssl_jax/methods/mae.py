@@ -11,10 +11,10 @@ Reproduces facebookresearch/mae `models_mae.py` (`forward_encoder`, `forward_dec
 with fixed sin-cos position embeddings run on the gathered visible tokens (`keep`), so
 its cost is ~(1 - mask_ratio) of a full pass. No teacher, no method state.
 
-Known differences from the reference: linear layers use the repo ViT's truncated-normal(0.02)
-init (MAE: xavier-uniform), and the sin-cos channels are ordered (row, column) where MAE
-orders them (column, row), a fixed permutation of the embedding that does not matter when
-training from scratch.
+Known differences from the reference (docs/fidelity/mae_base.md): the encoder's and decoder
+blocks' linear init is vit.py's; the sin-cos channels are ordered (row, column) where MAE
+orders them (column, row), a fixed permutation of the embedding's channels, equivalent in
+distribution when every weight that reads it is initialised i.i.d.
 """
 from __future__ import annotations
 

@@ -9,7 +9,8 @@
   back to the encoder width; one pass per target block.
 
 Both reuse `ssl_jax.models.vit.Block` (pre-norm, LayerNorm eps 1e-6, qkv bias, exact GELU,
-truncated-normal(0.02) linears). Padding tokens of static-size index lists are excluded
+truncated-normal(0.02) linears, whose per-family init is vit.py's); MAE's decoder_embed and
+decoder_pred are xavier-uniform as models_mae.py's. Padding tokens of static-size index lists are excluded
 from attention with the blocks' `kv_mask`.
 """
 from __future__ import annotations
@@ -21,6 +22,8 @@ import jax
 import jax.numpy as jnp
 
 from ssl_jax.models.vit import Block, sincos_pos_embed, trunc_normal
+
+xavier_uniform = nn.initializers.xavier_uniform()  # torch.nn.init.xavier_uniform_ on a [out, in] Linear weight
 
 
 def run_blocks(x: jax.Array, *, depth: int, num_heads: int, mlp_ratio: float, dtype, remat: bool, prefix: str,
@@ -58,13 +61,14 @@ class MAEDecoder(nn.Module):
 
     @nn.compact
     def __call__(self, latent: jax.Array, restore: jax.Array) -> jax.Array:
-        x = nn.Dense(self.embed_dim, kernel_init=trunc_normal, dtype=self.dtype, name="decoder_embed")(latent)
+        # models_mae.py _init_weights: xavier_uniform Linear weights, zero biases.
+        x = nn.Dense(self.embed_dim, kernel_init=xavier_uniform, dtype=self.dtype, name="decoder_embed")(latent)
         mask_token = self.param("mask_token", nn.initializers.normal(0.02), (1, 1, self.embed_dim))
         x = jnp.concatenate([x[:, :1], unshuffle(x[:, 1:], mask_token, restore)], axis=1)
         x = x + sincos_pos_embed(self.grid_hw, self.embed_dim).astype(x.dtype)
         x = run_blocks(x, depth=self.depth, num_heads=self.num_heads, mlp_ratio=self.mlp_ratio, dtype=self.dtype,
                        remat=self.remat, prefix="decoder_blocks")
-        x = nn.Dense(self.patch_dim, kernel_init=trunc_normal, dtype=self.dtype, name="decoder_pred")(x)
+        x = nn.Dense(self.patch_dim, kernel_init=xavier_uniform, dtype=self.dtype, name="decoder_pred")(x)
         return x[:, 1:]
 
 
