@@ -109,6 +109,10 @@ class SiT(OnlineBackboneEval):
         return (apply("contrastive", tokens[:, 0]), apply("rotation", tokens[:, 1]),
                 apply("reconstruction", tokens[:, 2:]))
 
+    def contrastive_loss(self, z1: jax.Array, z2: jax.Array) -> jax.Array:
+        """SiT's ContrastiveLoss: NT-Xent at `method.temperature` averaged over all 2B anchors. z: [B, D_c]."""
+        return 0.5 * (losses.nt_xent(z1, z2, self.temperature) + losses.nt_xent(z2, z1, self.temperature))
+
     def loss(self, params, teacher, method_state, model_state, batch, rng, step):
         del teacher, step
         views = batch["views"]["global"]
@@ -131,8 +135,7 @@ class SiT(OnlineBackboneEval):
             embeddings.append(z)
         terms = {"reconstruction": jnp.mean(jnp.stack(reconstruction_losses)),
                  "rotation": jnp.mean(jnp.stack(rotation_losses)),
-                 "contrastive": 0.5 * (losses.nt_xent(embeddings[0], embeddings[1], self.temperature)
-                                       + losses.nt_xent(embeddings[1], embeddings[0], self.temperature))}
+                 "contrastive": self.contrastive_loss(embeddings[0], embeddings[1])}
         s = {name: params["task_weights"][name][0] for name in terms}
         loss = sum(self.loss_scales[name] * jnp.exp(-s[name]) * value + 0.5 * s[name] for name, value in terms.items())
         metrics = {f"{name}_loss": value for name, value in terms.items()}
