@@ -146,3 +146,132 @@ def test_clipping_modes_follow_torch_and_dino(mode):
         want = {k: v * min(5.0 / (np.linalg.norm(v) + 1e-6), 1.0) for k, v in g.items()}
     for k in g:
         np.testing.assert_allclose(-np.asarray(updates[k]), want[k], rtol=1e-5)
+
+
+# ----------------------------------------------------------------------------- SiT
+
+
+def test_sit_heads_and_temperature_come_from_the_config():
+    """Linear(D, contrastive_dim) and Linear(D, 4) heads; the pixel head is ConvTranspose2d(D, 3, p, p)
+    (numpy transcription, one bias per channel); the contrastive loss is SiT's ContrastiveLoss at the
+    config's temperature (float64 transcription of losses.py)."""
+    from ssl_jax import train
+    from ssl_jax.batch import example_batch
+    from ssl_jax.methods.sit import PatchPixels
+
+    config = load_config("sit_vit_small", "smoke")
+    config.method.contrastive_dim, config.method.temperature = 24, 0.3
+    method = train.setup(config, steps_per_epoch=3).method
+    params = jax.jit(method.init)(jax.random.key(0), example_batch(config.augment, 1)).params
+    dim = config.model.embed_dim
+    assert params["contrastive"]["mlp_0"]["kernel"].shape == (dim, 24)
+    assert params["rotation"]["mlp_0"]["kernel"].shape == (dim, 4)
+
+    rng = np.random.RandomState(0)
+    z1, z2 = rng.randn(6, 24), rng.randn(6, 24)
+    z = np.concatenate([z1, z2]) / np.linalg.norm(np.concatenate([z1, z2]), axis=1, keepdims=True)
+    sim = z @ z.T
+    positives = np.concatenate([np.diag(sim, 6), np.diag(sim, -6)])
+    denominator = (np.exp(sim / 0.3) * ~np.eye(12, dtype=bool)).sum(1)
+    want = -np.log(np.exp(positives / 0.3) / denominator).sum() / 12
+    np.testing.assert_allclose(method.contrastive_loss(jnp.asarray(z1), jnp.asarray(z2)), want, rtol=1e-5)
+
+    p, grid = 4, 2
+    head = PatchPixels(p, 3)
+    tokens = rng.randn(2, grid * grid, dim).astype(np.float32)
+    v = head.init(jax.random.key(1), jnp.asarray(tokens))["params"]
+    weight = np.asarray(v["proj"]["kernel"]).reshape(dim, p, p, 3)  # [D, i, j, c]
+    x = tokens.reshape(2, grid, grid, dim)
+    image = np.einsum("bhwd,dijc->bhiwjc", x, weight).reshape(2, grid * p, grid * p, 3) + np.asarray(v["bias"])
+    from ssl_jax.models.vit import patchify
+    np.testing.assert_allclose(head.apply({"params": v}, jnp.asarray(tokens)), patchify(jnp.asarray(image), p),
+                               rtol=1e-5, atol=1e-5)
+    bound = 1 / math.sqrt(3 * p * p)  # ConvTranspose2d default init: fan_in = out_channels x k x k
+    assert np.abs(weight).max() <= bound and np.abs(weight).max() > 0.8 * bound
+
+
+# ----------------------------------------------------------------------------- batch augmentations
+
+
+def test_label_smoothing_and_mixup_targets_follow_timm():
+    """mixup_target: y1 lam + y2 (1 - lam), y = one_hot with on 1 - s + s / C, off s / C, y2 of the
+    batch reversed; the images mixed with the same pairs and lam; every target sums to 1."""
+    labels = jnp.asarray([0, 3, 1, 2])
+    smooth = np.asarray(batch_augment.smoothed_one_hot(labels, 5, 0.1))
+    want = np.full((4, 5), 0.1 / 5)
+    want[np.arange(4), np.asarray(labels)] = 1 - 0.1 + 0.1 / 5
+    np.testing.assert_allclose(smooth, want, rtol=1e-6)
+    images = jnp.asarray(np.random.RandomState(1).randn(4, 8, 8, 3), jnp.float32)
+    mixed, targets = batch_augment.mixup_cutmix(jax.random.key(3), images, jnp.asarray(smooth), mixup_alpha=0.8,
+                                                cutmix_alpha=0.0)
+    lam = float((np.asarray(targets)[0, 0] - want[3, 0]) / (want[0, 0] - want[3, 0]))  # image 0 pairs with image 3
+    assert 0 < lam < 1
+    np.testing.assert_allclose(targets, lam * want + (1 - lam) * want[::-1], rtol=1e-5)
+    np.testing.assert_allclose(mixed, lam * np.asarray(images) + (1 - lam) * np.asarray(images)[::-1], rtol=1e-5,
+                               atol=1e-6)
+    np.testing.assert_allclose(np.asarray(targets).sum(1), 1.0, rtol=1e-6)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_cutmix_box_matches_corrected_lambda(seed):
+    """CutMix: pixels inside one rectangle come from the partner, the rest are the image's own, and
+    the returned lam is 1 - box area / image area (timm correct_lam); the box side is
+    2 (int(S sqrt(1 - lam)) // 2) before clipping to the image (rand_bbox)."""
+    size = 32
+    images = jnp.asarray(np.random.RandomState(seed).randn(6, size, size, 3), jnp.float32)
+    partner = jnp.asarray([5, 4, 3, 2, 1, 0])
+    lam = 0.3 + 0.1 * seed
+    mixed, lam_corrected = batch_augment.cutmix(jax.random.key(seed), images, partner, jnp.asarray(lam))
+    mixed, own, other = np.asarray(mixed), np.asarray(images), np.asarray(images)[np.asarray(partner)]
+    from_partner = np.all(mixed == other, axis=-1) & ~np.all(mixed == own, axis=-1)
+    assert np.all(np.all(mixed == own, axis=-1) | from_partner)
+    box = from_partner[0]
+    assert np.array_equal(box, from_partner[3])  # one box for the whole batch
+    rows, cols = np.where(box.any(1))[0], np.where(box.any(0))[0]
+    assert box.sum() == len(rows) * len(cols) and np.all(np.diff(rows) == 1) and np.all(np.diff(cols) == 1)
+    np.testing.assert_allclose(float(lam_corrected), 1 - box.sum() / size**2, rtol=1e-6)
+    side = 2 * (int(size * math.sqrt(1 - lam)) // 2)
+    assert len(rows) <= side and len(cols) <= side
+
+
+def test_random_erasing_fraction_and_boxes_follow_timm():
+    """RandomErasing(p, mode='pixel'): about a fraction p of the images get one box of N(0, 1) noise,
+    of area 2 % to 1/3 of the image (rounded sides) and aspect ratio in [0.3, 1 / 0.3]."""
+    size, count = 32, 400
+    images = jnp.full((count, size, size, 3), 7.0)
+    out = np.asarray(batch_augment.random_erasing(jax.random.key(0), images, 0.25))
+    erased = np.any(out != 7.0, axis=-1)
+    hit = erased.any((1, 2))
+    assert abs(hit.mean() - 0.25) < 0.07
+    for box in erased[hit]:
+        rows, cols = np.where(box.any(1))[0], np.where(box.any(0))[0]
+        h, w = len(rows), len(cols)
+        assert 0.02 * size**2 * 0.7 <= h * w <= size**2 / 3 * 1.3 and h < size and w < size
+        assert 0.3 / 1.5 <= h / w <= 1.5 / 0.3
+    noise = out[np.broadcast_to(erased[..., None], out.shape)]
+    assert abs(noise.mean()) < 0.05 and abs(noise.std() - 1) < 0.05
+
+
+def test_finetune_global_pool_and_batch_augment():
+    """global_pool: logits = head(LayerNorm_eps1e-6(mean of the last block's patch tokens, [CLS] left
+    out)), not the backbone's normed [CLS]; without erasing / mixing the targets are the smoothed
+    one-hot labels."""
+    from ssl_jax.eval import finetune
+    from ssl_jax.models.backbones import backbone_kwargs, build_backbone
+
+    config = load_config("mae_base", "smoke")
+    cfg = load_config("eval_protocols", "smoke").finetune
+    backbone = build_backbone(config.model, with_drop_path=False, **backbone_kwargs(config))
+    images = jax.random.normal(jax.random.key(1), (2, 32, 32, 3))
+    params = backbone.init(jax.random.key(0), images)["params"]
+    tuner = finetune.FineTuner(config, cfg, params, num_classes=10)
+    tokens = np.float64(backbone.apply({"params": params}, images, return_all=True)["tokens"][-1])[:, 1:].mean(1)
+    normed = (tokens - tokens.mean(-1, keepdims=True)) / np.sqrt(tokens.var(-1, keepdims=True) + 1e-6)
+    head = tuner.params["head"]
+    np.testing.assert_allclose(tuner.logits(tuner.params, images),
+                               normed @ np.asarray(head["kernel"]) + np.asarray(head["bias"]), rtol=1e-4, atol=1e-5)
+    cfg.update({"reprob": 0.0, "mixup": 0.0, "cutmix": 0.0})
+    x, targets = finetune.FineTuner(config, cfg, params, num_classes=10).batch_augment(images, jnp.asarray([2, 7]),
+                                                                                       jax.random.key(2))
+    np.testing.assert_array_equal(x, images)
+    np.testing.assert_allclose(targets, batch_augment.smoothed_one_hot(jnp.asarray([2, 7]), 10, cfg.label_smoothing))
