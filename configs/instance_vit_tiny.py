@@ -12,7 +12,8 @@ Defaults are the authors' CupidJay/Training-Vision-Transformers-with-only-2040-i
 (deit_tiny_patch16_224). Fine-tuning (`run_deit_tiny_flowers.sh`) loads the last checkpoint
 (checkpoint_0799), not the per-epoch parameter EMA the script also saves.
 Deliberate: the post-warm-up cosine is the standard one, cos(pi (e - 2) / (E - 2)); the reference writes
-cos((pi e - 2) / (E - 2)) (misplaced parenthesis), within 0.3 % of the peak lr of it at every step.
+cos((pi e - 2) / (E - 2)) (misplaced parenthesis), within 0.3 % of the peak lr of it at every step;
+bfloat16 compute (the reference runs float32); fine-tuning is the shared MAE protocol, not main_deit.py's.
 """
 from __future__ import annotations
 

@@ -17,7 +17,8 @@ are this repo's choice. Deliberate differences (docs/fidelity/sit_vit_small.md):
 - the lr follows timm's per-epoch warm-up + cosine per step, measured from the end of warm-up; the
   reference's timm 0.3 scheduler is per epoch, lags one epoch (main.py steps it with the finished
   epoch) and measures the cosine from epoch 0;
-- repeated-augmentation sampling (RASampler, 3 repeats) is not reproduced: each image once per epoch.
+- repeated-augmentation sampling (RASampler, 3 repeats) is not reproduced: each image once per epoch;
+- bfloat16 compute instead of fp16 autocast.
 """
 from __future__ import annotations
 
