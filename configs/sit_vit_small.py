@@ -11,9 +11,9 @@ pre-training command (4 GPUs x --batch-size 72, --epochs 501, --lr 1e-3, --min-l
 `losses.py`, `engine.py` (train_SSL), `vision_transformer_SiT.py` and `datasets/`. Its data sets are
 CIFAR, STL10 and TinyImageNet and it registers only SiT_base_patch16_224; ImageNet and ViT-S/16 here
 are this repo's choice. Deliberate differences (docs/fidelity/sit_vit_small.md):
-- the corruption is drag-and-drop of a fixed fraction of whole patches from the rolled batch; the
-  reference's `distortImages` blurs and greys random rectangles, fills random rectangles (up to
-  U(0, 0.3) of the image) with noise and then with another image's pixels;
+- the corruption (`distortImages`) pastes blocks of another image of the batch as it was before its
+  own corruption; the reference corrupts the batch in place, in order, so an earlier partner is
+  already corrupted;
 - the lr follows timm's per-epoch warm-up + cosine per step, measured from the end of warm-up; the
   reference's timm 0.3 scheduler is per epoch, lags one epoch (main.py steps it with the finished
   epoch) and measures the cosine from epoch 0;
@@ -35,7 +35,9 @@ def imagenet_config() -> ml_collections.ConfigDict:
     c.model.num_register_tokens = 1  # the rotation token ([CLS] is the contrastive one)
     c.method = ml_collections.ConfigDict({
         "name": "sit",
-        "corrupt_ratio": 0.3,  # drag-and-drop of patches (deliberate, see above); drop_rand_patches' max_drop 0.3
+        # engine.py distortImages: drop_rand_patches(max_drop=0.3, max_block_sz=0.25, tolr=0.05),
+        # smooth_patch(max_kernSz=15, gauss=5): sigma = rand() x 5 + 0.1
+        "corruption": {"max_drop": 0.3, "max_block": 0.25, "min_block": 0.05, "max_kernel": 15, "max_sigma": 5.0},
         "temperature": 0.5,  # losses.py ContrastiveLoss(temperature=0.5)
         "contrastive_dim": 512,  # vision_transformer_SiT.py: contrastive_head = nn.Linear(num_features, 512)
         # LearnedLoss.adj: 1 for CrossEntropy and Contrastive, 0.5 for L1

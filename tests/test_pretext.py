@@ -274,18 +274,46 @@ def test_instance_head_sharded_over_8_devices_equals_unsharded():
 # ----------------------------------------------------------------------------- SiT
 
 
-def test_sit_drag_and_drop_corruption():
-    from ssl_jax.methods.sit import drag_and_drop
+def test_sit_blur_is_kornia_on_the_rectangle():
+    """smooth_patch: kornia GaussianBlur2d((k, k), (s, s)) of the crop alone, reflect-padded at the
+    crop's edges (float64: np.pad(mode='reflect') and the normalised outer-product kernel)."""
+    from ssl_jax.methods.sit import _blur_inside
 
-    images = jnp.asarray(np.random.RandomState(8).randn(4, 16, 16, 3), jnp.float32)
-    np.testing.assert_array_equal(drag_and_drop(jax.random.key(0), images, 4, 0.0), images)
-    np.testing.assert_array_equal(drag_and_drop(jax.random.key(0), images, 4, 1.0), jnp.roll(images, 1, axis=0))
-    out = np.asarray(drag_and_drop(jax.random.key(1), images, 4, 0.5))
-    cells = out.reshape(4, 4, 4, 4, 4, 3)  # [B, row, py, col, px, C]
-    src, prev = np.asarray(images).reshape(cells.shape), np.roll(np.asarray(images), 1, axis=0).reshape(cells.shape)
-    replaced = np.all(cells == prev, axis=(2, 4, 5))
-    kept = np.all(cells == src, axis=(2, 4, 5))
-    assert np.all(replaced | kept) and 0 < replaced.mean() < 1  # whole patches, from the previous image
+    image = np.random.RandomState(3).rand(20, 24, 3)
+    top, bottom, left, right, k, sigma = 3, 17, 5, 21, 7, 1.7
+    out = np.asarray(_blur_inside(jnp.asarray(image, jnp.float32), (top, bottom, left, right), jnp.asarray(k),
+                                  jnp.asarray(sigma), 15))[top:bottom, left:right]
+    x = np.arange(k) - k // 2
+    g = np.exp(-x**2 / (2 * sigma**2))
+    kernel = np.outer(g, g) / g.sum() ** 2
+    padded = np.pad(image[top:bottom, left:right], ((k // 2, k // 2), (k // 2, k // 2), (0, 0)), mode="reflect")
+    want = np.zeros_like(image[top:bottom, left:right])
+    for i in range(k):
+        for j in range(k):
+            want += kernel[i, j] * padded[i:i + bottom - top, j:j + right - left]
+    np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-6)
+
+
+def test_sit_distortion_stages():
+    """distortImages on a constant-per-channel image: a grey rectangle (channels equal to their mean),
+    noise blocks covering at most max_drop plus one block of the image (the loop stops once their
+    summed area passes U(0, max_drop)), and the partner's pixels only when it is another image."""
+    from ssl_jax.methods.sit import distort
+
+    image = jnp.broadcast_to(jnp.asarray([1.0, 2.0, 3.0]), (32, 32, 3))
+    partner = jnp.full((32, 32, 3), 10.0)
+    for seed in range(6):
+        out = np.asarray(distort(jax.random.key(seed), image, partner, jnp.asarray(True)))
+        alone = np.asarray(distort(jax.random.key(seed), image, partner, jnp.asarray(False)))
+        clean = np.asarray(distort(jax.random.key(seed), image, partner, jnp.asarray(False), max_drop=0.0))
+        grey = np.all(np.isclose(clean, 2.0), axis=-1)  # the grey rectangle (blurring keeps it grey inside)
+        noise = np.any(alone != clean, axis=-1)  # the same rectangles, plus the noise blocks
+        assert noise.mean() <= 0.3 + 0.25**2
+        assert not np.any(np.all(alone == 10.0, axis=-1))
+        pasted = np.all(out == 10.0, axis=-1)
+        assert np.all(out[~pasted] == alone[~pasted])
+        if seed == 0:
+            assert grey.any() and pasted.any()
 
 
 def test_sit_tokens_heads_and_gradients():
