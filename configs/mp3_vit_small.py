@@ -13,9 +13,8 @@ prediction": only unofficial ports, lucidrains/vit-pytorch `mp3.py` and arshadsh
 Position-Prediction-Pretraining-MP3): the mask ratio and the optimiser below are NOT checked
 against the authors'. They are MAE's pretraining recipe (AdamW (0.9, 0.95), base lr 1.5e-4 x
 batch / 256, weight decay 0.05, 40 warm-up epochs, batch 4096, random-resized crop + flip)
-and MAE's 75 % ratio, marked "assumed" where used. Deliberate: `--eval=finetune` fine-tunes the
-pre-trained architecture, without the position embeddings the paper adds for fine-tuning (not yet
-implemented).
+and MAE's 75 % ratio, marked "assumed" where used. `--eval=finetune` adds learned position
+embeddings (fresh, trunc_normal(.02): the init is assumed) before fine-tuning, as the paper does.
 """
 from __future__ import annotations
 

@@ -275,3 +275,31 @@ def test_finetune_global_pool_and_batch_augment():
                                                                                        jax.random.key(2))
     np.testing.assert_array_equal(x, images)
     np.testing.assert_allclose(targets, batch_augment.smoothed_one_hot(jnp.asarray([2, 7]), 10, cfg.label_smoothing))
+
+
+def test_mp3_finetuning_adds_learned_position_embeddings():
+    """MP3 pre-trains without position embeddings and fine-tunes with them added (paper Sec. 3):
+    the fine-tuned ViT has a fresh pos_embed on top of the pre-trained weights, and on an image of
+    identical patches its tokens differ by position (the pre-trained ViT's are all equal)."""
+    from ssl_jax.eval import finetune
+    from ssl_jax.models.backbones import backbone_kwargs, build_backbone
+
+    config = load_config("mp3_vit_small", "smoke")
+    size = config.augment.global_crops.size
+    config.model.img_size = size
+    backbone = build_backbone(config.model, with_drop_path=False, **backbone_kwargs(config))
+    images = jax.random.normal(jax.random.key(1), (1, size, size, 3))
+    params = backbone.init(jax.random.key(0), images)["params"]
+    assert "pos_embed" not in params
+    cfg = load_config("eval_protocols", "smoke").finetune
+    tuner = finetune.FineTuner(config, cfg, params, num_classes=10)
+    assert tuner.params["backbone"]["pos_embed"].shape[1] == 1 + (size // config.model.patch_size) ** 2
+    np.testing.assert_array_equal(tuner.params["backbone"]["blocks_0"]["fc1"]["kernel"], params["blocks_0"]["fc1"]["kernel"])
+    flat = jnp.ones((1, size, size, 3))  # every patch the same: only positions can tell tokens apart
+
+    def token_spread(module, variables):
+        tokens = np.asarray(module.apply({"params": variables}, flat, return_all=True)["tokens"][-1])
+        return np.abs(tokens - tokens.mean(1, keepdims=True)).max()
+
+    assert token_spread(backbone, params) < 1e-5
+    assert token_spread(tuner.backbone, tuner.params["backbone"]) > 1e-3

@@ -82,7 +82,13 @@ class FineTuner:
                              f"got {config.model.name!r}")
         model_cfg = config.model.copy_and_resolve_references()
         model_cfg.drop_path_rate = cfg.drop_path
+        if model_cfg.get("pos_embed") == "none":  # MP3: "add position embeddings ... and finetune" (Sec. 3)
+            model_cfg.pos_embed = "learned"
         self.backbone = build_backbone(model_cfg, **backbone_kwargs(config))
+        if "pos_embed" not in backbone_params and model_cfg.pos_embed == "learned":  # a fresh trunc_normal(.02) one
+            size = model_cfg.img_size
+            fresh = self.backbone.init(jax.random.key(seed + 2), jnp.zeros((1, size, size, 3)))["params"]
+            backbone_params = {**backbone_params, "pos_embed": fresh["pos_embed"]}
         self.head = nn.Dense(num_classes, kernel_init=nn.initializers.normal(cfg.init_std))
         dim = self.backbone.embed_dim  # the pooled feature: [CLS], or the mean patch token (I-JEPA)
         head = self.head.init(jax.random.key(seed), jnp.zeros((1, dim)))["params"]
