@@ -61,18 +61,24 @@ def imagenet() -> ml_collections.ConfigDict:
         "momentum": 0.9, "trust_coefficient": 0.001, "lr_inside_momentum": False,  # util/lars.py
         "exclude_1d_from_decay": True})  # util/lars.py: no trust ratio for 1-D parameters
 
-    # MAE main_finetune.py (ViT-B): the whole network, AdamW (0.9, 0.999), blr 5e-4 x batch / 256,
-    # layer-wise lr decay 0.65, weight decay 0.05 (not on 1-D parameters, cls_token, pos_embed),
-    # drop path 0.1, label smoothing 0.1, 100 epochs with 5 of warm-up, cosine to 1e-6.
-    # Not reproduced: RandAugment (rand-m9-mstd0.5-inc1), mixup 0.8 / cutmix 1.0, random
-    # erasing 0.25 and the global-pool head (--cls_token is used: the [CLS] token after the
-    # backbone's own norm); the crops are RandomResizedCrop + flip as in the linear probes.
+    # MAE main_finetune.py with FINETUNE.md's ViT-B flags: the whole network, AdamW (0.9, 0.999),
+    # blr 5e-4 x batch / 256, layer-wise lr decay 0.65, weight decay 0.05 (not on 1-D parameters,
+    # cls_token, pos_embed), drop path 0.1, 100 epochs with 5 of warm-up, cosine to 1e-6 per iteration,
+    # random erasing 0.25, mixup 0.8 / cutmix 1.0 with label smoothing 0.1, global-pool head.
+    # Not reproduced: RandAugment (--aa rand-m9-mstd0.5-inc1); the crops are RandomResizedCrop
+    # (bicubic) + flip, as timm's transform before its RandAugment.
     c.finetune = ml_collections.ConfigDict()
     c.finetune.batch_size = 1024  # 32 per GPU x accum 4 x 8 GPUs
     c.finetune.epochs = 100  # --epochs (ViT-B)
     c.finetune.layer_decay = 0.65  # --layer_decay (ViT-B; 0.75 for ViT-L)
     c.finetune.drop_path = 0.1  # --drop_path (ViT-B)
-    c.finetune.label_smoothing = 0.1  # --smoothing
+    c.finetune.label_smoothing = 0.1  # --smoothing (in the mixed targets: timm mixup_target)
+    c.finetune.reprob = 0.25  # --reprob 0.25: timm RandomErasing(mode='pixel', max_count=1) per image
+    c.finetune.mixup = 0.8  # --mixup 0.8: Beta(0.8, 0.8) ...
+    c.finetune.cutmix = 1.0  # ... or --cutmix 1.0: Beta(1, 1), timm Mixup(mode='batch', correct_lam=True)
+    c.finetune.mixup_prob = 1.0  # --mixup_prob
+    c.finetune.mixup_switch_prob = 0.5  # --mixup_switch_prob
+    c.finetune.global_pool = True  # --global_pool (default): fc_norm(mean patch token); False: [CLS] (--cls_token)
     c.finetune.init_std = 2e-5  # trunc_normal_(model.head.weight, std=2e-5)
     c.finetune.crop_scale = (0.08, 1.0)
     c.finetune.steps_per_epoch = 0  # 0: the whole train split per epoch

@@ -29,8 +29,7 @@ def imagenet_config() -> ml_collections.ConfigDict:
     c.method = ml_collections.ConfigDict()
     c.method.name = "ijepa"
     c.method.predictor_embed_dim = 384  # meta.pred_emb_dim 384
-    # init_model's default depth 6 (VisionTransformerPredictor); the ViT-H/14 config uses 12.
-    c.method.predictor_depth = 6
+    c.method.predictor_depth = 12  # meta.pred_depth 12 (init_model's own default is 6)
     c.method.predictor_num_heads = 0  # 0: the encoder's (init_model: num_heads=encoder.num_heads)
     c.method.context_scale = (0.85, 1.0)  # mask.enc_mask_scale
     c.method.target_scale = (0.15, 0.2)  # mask.pred_mask_scale
@@ -47,7 +46,9 @@ def imagenet_config() -> ml_collections.ConfigDict:
     c.optim.lr_reference_batch = 2048  # ... so the reference batch is the paper's
     c.optim.lr_scaling = "linear"
     c.optim.warmup_lr = 0.0002  # optimization.start_lr
-    c.optim.warmup_epochs = 40  # optimization.warmup
+    c.optim.warmup_epochs = 40  # optimization.warmup; WarmupCosineSchedule: start + (ref - start) step / warmup
+    c.optim.warmup_style = "fraction"
+    c.optim.schedule_offset = 1  # the lr / wd schedulers' step() runs before each iteration: iteration i uses step i + 1
     c.optim.min_lr = 1e-6  # optimization.final_lr
     c.optim.weight_decay = 0.04  # optimization.weight_decay, cosine ...
     c.optim.weight_decay_end = 0.4  # ... to final_weight_decay; not on biases / 1-D params
@@ -56,8 +57,10 @@ def imagenet_config() -> ml_collections.ConfigDict:
     c.optim.teacher_momentum_end = 1.0
     c.optim.teacher_momentum_schedule = "linear"
 
-    # data: RandomResizedCrop(224, crop_scale (0.3, 1.0)); no flip, colour distortion or blur.
+    # data: src/transforms.py RandomResizedCrop(224, crop_scale (0.3, 1.0)), torchvision's default bilinear;
+    # use_horizontal_flip, use_color_distortion, use_gaussian_blur false; Normalize(ImageNet mean/std).
     c.augment = base.single_view_augment(size=224, scale=(0.3, 1.0), flip_prob=0.0)
+    c.augment.interpolation = "bilinear"
     return c
 
 
@@ -77,6 +80,7 @@ def cifar10_config() -> ml_collections.ConfigDict:
     c.optim.teacher_momentum = 0.99
     c.optim.teacher_momentum_schedule = "linear"
     c.augment = base.single_view_augment(size=32, scale=(0.3, 1.0), flip_prob=0.0)
+    c.augment.interpolation = "bilinear"
     c.augment.mean, c.augment.std = base.CIFAR10_MEAN, base.CIFAR10_STD
     return c
 

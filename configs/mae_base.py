@@ -6,6 +6,8 @@
 
 Defaults are facebookresearch/mae's pre-training recipe (PRETRAIN.md and `main_pretrain.py`
 flags, cited as `--flag`; `models_mae.py` for the architecture) and the paper's (Sec. 4, App. A.1).
+Deliberate (docs/fidelity/mae_base.md): the sin-cos channels are (row, column), MAE's (column,
+row), a fixed channel permutation, equivalent in distribution; bfloat16 compute instead of fp16 AMP.
 """
 from __future__ import annotations
 
@@ -42,11 +44,13 @@ def imagenet_config() -> ml_collections.ConfigDict:
     c.optim.lr_reference_batch = 256  # ... lr = blr x batch / 256
     c.optim.lr_scaling = "linear"
     c.optim.min_lr = 0.0  # --min_lr 0: half-cycle cosine to 0
-    c.optim.warmup_epochs = 40  # --warmup_epochs 40
-    c.optim.weight_decay = 0.05  # --weight_decay 0.05, constant; not on biases / norms
-    c.optim.weight_decay_end = 0.05  # (param_groups_weight_decay)
+    c.optim.warmup_epochs = 40  # --warmup_epochs 40; util/lr_sched.adjust_learning_rate every iteration:
+    c.optim.warmup_style = "fraction"  # lr x (iteration / warmup iterations), the peak first at the cosine's start
+    c.optim.weight_decay = 0.05  # --weight_decay 0.05, constant; not on biases / 1-D params
+    c.optim.weight_decay_end = 0.05  # (optim_factory.add_weight_decay without a skip list: cls/mask tokens decay)
 
-    # main_pretrain.py: RandomResizedCrop(224, scale=(0.2, 1.0), bicubic), RandomHorizontalFlip, Normalize.
+    # main_pretrain.py: RandomResizedCrop(224, scale=(0.2, 1.0), interpolation=3 bicubic), RandomHorizontalFlip,
+    # Normalize(ImageNet mean/std). No gradient clipping (loss_scaler(..., clip_grad=None)).
     c.augment = base.single_view_augment(size=224, scale=(0.2, 1.0), flip_prob=0.5)
     return c
 

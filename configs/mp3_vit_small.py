@@ -8,10 +8,13 @@ Strategy", ICML 2022) on a ViT-S/16 without position embeddings.
 
 From the paper: no position embeddings in the encoder, every patch a query but only a random
 subset of patches as keys/values (masked context), an N-way position classifier per token.
-The authors' code is not available to us: the mask ratio and the optimiser below are NOT
-checked against it. They are MAE's pretraining recipe (AdamW (0.9, 0.95), base lr 1.5e-4 x
+No official code found (searched the code index for the title, "apple ml-mp3", "MP3 position
+prediction": only unofficial ports, lucidrains/vit-pytorch `mp3.py` and arshadshk's
+Position-Prediction-Pretraining-MP3): the mask ratio and the optimiser below are NOT checked
+against the authors'. They are MAE's pretraining recipe (AdamW (0.9, 0.95), base lr 1.5e-4 x
 batch / 256, weight decay 0.05, 40 warm-up epochs, batch 4096, random-resized crop + flip)
-and MAE's 75 % ratio, marked "assumed" where used.
+and MAE's 75 % ratio, marked "assumed" where used. `--eval=finetune` adds learned position
+embeddings (fresh, trunc_normal(.02): the init is assumed) before fine-tuning, as the paper does.
 """
 from __future__ import annotations
 
@@ -30,7 +33,7 @@ def imagenet_config() -> ml_collections.ConfigDict:
     c.optim = ml_collections.ConfigDict({
         "name": "adamw", "lr": 1.5e-4, "lr_reference_batch": 256, "lr_scaling": "linear", "min_lr": 0.0,
         "warmup_epochs": 40, "weight_decay": 0.05, "weight_decay_end": 0.05, "b1": 0.9, "b2": 0.95,
-        "eps": 1e-8})  # assumed (MAE's main_pretrain.py)
+        "eps": 1e-8, "warmup_style": "fraction"})  # assumed (MAE's main_pretrain.py, adjust_learning_rate)
     c.augment = base.single_view_augment(size=224, scale=(0.2, 1.0), flip_prob=0.5)  # assumed (MAE)
     return c
 

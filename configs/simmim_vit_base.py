@@ -6,8 +6,10 @@
 
 Defaults are microsoft/SimMIM's `configs/vit_base__800ep/simmim_pretrain__vit_base__img224__800ep.yaml`
 (cited as KEY) on top of its `config.py` defaults, and `main_simmim.py` / `data/data_simmim.py`.
-Not reproduced: the reference's ViT-B uses a shared relative position bias (USE_SHARED_RPB)
-instead of absolute position embeddings; this ViT has learned absolute ones.
+Deliberate (docs/fidelity/simmim_vit_base.md): the reference's ViT-B uses a shared relative
+position bias (USE_SHARED_RPB) instead of absolute position embeddings; this ViT has learned
+absolute ones (vit.py has no relative bias). Its attention has a k bias the reference (BEiT's
+q_bias / v_bias) lacks: a constant per query row, which softmax ignores. bfloat16 instead of AMP.
 """
 from __future__ import annotations
 
@@ -45,15 +47,19 @@ def imagenet_config() -> ml_collections.ConfigDict:
     c.optim.lr_schedule = "multistep"  # LR_SCHEDULER multistep: x GAMMA 0.1 at epoch 700
     c.optim.lr_milestones = (700,)
     c.optim.lr_gamma = 0.1
+    # main_simmim.py calls lr_scheduler.step_update(i) after iteration i: iteration i runs at the lr of i - 1.
+    c.optim.schedule_offset = -1
     c.optim.min_lr = 0.0  # unused by multistep
-    c.optim.weight_decay = 0.05  # TRAIN.WEIGHT_DECAY 0.05, constant; not on biases / norms
+    c.optim.weight_decay = 0.05  # TRAIN.WEIGHT_DECAY 0.05, constant; not on biases / 1-D params ...
     c.optim.weight_decay_end = 0.05
-    # TRAIN.CLIP_GRAD 5.0 clips the global gradient norm; this optimiser's clipping is per tensor
-    # (DINO's), a looser bound with the same threshold.
-    c.optim.clip_grad = 5.0
+    c.optim.no_decay_patterns = (r"backbone/cls_token$",)  # ... nor on no_weight_decay()'s cls_token (optimizer.py)
+    c.optim.clip_grad = 5.0  # TRAIN.CLIP_GRAD 5.0: torch.nn.utils.clip_grad_norm_ of all gradients together
+    c.optim.clip_grad_scope = "global"
 
-    # data_simmim.py: RandomResizedCrop(224, scale=(0.67, 1.), ratio=(3/4, 4/3)), RandomHorizontalFlip, Normalize.
+    # data_simmim.py: RandomResizedCrop(224, scale=(0.67, 1.), ratio=(3/4, 4/3)) with torchvision's default
+    # bilinear interpolation, RandomHorizontalFlip, Normalize(ImageNet mean/std).
     c.augment = base.single_view_augment(size=224, scale=(0.67, 1.0), flip_prob=0.5)
+    c.augment.interpolation = "bilinear"
     return c
 
 
@@ -72,6 +78,7 @@ def cifar10_config() -> ml_collections.ConfigDict:
     c.optim.weight_decay = 0.05
     c.optim.weight_decay_end = 0.05
     c.augment = base.single_view_augment(size=32, scale=(0.67, 1.0), flip_prob=0.5)
+    c.augment.interpolation = "bilinear"
     c.augment.mean, c.augment.std = base.CIFAR10_MEAN, base.CIFAR10_STD
     return c
 

@@ -20,8 +20,14 @@ Schedule = Callable[[jax.Array], jax.Array]
 
 
 def cosine_schedule(base: float, final: float, total_steps: int, warmup_steps: int = 0,
-                    warmup_start: float = 0.0) -> Schedule:
-    """DINO's cosine_scheduler as an optax schedule over `total_steps` steps."""
+                    warmup_start: float = 0.0, warmup_style: str = "linspace") -> Schedule:
+    """DINO's cosine_scheduler as an optax schedule over `total_steps` steps.
+
+    warmup_style 'linspace' (DINO): `base` at step warmup_steps - 1; 'fraction' (MAE's
+    `adjust_learning_rate`, timm's schedulers, I-JEPA's WarmupCosineSchedule):
+    start + (base - start) * step / warmup_steps, `base` first at step warmup_steps."""
+    if warmup_style not in ("linspace", "fraction"):
+        raise ValueError(f"unknown optim.warmup_style {warmup_style!r}; choose 'linspace' or 'fraction'")
     decay_steps = max(total_steps - warmup_steps, 1)
 
     def cosine(i):
@@ -30,7 +36,8 @@ def cosine_schedule(base: float, final: float, total_steps: int, warmup_steps: i
 
     if warmup_steps == 0:
         return cosine
-    warmup = optax.linear_schedule(warmup_start, base, max(warmup_steps - 1, 1))
+    ramp_steps = max(warmup_steps - 1, 1) if warmup_style == "linspace" else warmup_steps
+    warmup = optax.linear_schedule(warmup_start, base, ramp_steps)
     return optax.join_schedules([warmup, cosine], boundaries=[warmup_steps])
 
 
@@ -67,8 +74,16 @@ def clip_by_norm_per_tensor(max_norm: float) -> optax.GradientTransformation:
     return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
 
 
+def _clip_by_joint_norm(tree: Any, max_norm: float) -> Any:
+    """Scales every tensor of `tree` by min(1, max_norm / (||tree|| + 1e-6)), ||.|| the L2 norm over
+    all its tensors (torch.nn.utils.clip_grad_norm_)."""
+    norm = jnp.sqrt(sum(jnp.sum(jnp.square(g.astype(jnp.float32))) for g in jax.tree.leaves(tree)))
+    coef = jnp.minimum(max_norm / (norm + 1e-6), 1.0)
+    return jax.tree.map(lambda g: g * coef.astype(g.dtype), tree)
+
+
 def clip_by_global_norm_per_module(max_norm: float) -> optax.GradientTransformation:
-    """Scales each top-level module's gradients by min(1, max_norm / (||g_module|| + 1e-6)).
+    """Clips each top-level module's gradients by its own global norm (`_clip_by_joint_norm`).
 
     DINOv2's `train.py` (`for v in model.student.values(): v.clip_grad_norm_(clip_grad)`):
     every student module (the params' first keys: backbone, dino_head, ibot_head) is
@@ -78,19 +93,24 @@ def clip_by_global_norm_per_module(max_norm: float) -> optax.GradientTransformat
 
     def update_fn(updates, state, params=None):
         del params
-
-        def clip(module):
-            leaves = jax.tree.leaves(module)
-            norm = jnp.sqrt(sum(jnp.sum(jnp.square(g.astype(jnp.float32))) for g in leaves))
-            coef = jnp.minimum(max_norm / (norm + 1e-6), 1.0)
-            return jax.tree.map(lambda g: g * coef.astype(g.dtype), module)
-
-        return {name: clip(module) for name, module in updates.items()}, state
+        return {name: _clip_by_joint_norm(module, max_norm) for name, module in updates.items()}, state
 
     return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
 
 
-CLIP_SCOPES = {"tensor": clip_by_norm_per_tensor, "module": clip_by_global_norm_per_module}
+def clip_by_global_norm(max_norm: float) -> optax.GradientTransformation:
+    """Clips all gradients by their joint global norm, torch's `clip_grad_norm_(model.parameters())`
+    (SimMIM's main_simmim.py), with its + 1e-6."""
+
+    def update_fn(updates, state, params=None):
+        del params
+        return _clip_by_joint_norm(updates, max_norm), state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
+
+
+CLIP_SCOPES = {"tensor": clip_by_norm_per_tensor, "module": clip_by_global_norm_per_module,
+               "global": clip_by_global_norm}
 
 
 def path_mask(params: Any, patterns: tuple[str, ...]) -> Any:
@@ -233,14 +253,18 @@ def build_schedules(optim_cfg, total_steps: int, steps_per_epoch: int, global_ba
     `warmup_lr` (scaled like `lr`): where the warm-up starts (SimMIM, I-JEPA; default 0);
     `lr_schedule='multistep'` with `lr_milestones` (epochs) and `lr_gamma` (SimMIM);
     `schedule_horizon` h: every schedule runs over h x total_steps, of which the run does
-    the first 1/h (I-JEPA's ipe_scale 1.25); `teacher_momentum_schedule='linear'` (I-JEPA)."""
+    the first 1/h (I-JEPA's ipe_scale 1.25); `teacher_momentum_schedule='linear'` (I-JEPA);
+    `warmup_style` ('linspace' or 'fraction', see `cosine_schedule`); `schedule_offset` k:
+    lr and weight decay of step s are the schedules' values at max(s + k, 0) (I-JEPA's
+    schedulers step before each iteration: k = 1; SimMIM's `step_update` after it: k = -1)."""
     peak_lr = peak_learning_rate(optim_cfg, global_batch)
     horizon = int(round(optim_cfg.get("schedule_horizon", 1.0) * total_steps))
     warmup_steps = optim_cfg.warmup_epochs * steps_per_epoch
     warmup_start = optim_cfg.get("warmup_lr", 0.0) * peak_lr / optim_cfg.lr if optim_cfg.lr else 0.0
     lr_schedule = optim_cfg.get("lr_schedule", "cosine")
     if lr_schedule == "cosine":
-        lr = cosine_schedule(peak_lr, optim_cfg.min_lr, horizon, warmup_steps, warmup_start)
+        lr = cosine_schedule(peak_lr, optim_cfg.min_lr, horizon, warmup_steps, warmup_start,
+                             optim_cfg.get("warmup_style", "linspace"))
     elif lr_schedule == "multistep":
         milestones = tuple(int(e * steps_per_epoch) for e in optim_cfg.lr_milestones)
         lr = multistep_schedule(peak_lr, milestones, optim_cfg.lr_gamma, warmup_steps, warmup_start)
@@ -250,6 +274,11 @@ def build_schedules(optim_cfg, total_steps: int, steps_per_epoch: int, global_ba
         per_step = lr
         lr = lambda step: per_step((step // steps_per_epoch) * steps_per_epoch)  # noqa: E731
     wd = cosine_schedule(optim_cfg.weight_decay, optim_cfg.weight_decay_end, horizon)
+    offset = optim_cfg.get("schedule_offset", 0)
+    if offset:
+        lr_at, wd_at = lr, wd
+        lr = lambda step: lr_at(jnp.maximum(step + offset, 0))  # noqa: E731
+        wd = lambda step: wd_at(jnp.maximum(step + offset, 0))  # noqa: E731
     momentum = None
     if optim_cfg.get("teacher_momentum") is not None:
         start, end = optim_cfg.teacher_momentum, optim_cfg.teacher_momentum_end
@@ -273,7 +302,7 @@ def build_optimizer(optim_cfg, schedules: Schedules, params: Any, steps_per_epoc
 
     clipping (optim.clip_grad, 0 = off): optim.clip_grad_scope 'tensor' clips each tensor's
     norm (DINO's `utils.clip_gradients`), 'module' each top-level module's global norm
-    (DINOv2, `clip_by_global_norm_per_module`).
+    (DINOv2, `clip_by_global_norm_per_module`), 'global' the norm of all gradients (SimMIM).
 
     direction: adamw: Adam moments, then decoupled weight decay `wd * p`;
                lars:  `g + wd * p`, scaled by the trust ratio eta ||p|| / ||g + wd p||,
@@ -281,7 +310,8 @@ def build_optimizer(optim_cfg, schedules: Schedules, params: Any, steps_per_epoc
     Momentum accumulates before the lr is applied (PyTorch's SGD and LARS, BYOL's
     LARS) unless optim.lr_inside_momentum (SimCLR's TF LARS accumulates lr * update).
     Decay and the LARS trust ratio skip 1-D parameters (biases, norms) unless
-    optim.exclude_1d_from_decay is False (MoCo v3 and SimSiam decay everything).
+    optim.exclude_1d_from_decay is False (MoCo v3 and SimSiam decay everything);
+    optim.no_decay_patterns (path regexes) leaves those out too (SiT's no_weight_decay()).
 
     Freezing, all by '/'-joined parameter-path regexes:
       * optim.freeze_patterns: no update at all (not even weight decay) while
@@ -316,6 +346,9 @@ def build_optimizer(optim_cfg, schedules: Schedules, params: Any, steps_per_epoc
             jax.tree.map(lambda f: "frozen_at_start" if f else "trainable", frozen_at_start))
 
     decayed = decay_mask if optim_cfg.get("exclude_1d_from_decay", True) else (lambda p: jax.tree.map(lambda _: True, p))
+    if optim_cfg.get("no_decay_patterns"):  # by name, as a model's no_weight_decay() (SiT's tokens)
+        by_rule, by_name = decayed, path_mask(params, tuple(optim_cfg.no_decay_patterns))
+        decayed = lambda p: jax.tree.map(lambda d, n: d and not n, by_rule(p), by_name)  # noqa: E731
     learning_rate = optax.scale_by_learning_rate(schedules.learning_rate)
     if optim_cfg.get("fixed_lr_patterns"):
         fixed_lr = path_mask(params, tuple(optim_cfg.fixed_lr_patterns))

@@ -214,7 +214,9 @@ def test_finetuning_a_vit_without_cls_reads_its_mean_patch_token():
     images = jax.random.normal(jax.random.key(1), (2, size, size, 3))
     params = jax.jit(backbone.init)(jax.random.key(0), images)["params"]
     assert "cls_token" not in params
-    tuner = finetune.FineTuner(config, protocol().finetune, params, num_classes=10)
+    cfg = protocol().finetune
+    cfg.global_pool = False  # the backbone's own pooled output (global_pool is tested in test_mim_fidelity.py)
+    tuner = finetune.FineTuner(config, cfg, params, num_classes=10)
     logits = jax.jit(tuner.logits)(tuner.params, images)
     pooled = backbone.apply({"params": params}, images)
     head = tuner.params["head"]

@@ -225,8 +225,8 @@ def test_mp3_keys_are_the_context_tokens_only(mp3_method):
 
 def test_instance_head_sharded_over_8_devices_equals_unsharded():
     """The [D, N_images] classifier split over its N axis on 8 devices (config.parallel.fsdp = 8 with the
-    config's rules) gives the loss and gradients of one device; the loss is the smoothed cross-entropy
-    of each crop against its image's index."""
+    config's rules) gives the loss and gradients of one device; without CutMix the loss is the
+    cross-entropy of each crop against its image's index, summed over the two crop groups."""
     from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
     from ssl_jax import partition
@@ -234,6 +234,7 @@ def test_instance_head_sharded_over_8_devices_equals_unsharded():
 
     config = importlib.import_module("configs.instance_vit_tiny").get_config("smoke")
     config.parallel.fsdp = 8
+    config.method.cutmix_alpha = 0.0
     run = train.setup(config, steps_per_epoch=3)
     assert dict(run.mesh.shape) == {"data": 1, "fsdp": 8}
     params = jax.jit(run.method.init)(jax.random.key(0),
@@ -246,11 +247,11 @@ def test_instance_head_sharded_over_8_devices_equals_unsharded():
         return loss, aux.metrics
 
     shardings = partition.state_shardings(params, run.mesh, config.parallel.rules)
-    assert shardings["instances"]["linear"]["kernel"].spec == P(None, "fsdp")
-    assert shardings["instances"]["linear"]["bias"].spec == P("fsdp")
+    assert shardings["instances"]["mlp_0"]["kernel"].spec == P(None, "fsdp")
+    assert shardings["instances"]["mlp_0"]["bias"].spec == P("fsdp")
     sharded = jax.jit(jax.value_and_grad(loss_fn, has_aux=True), in_shardings=(shardings, batch_sharding(run.mesh)))
     placed = jax.device_put(params, shardings)
-    assert placed["instances"]["linear"]["kernel"].addressable_shards[0].data.shape == (32, 512 // 8)
+    assert placed["instances"]["mlp_0"]["kernel"].addressable_shards[0].data.shape == (32, 512 // 8)
     (loss8, metrics8), grads8 = jax.device_get(sharded(placed, jax.device_put(batch, batch_sharding(run.mesh))))
     one = Mesh(np.array(jax.devices()[:1]), ("data",))
     single = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))
@@ -260,32 +261,65 @@ def test_instance_head_sharded_over_8_devices_equals_unsharded():
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * float(np.abs(b).max()) + 1e-7,
                                    err_msg=jax.tree_util.keystr(path))
     assert float(metrics8["instances_out_of_range"]) == 0
-    # The loss is the smoothed cross-entropy of each crop against its image's index (no drop-path here).
-    logits, _ = run.method.network.apply(params, {}, batch["views"]["global"][:, 0], train=True)
-    np.testing.assert_allclose(loss1, np_cross_entropy(np.asarray(logits), batch["index"], None, 0.1), rtol=1e-5)
+    # Cross-entropy of every crop against its image's index, global and local groups summed (no drop-path here).
+    want = 0.0
+    for group in ("global", "local"):
+        crops = batch["views"][group]
+        features, _ = run.method.network.apply(params, {}, crops.reshape((-1,) + crops.shape[2:]), train=True)
+        logits = run.method.head.apply({"params": params["instances"]}, features)
+        want += np_cross_entropy(np.asarray(logits), np.repeat(batch["index"], crops.shape[1]), None, 0.0)
+    np.testing.assert_allclose(loss1, want, rtol=1e-5)
 
 
 # ----------------------------------------------------------------------------- SiT
 
 
-def test_sit_drag_and_drop_corruption():
-    from ssl_jax.methods.sit import drag_and_drop
+def test_sit_blur_is_kornia_on_the_rectangle():
+    """smooth_patch: kornia GaussianBlur2d((k, k), (s, s)) of the crop alone, reflect-padded at the
+    crop's edges (float64: np.pad(mode='reflect') and the normalised outer-product kernel)."""
+    from ssl_jax.methods.sit import _blur_inside
 
-    images = jnp.asarray(np.random.RandomState(8).randn(4, 16, 16, 3), jnp.float32)
-    np.testing.assert_array_equal(drag_and_drop(jax.random.key(0), images, 4, 0.0), images)
-    np.testing.assert_array_equal(drag_and_drop(jax.random.key(0), images, 4, 1.0), jnp.roll(images, 1, axis=0))
-    out = np.asarray(drag_and_drop(jax.random.key(1), images, 4, 0.5))
-    cells = out.reshape(4, 4, 4, 4, 4, 3)  # [B, row, py, col, px, C]
-    src, prev = np.asarray(images).reshape(cells.shape), np.roll(np.asarray(images), 1, axis=0).reshape(cells.shape)
-    replaced = np.all(cells == prev, axis=(2, 4, 5))
-    kept = np.all(cells == src, axis=(2, 4, 5))
-    assert np.all(replaced | kept) and 0 < replaced.mean() < 1  # whole patches, from the previous image
+    image = np.random.RandomState(3).rand(20, 24, 3)
+    top, bottom, left, right, k, sigma = 3, 17, 5, 21, 7, 1.7
+    out = np.asarray(_blur_inside(jnp.asarray(image, jnp.float32), (top, bottom, left, right), jnp.asarray(k),
+                                  jnp.asarray(sigma), 15))[top:bottom, left:right]
+    x = np.arange(k) - k // 2
+    g = np.exp(-x**2 / (2 * sigma**2))
+    kernel = np.outer(g, g) / g.sum() ** 2
+    padded = np.pad(image[top:bottom, left:right], ((k // 2, k // 2), (k // 2, k // 2), (0, 0)), mode="reflect")
+    want = np.zeros_like(image[top:bottom, left:right])
+    for i in range(k):
+        for j in range(k):
+            want += kernel[i, j] * padded[i:i + bottom - top, j:j + right - left]
+    np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-6)
+
+
+def test_sit_distortion_stages():
+    """distortImages on a constant-per-channel image: a grey rectangle (channels equal to their mean),
+    noise blocks covering at most max_drop plus one block of the image (the loop stops once their
+    summed area passes U(0, max_drop)), and the partner's pixels only when it is another image."""
+    from ssl_jax.methods.sit import distort
+
+    image = jnp.broadcast_to(jnp.asarray([1.0, 2.0, 3.0]), (32, 32, 3))
+    partner = jnp.full((32, 32, 3), 10.0)
+    for seed in range(6):
+        out = np.asarray(distort(jax.random.key(seed), image, partner, jnp.asarray(True)))
+        alone = np.asarray(distort(jax.random.key(seed), image, partner, jnp.asarray(False)))
+        clean = np.asarray(distort(jax.random.key(seed), image, partner, jnp.asarray(False), max_drop=0.0))
+        grey = np.all(np.isclose(clean, 2.0), axis=-1)  # the grey rectangle (blurring keeps it grey inside)
+        noise = np.any(alone != clean, axis=-1)  # the same rectangles, plus the noise blocks
+        assert noise.mean() <= 0.3 + 0.25**2
+        assert not np.any(np.all(alone == 10.0, axis=-1))
+        pasted = np.all(out == 10.0, axis=-1)
+        assert np.all(out[~pasted] == alone[~pasted])
+        if seed == 0:
+            assert grey.any() and pasted.any()
 
 
 def test_sit_tokens_heads_and_gradients():
     """The rotation token is the register kept in the ViT's output (dropping it gives the plain output);
-    the loss is the weighted sum of its three logged terms, and every head, the [CLS] and the register
-    token receive gradient."""
+    the loss is the reference's learned-uncertainty sum of its three logged terms, and every head, the
+    [CLS], the register token and the task weights receive gradient."""
     config = importlib.import_module("configs.sit_vit_small").get_config("smoke")
     run = train.setup(config, steps_per_epoch=3)
     method = run.method
@@ -301,11 +335,11 @@ def test_sit_tokens_heads_and_gradients():
     grad_fn = jax.jit(jax.value_and_grad(lambda p: method.loss(p, None, None, None, batch, jax.random.key(2), 0),
                                          has_aux=True))
     (loss, aux), grads = grad_fn(params)
-    weights = config.method.weights
-    terms = ("reconstruction", "rotation", "contrastive")
-    want = sum(weights[name] * float(aux.metrics[f"{name}_loss"]) for name in terms)
+    adj = {"reconstruction": 0.5, "rotation": 1.0, "contrastive": 1.0}  # SiT losses.py LearnedLoss.adj
+    # calculate_weighted_loss: adj exp(-s) L + s / 2, with s = 1 at init
+    want = sum(a * np.exp(-1.0) * float(aux.metrics[f"{name}_loss"]) + 0.5 for name, a in adj.items())
     np.testing.assert_allclose(float(loss), want, rtol=1e-5)
-    for name in ("reconstruction", "rotation", "contrastive"):
+    for name in ("reconstruction", "rotation", "contrastive", "task_weights"):
         assert max(float(np.abs(g).max()) for g in jax.tree.leaves(grads[name])) > 0, name
     assert np.abs(grads["backbone"]["register_tokens"]).max() > 0 and np.abs(grads["backbone"]["cls_token"]).max() > 0
 

@@ -1,13 +1,17 @@
-"""Fine-tuning the whole ViT with a linear head (MAE's main_finetune.py recipe, reduced).
+"""Fine-tuning the whole ViT with a linear head (MAE's main_finetune.py recipe).
 
-    logits = Linear(ViT(images, drop_path)[CLS])        everything trained
+    x, targets = Mixup/CutMix(RandomErasing(images), smoothed one-hot labels)      (batch_augment.py)
+    logits = Linear(fc_norm(mean of the last block's patch tokens)) with global_pool (MAE's default;
+             the backbone's final norm is then unused, as MAE deletes it), else Linear(ViT(x)[CLS])
+    loss = soft-target cross-entropy; everything trained
 
 AdamW with layer-wise lr decay (MAE's `util/lr_decay.py`: the patch embedding, [CLS],
 registers and position embeddings are layer 0, block i is layer i+1, the final norm and
 the head are layer depth+1; a parameter of layer l trains at lr x decay^(depth+1-l)),
 weight decay on matrices except cls_token / pos_embed, stochastic depth, label smoothing,
-warm-up + cosine. The augmentation is the probes' (random resized crop + flip); MAE's
-RandAugment, mixup/cutmix and random erasing are not reproduced. Slower than the probes:
+warm-up + cosine. Random erasing, mixup/CutMix and label smoothing run on the device
+(`ssl_jax.batch_augment`, timm's semantics); the crops are the probes' (random resized crop +
+flip): MAE's RandAugment (rand-m9-mstd0.5-inc1) is not reproduced. Slower than the probes:
 every step is a forward and backward pass of the whole network.
 """
 from __future__ import annotations
@@ -20,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from ssl_jax.batch_augment import mixup_cutmix, random_erasing, smoothed_one_hot, soft_cross_entropy
 from ssl_jax.models.backbones import backbone_kwargs, build_backbone
 from ssl_jax.optim import cosine_schedule
 from ssl_jax.step import batch_sharding, replicated
@@ -58,7 +63,8 @@ def build_finetune_optimizer(cfg, params, depth: int, steps_per_epoch: int) -> o
     o = cfg.optim
     total = cfg.epochs * steps_per_epoch
     peak_lr = o.lr * cfg.batch_size / o.lr_reference_batch  # linear scaling rule, as MAE's blr
-    lr = cosine_schedule(peak_lr, o.min_lr, total, o.warmup_epochs * steps_per_epoch)
+    # util/lr_sched.adjust_learning_rate every iteration: the warm-up reaches the peak as the cosine starts
+    lr = cosine_schedule(peak_lr, o.min_lr, total, o.warmup_epochs * steps_per_epoch, warmup_style="fraction")
     scales = lr_scales(params, depth, cfg.layer_decay)
     return optax.chain(optax.scale_by_adam(b1=o.b1, b2=o.b2, eps=o.eps),
                        optax.add_decayed_weights(o.weight_decay, mask=decay_mask(params)),
@@ -67,7 +73,8 @@ def build_finetune_optimizer(cfg, params, depth: int, steps_per_epoch: int) -> o
 
 
 class FineTuner:
-    """The ViT (with drop-path) + a linear head, initialised from the frozen checkpoint's backbone."""
+    """The ViT (with drop-path) + a linear head (after a fresh `fc_norm` LayerNorm with global_pool),
+    initialised from the frozen checkpoint's backbone."""
 
     def __init__(self, config, cfg, backbone_params, num_classes: int, seed: int = 0):
         if config.model.name != "vit":
@@ -75,20 +82,51 @@ class FineTuner:
                              f"got {config.model.name!r}")
         model_cfg = config.model.copy_and_resolve_references()
         model_cfg.drop_path_rate = cfg.drop_path
+        if model_cfg.get("pos_embed") == "none":  # MP3: "add position embeddings ... and finetune" (Sec. 3)
+            model_cfg.pos_embed = "learned"
         self.backbone = build_backbone(model_cfg, **backbone_kwargs(config))
+        if "pos_embed" not in backbone_params and model_cfg.pos_embed == "learned":  # a fresh trunc_normal(.02) one
+            size = model_cfg.img_size
+            fresh = self.backbone.init(jax.random.key(seed + 2), jnp.zeros((1, size, size, 3)))["params"]
+            backbone_params = {**backbone_params, "pos_embed": fresh["pos_embed"]}
         self.head = nn.Dense(num_classes, kernel_init=nn.initializers.normal(cfg.init_std))
         dim = self.backbone.embed_dim  # the pooled feature: [CLS], or the mean patch token (I-JEPA)
         head = self.head.init(jax.random.key(seed), jnp.zeros((1, dim)))["params"]
         self.params = {"backbone": backbone_params, "head": head}
+        self.global_pool = cfg.global_pool
+        # Tokens before the patches in the ViT's output: [CLS] and the register tokens.
+        self.num_prefix = int(model_cfg.get("class_token", True)) + model_cfg.get("num_register_tokens", 0)
+        if self.global_pool:  # MAE's fc_norm: LayerNorm(eps=1e-6), weight 1, bias 0
+            self.fc_norm = nn.LayerNorm(1e-6)
+            self.params["fc_norm"] = self.fc_norm.init(jax.random.key(seed), jnp.zeros((1, dim)))["params"]
         self.depth = self.backbone.depth
         self.cfg = cfg
         self.num_classes = num_classes
         self.seed = seed
 
     def logits(self, params, images, train: bool = False, rng=None) -> jax.Array:
-        cls = self.backbone.apply({"params": params["backbone"]}, images, train=train,
-                                  rngs={"drop_path": rng} if train else None)
-        return self.head.apply({"params": params["head"]}, cls).astype(jnp.float32)
+        """images [B, S, S, 3] -> logits [B, num_classes]."""
+        rngs = {"drop_path": rng} if train else None
+        if self.global_pool:  # models_vit.py forward_features: x[:, 1:].mean(1), then fc_norm
+            tokens = self.backbone.apply({"params": params["backbone"]}, images, train=train, return_all=True,
+                                         rngs=rngs)["tokens"][-1]
+            pooled = self.fc_norm.apply({"params": params["fc_norm"]}, tokens[:, self.num_prefix:].mean(axis=1))
+        else:
+            pooled = self.backbone.apply({"params": params["backbone"]}, images, train=train, rngs=rngs)
+        return self.head.apply({"params": params["head"]}, pooled).astype(jnp.float32)
+
+    def batch_augment(self, images, labels, rng) -> tuple[jax.Array, jax.Array]:
+        """MAE's training-time batch: random erasing per image (in timm's transform, after
+        normalisation), then Mixup/CutMix over the batch with label-smoothed targets [B, C]."""
+        cfg = self.cfg
+        erase_rng, mix_rng = jax.random.split(rng)
+        if cfg.reprob:
+            images = random_erasing(erase_rng, images, cfg.reprob)
+        targets = smoothed_one_hot(labels, self.num_classes, cfg.label_smoothing)
+        if cfg.mixup or cfg.cutmix:
+            images, targets = mixup_cutmix(mix_rng, images, targets, mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix,
+                                           switch_prob=cfg.mixup_switch_prob, prob=cfg.mixup_prob)
+        return images, targets
 
     def train(self, batches: Iterator[dict], steps_per_epoch: int, mesh) -> tuple[dict, list[float]]:
         """Trains cfg.epochs x steps_per_epoch steps on `batches` (global, sharded); returns
@@ -96,9 +134,11 @@ class FineTuner:
         tx = build_finetune_optimizer(self.cfg, self.params, self.depth, steps_per_epoch)
 
         def step(params, opt_state, images, labels, rng):
+            augment_rng, drop_rng = jax.random.split(rng)
+            x, targets = self.batch_augment(images, labels, augment_rng)
+
             def loss_fn(p):
-                targets = optax.smooth_labels(jax.nn.one_hot(labels, self.num_classes), self.cfg.label_smoothing)
-                return optax.softmax_cross_entropy(self.logits(p, images, True, rng), targets).mean()
+                return soft_cross_entropy(self.logits(p, x, True, drop_rng), targets)
 
             loss, grads = jax.value_and_grad(loss_fn)(params)
             updates, opt_state = tx.update(grads, opt_state, params)

@@ -43,8 +43,11 @@ class SimMIM:
         self.img_size = config.model.img_size
         self.mask_patch_size = cfg.mask_patch_size
         self.mask_ratio = cfg.mask_ratio
-        # 1x1 conv (torch's default init, which the reference keeps) = Dense per patch token.
-        self.head = nn.Dense(self.patch_size**2 * 3, kernel_init=torch_conv_kernel_init, dtype=compute_dtype(config))
+        # 1x1 conv (torch's default init, which the reference keeps: kernel and bias U(+-1/sqrt(D))) = Dense per token.
+        bound = self.encoder.embed_dim ** -0.5
+        self.head = nn.Dense(self.patch_size**2 * 3, kernel_init=torch_conv_kernel_init, dtype=compute_dtype(config),
+                             bias_init=lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype,
+                                                                                                -bound, bound))
         masks.simmim_masks(jax.random.key(0), 1, self.img_size, self.mask_patch_size, self.patch_size,
                            self.mask_ratio)  # checks the sizes now, not in the first step
 

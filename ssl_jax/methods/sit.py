@@ -1,27 +1,32 @@
 """SiT: Self-supervised vIsion Transformer (Atito, Awais and Kittler, 2021): corrupted-image
 reconstruction, rotation prediction and contrastive learning, trained jointly, each task with
-its own output of one ViT.
+its own output of one ViT. Reference: Sara-Ahmed/SiT (`engine.py` train_SSL, `losses.py`,
+`vision_transformer_SiT.py`, `datasets/datasets_utils.py`).
 
-    for each of the two views v of an image (global crops):
-        x~ = corrupt(x_v)        a random `corrupt_ratio` of its patches replaced by the same patches
-                                 of another image of the batch ("drag and drop")
-        k  ~ U{0, 1, 2, 3};  x~_k = rot90(x~, k),  target_k = rot90(x_v, k)
-        [c, r, patches] = ViT(x~_k)   c: [CLS], the contrastive token; r: a register, the rotation token
-        L_rec = L1(linear(patches), patchify(target_k))              the clean image, every pixel
-        L_rot = CE(linear(r), k)
-        z_v = MLP(c)
-    L_con = NT-Xent(z_1, z_2) + NT-Xent(z_2, z_1)  (negatives from the global batch)
-    loss = w_rec L_rec + w_rot mean_v L_rot + w_con L_con
+    for each of the two views v of an image (global crops, each with its own rotation):
+        k  ~ U{0, 1, 2, 3};  x_k = rot90(x_v, k)
+        x~ = distort(x_k)        engine.py's distortImages: a grey and a blurred rectangle, noise blocks,
+                                 then blocks of another (random) image of the batch, at the same place
+        [c, r, patches] = ViT(x~)    c: [CLS], the contrastive token; r: a register, the rotation token
+        L_rec = L1(ConvTranspose(patches), x_k)          the clean image, every pixel
+        L_rot = CE(Linear(r), k)
+        z_v = Linear(c)                                  D -> 512
+    L_con = (NT-Xent(z_1, z_2) + NT-Xent(z_2, z_1)) / 2    the reference's ContrastiveLoss over 2B anchors
+    loss = sum_t a_t exp(-s_t) L_t + s_t / 2    s_t learned (init 1), a = 1 (rotation, contrastive), 0.5 (L1)
 
-The rotation token is the ViT's register token kept in its output (`keep_registers`), so it
-attends and is attended like [CLS] but has no position embedding; evaluation uses [CLS], the
-contrastive token. Shared pieces: `rotation.rotate_four`, `losses.nt_xent`,
-`losses.masked_pixel_l1` (over all patches), `vit.patchify`, `heads.LinearHead` / `heads.MLP`.
-The paper weights the three losses by learned uncertainties; the weights here are fixed config
-values (`method.weights`).
+The loss weights are the reference's learned uncertainties (`LearnedLoss.calculate_weighted_loss`),
+parameters `task_weights/<task>` [1] trained with the rest (1-D: no weight decay, as timm's
+optimiser groups). The rotation token is the ViT's register token kept in its output
+(`keep_registers`), so it attends and is attended like [CLS] but has no position embedding (the
+reference adds a learned one to its learned token: the same sum of two learned vectors);
+evaluation uses [CLS], the contrastive token. Shared pieces: `rotation.rotate_four`,
+`losses.nt_xent`, `losses.masked_pixel_l1` (over all patches), `vit.patchify`, `heads.MLP`.
 """
 from __future__ import annotations
 
+import functools
+
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
@@ -30,19 +35,100 @@ from ssl_jax.errors import UserError
 from ssl_jax.methods.base import LossOutput, MethodVariables, OnlineBackboneEval
 from ssl_jax.methods.rotation import NUM_ROTATIONS, rotate_four
 from ssl_jax.models.backbones import backbone_kwargs, build_backbone, compute_dtype
-from ssl_jax.models.heads import MLP, LinearHead
+from ssl_jax.models.heads import MLP
 from ssl_jax.models.network import Network
 from ssl_jax.models.vit import patchify
 
 
-def drag_and_drop(rng: jax.Array, images: jax.Array, patch: int, ratio: float) -> jax.Array:
-    """images [B, S, S, C] -> the same with a random `ratio` of each image's patches (patch x patch
-    cells) replaced by the same cells of the next image in the batch (a rolled batch)."""
-    batch, size = images.shape[0], images.shape[1]
-    grid = size // patch
-    replaced = jax.random.uniform(rng, (batch, grid, grid)) < ratio
-    pixels = jnp.repeat(jnp.repeat(replaced, patch, axis=1), patch, axis=2)[..., None]
-    return jnp.where(pixels, jnp.roll(images, 1, axis=0), images)
+def _randint(rng: jax.Array, low, high) -> jax.Array:
+    """numpy's randint(low, high): uniform on {low, ..., high - 1} (high > low assumed, as the reference)."""
+    return jax.random.randint(rng, (), low, jnp.maximum(high, low + 1))
+
+
+def _rectangle(rng: jax.Array, size: tuple[int, int], min_side: tuple[int, int], max_side: tuple[int, int]):
+    """engine.py's random block: top ~ U{0..H - t_h - 1}, bottom = min(top + U{t_h..max_h - 1}, H), same for
+    columns -> [H, W] bool, True inside."""
+    (height, width), keys = size, jax.random.split(rng, 4)
+    top, left = _randint(keys[0], 0, height - min_side[0]), _randint(keys[1], 0, width - min_side[1])
+    bottom = jnp.minimum(_randint(keys[2], min_side[0], max_side[0]) + top, height)
+    right = jnp.minimum(_randint(keys[3], min_side[1], max_side[1]) + left, width)
+    rows, cols = jnp.arange(height)[:, None], jnp.arange(width)[None, :]
+    return (rows >= top) & (rows < bottom) & (cols >= left) & (cols < right), (top, bottom, left, right)
+
+
+def _blur_inside(image: jax.Array, box, kernel_size: jax.Array, sigma: jax.Array, max_kernel: int) -> jax.Array:
+    """kornia GaussianBlur2d((k, k), (sigma, sigma)) of the crop image[top:bottom, left:right] (reflect
+    padding at the crop's own edges), written back; separable, taps beyond k // 2 weighted 0."""
+    top, bottom, left, right = box
+    offsets = jnp.arange(-(max_kernel // 2), max_kernel // 2 + 1)
+    weights = jnp.where(jnp.abs(offsets) <= kernel_size // 2, jnp.exp(-offsets**2 / (2.0 * sigma**2)), 0.0)
+    weights = weights / weights.sum()
+
+    def reflect(index, low, high):  # torch's 'reflect' padding into [low, high - 1]
+        index = jnp.where(index < low, 2 * low - index, index)
+        return jnp.clip(jnp.where(index > high - 1, 2 * (high - 1) - index, index), low, high - 1)
+
+    height, width = image.shape[:2]
+    rows = reflect(jnp.arange(height)[:, None] + offsets, top, bottom)  # [H, K]
+    blurred = jnp.einsum("hkwc,k->hwc", image[rows], weights)
+    cols = reflect(jnp.arange(width)[:, None] + offsets, left, right)  # [W, K]
+    return jnp.einsum("hwkc,k->hwc", blurred[:, cols], weights)
+
+
+def distort(rng: jax.Array, image: jax.Array, partner: jax.Array, use_partner: jax.Array, *, max_drop: float = 0.3,
+            max_block: float = 0.25, min_block: float = 0.05, max_kernel: int = 15, max_sigma: float = 5.0,
+            max_rectangles: int = 256) -> jax.Array:
+    """SiT's `distortImages` on one image [H, W, C] (engine.py): a random rectangle to its channel mean
+    (`rgb2gray_patch`), a random rectangle Gaussian-blurred (`smooth_patch`: odd kernel 3..max_kernel,
+    sigma U(0.1, 0.1 + max_sigma)), random blocks of N(0, 1) noise until their summed area reaches
+    U(0, max_drop) of the image (`drop_rand_patches`), then, if `use_partner`, blocks of `partner`'s
+    pixels the same way. Blocks have sides from min_block to max_block of the image's."""
+    height, width, _ = image.shape
+    tolr = (int(min_block * height), int(min_block * width))
+    keys = jax.random.split(rng, 7)
+    gray, _ = _rectangle(keys[0], (height, width), tolr, (height, width))
+    image = jnp.where(gray[..., None], jnp.mean(image, axis=-1, keepdims=True), image)
+    smooth, box = _rectangle(keys[1], (height, width), tolr, (height, width))
+    kernel_size = 2 * (_randint(keys[2], 3, max_kernel + 1) // 2) + 1
+    sigma = jax.random.uniform(keys[3]) * max_sigma + 0.1
+    image = jnp.where(smooth[..., None], _blur_inside(image, box, kernel_size, sigma, max_kernel), image)
+
+    def drop(rng, image, fill):
+        target_rng, rng = jax.random.split(rng)
+        target = jax.random.uniform(target_rng) * max_drop * height * width
+        block = (int(height * max_block), int(width * max_block))
+
+        def body(state):
+            total, count, mask, rng = state
+            rng, rect_rng = jax.random.split(rng)
+            rect, (top, bottom, left, right) = _rectangle(rect_rng, (height, width), tolr, block)
+            return total + (bottom - top) * (right - left), count + 1, mask | rect, rng
+
+        _, _, mask, _ = jax.lax.while_loop(lambda s: (s[0] < target) & (s[1] < max_rectangles), body,
+                                           (0.0, 0, jnp.zeros((height, width), bool), rng))
+        return jnp.where(mask[..., None], fill, image)
+
+    image = drop(keys[4], image, jax.random.normal(keys[5], image.shape, image.dtype))
+    return jnp.where(use_partner, drop(keys[6], image, partner), image)
+
+
+class PatchPixels(nn.Module):
+    """ConvTranspose2d(D, C, kernel p, stride p) on the patch tokens: tokens [B, N, D] -> pixels
+    [B, N, p*p*C] in `vit.patchify` order; one bias per channel; torch's default init
+    (kaiming_uniform(a=sqrt(5)): U(+-1/sqrt(fan_in)), fan_in = C p^2 for a transposed conv's weight)."""
+
+    patch: int
+    channels: int = 3
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, tokens: jax.Array) -> jax.Array:
+        bound = (self.channels * self.patch**2) ** -0.5
+        init = lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound, bound)  # noqa: E731
+        pixels = nn.Dense(self.patch**2 * self.channels, use_bias=False, kernel_init=init, dtype=self.dtype,
+                          name="proj")(tokens)
+        bias = self.param("bias", init, (self.channels,))
+        return pixels + jnp.tile(bias, self.patch**2).astype(pixels.dtype)
 
 
 class SiT(OnlineBackboneEval):
@@ -63,12 +149,14 @@ class SiT(OnlineBackboneEval):
         dtype = compute_dtype(config)
         self.patch = model.patch_size
         self.network = Network({"backbone": build_backbone(model, **backbone_kwargs(config))})
-        self.heads = {"reconstruction": LinearHead(self.patch * self.patch * 3, dtype),
-                      "rotation": LinearHead(NUM_ROTATIONS, dtype),
-                      "contrastive": MLP(tuple(cfg.contrastive_dims), dtype)}
-        self.corrupt_ratio = cfg.corrupt_ratio
+        # Linear heads with trunc_normal(.02) init and zero bias (`_init_vit_weights`); the pixels come
+        # from ConvTranspose2d(D, 3, p, stride=p) with torch's default init (`convTrans`).
+        self.heads = {"reconstruction": PatchPixels(self.patch, 3, dtype),
+                      "rotation": MLP((NUM_ROTATIONS,), dtype),
+                      "contrastive": MLP((cfg.contrastive_dim,), dtype)}
+        self.corruption = dict(cfg.corruption)
         self.temperature = cfg.temperature
-        self.weights = dict(cfg.weights)
+        self.loss_scales = dict(cfg.loss_scales)
 
     def init(self, rng: jax.Array, batch: dict) -> MethodVariables:
         backbone_rng, *head_rngs = jax.random.split(rng, 1 + len(self.heads))
@@ -76,6 +164,7 @@ class SiT(OnlineBackboneEval):
         dim = self.network.modules["backbone"].embed_dim
         for (name, head), head_rng in zip(self.heads.items(), head_rngs):
             params[name] = head.init(head_rng, jnp.zeros((1, dim)))["params"]
+        params["task_weights"] = {name: jnp.ones((1,), jnp.float32) for name in self.loss_scales}  # s_t = 1.0
         return MethodVariables(params, None, None, None)
 
     def forward(self, params, images: jax.Array, rng: jax.Array | None):
@@ -87,6 +176,10 @@ class SiT(OnlineBackboneEval):
         apply = lambda name, x: self.heads[name].apply({"params": params[name]}, x)  # noqa: E731
         return (apply("contrastive", tokens[:, 0]), apply("rotation", tokens[:, 1]),
                 apply("reconstruction", tokens[:, 2:]))
+
+    def contrastive_loss(self, z1: jax.Array, z2: jax.Array) -> jax.Array:
+        """SiT's ContrastiveLoss: NT-Xent at `method.temperature` averaged over all 2B anchors. z: [B, D_c]."""
+        return 0.5 * (losses.nt_xent(z1, z2, self.temperature) + losses.nt_xent(z2, z1, self.temperature))
 
     def loss(self, params, teacher, method_state, model_state, batch, rng, step):
         del teacher, step
@@ -100,19 +193,24 @@ class SiT(OnlineBackboneEval):
             def pick(x, k=k):  # x rotated by k[b] quarter turns, image by image
                 return jnp.take_along_axis(rotate_four(x), k[:, None, None, None, None], axis=1)[:, 0]
 
-            corrupted = pick(drag_and_drop(corrupt_rng, clean, self.patch, self.corrupt_ratio))
+            rotated = pick(clean)  # the reference rotates in the dataset, before augmenting and corrupting
+            partner = jax.random.randint(jax.random.fold_in(corrupt_rng, 1), (rotated.shape[0],), 0, rotated.shape[0])
+            corrupted = jax.vmap(functools.partial(distort, **self.corruption))(
+                jax.random.split(corrupt_rng, rotated.shape[0]), rotated, rotated[partner],
+                partner != jnp.arange(rotated.shape[0]))
             z, rotation_logits, pixels = self.forward(params, corrupted, drop_rng)
-            target = patchify(pick(clean), self.patch)
+            target = patchify(rotated, self.patch)
             reconstruction_losses.append(losses.masked_pixel_l1(pixels, target, jnp.ones(target.shape[:2], bool)))
             rotation_losses.append(losses.cross_entropy(rotation_logits, k))
             hits.append(jnp.mean((jnp.argmax(rotation_logits, -1) == k).astype(jnp.float32)))
             embeddings.append(z)
         terms = {"reconstruction": jnp.mean(jnp.stack(reconstruction_losses)),
                  "rotation": jnp.mean(jnp.stack(rotation_losses)),
-                 "contrastive": losses.nt_xent(embeddings[0], embeddings[1], self.temperature)
-                 + losses.nt_xent(embeddings[1], embeddings[0], self.temperature)}
-        loss = sum(self.weights[name] * value for name, value in terms.items())
+                 "contrastive": self.contrastive_loss(embeddings[0], embeddings[1])}
+        s = {name: params["task_weights"][name][0] for name in terms}
+        loss = sum(self.loss_scales[name] * jnp.exp(-s[name]) * value + 0.5 * s[name] for name, value in terms.items())
         metrics = {f"{name}_loss": value for name, value in terms.items()}
+        metrics.update({f"{name}_weight": value for name, value in s.items()})
         metrics["rotation_accuracy"] = jnp.mean(jnp.stack(hits))
         return loss, LossOutput(metrics, method_state, model_state)
 
