@@ -38,6 +38,7 @@ def imagenet_config() -> ml_collections.ConfigDict:
     c.model.layerscale = 1e-5  # student.layerscale
     c.model.num_register_tokens = 0  # student.num_register_tokens (4 in the "with registers" models)
     c.model.mask_token = "zeros"  # DinoVisionTransformer.mask_token: zeros
+    c.model.init = "dinov2"  # DinoVisionTransformer.init_weights: cls_token N(0, 1e-6), registers N(0, 1e-6)
 
     c.method = ml_collections.ConfigDict()
     c.method.name = "dinov2"

@@ -24,6 +24,7 @@ def imagenet_config() -> ml_collections.ConfigDict:
 
     c.model = base.vit_model("small", patch_size=16, img_size=224, pos_embed="sincos")  # fixed sin-cos, no drop-path
     c.model.class_token = False  # src/models/vision_transformer.py: no [CLS] token
+    c.model.init = "ijepa"  # VisionTransformer._init_weights (trunc_normal .02, Conv2d too) + fix_init_weight
 
     c.method = ml_collections.ConfigDict()
     c.method.name = "ijepa"

@@ -21,6 +21,7 @@ def imagenet_config() -> ml_collections.ConfigDict:
     c.num_epochs = 800  # PRETRAIN.md's example; the paper's best numbers train 1600 (Table 2, Fig. 7).
 
     c.model = base.vit_model("base", patch_size=16, img_size=224, pos_embed="sincos")  # mae_vit_base_patch16
+    c.model.init = "mae"  # models_mae.py initialize_weights: xavier-uniform Linears and patch projection
     # models_mae.py: fixed 2-D sin-cos position embeddings (requires_grad=False); no drop-path in pre-training.
 
     c.method = ml_collections.ConfigDict()

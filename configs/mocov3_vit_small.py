@@ -5,7 +5,13 @@
     python -m ssl_jax.main --config=configs/mocov3_vit_small.py:smoke --workdir=DIR      # seconds, tiny shapes
 
 Defaults are the ViT-Small recipe of facebookresearch/moco-v3 (CONFIG.md, `main_moco.py`
-flags cited as `--flag`).
+flags cited as `--flag`); docs/fidelity/mocov3_vit_small.md audits every field. Deliberate
+differences, shared with the other recipes: bfloat16 compute (`compute_dtype`) instead of
+float16 autocast + GradScaler (bfloat16 needs no loss scaling); the warm-up reaches the peak
+lr one step earlier (DINO's `cosine_scheduler`, ssl_jax/optim.py); crops are resized bicubic,
+not torchvision's default bilinear, and blurred with an exact 23-tap Gaussian, not PIL's
+GaussianBlur (the shared augmentation ops); linear evaluation runs `linear_dino` with MoCo
+v3's settings (see the fidelity table).
 """
 from __future__ import annotations
 
@@ -21,14 +27,15 @@ def imagenet_config() -> ml_collections.ConfigDict:
 
     c.model = ml_collections.ConfigDict()
     c.model.name = "vit"
-    c.model.size = "small"  # -a vit_small
-    c.model.patch_size = 16
-    c.model.img_size = 224
-    c.model.drop_path_rate = 0.0
-    c.model.pos_embed = "sincos"  # fixed 2-D sin-cos position embeddings (vits.py)
+    c.model.size = "small"  # -a vit_small: vits.py vit_small, 384 wide, 12 blocks, mlp_ratio 4, qkv_bias, LN eps 1e-6
+    c.model.num_heads = 12  # vits.py vit_small: num_heads=12, heads 32 wide (DINO's vit_small has 6)
+    c.model.patch_size = 16  # vits.py vit_small: patch_size=16
+    c.model.img_size = 224  # main_moco.py: RandomResizedCrop(224)
+    c.model.drop_path_rate = 0.0  # timm VisionTransformer's default; vits.py sets none
+    c.model.pos_embed = "sincos"  # build_2d_sincos_position_embedding, requires_grad=False
+    c.model.init = "mocov3"  # VisionTransformerMoCo.__init__: xavier-uniform Linears (qkv as 3 maps), cls N(0, 1e-6)
     c.model.embed_dim = 0  # with size='custom' only
     c.model.depth = 0
-    c.model.num_heads = 0
 
     c.method = ml_collections.ConfigDict()
     c.method.name = "mocov3"

@@ -25,6 +25,7 @@ def imagenet_config() -> ml_collections.ConfigDict:
     c.model = base.vit_model("base", patch_size=16, img_size=224, drop_path_rate=0.1)  # MODEL.DROP_PATH_RATE 0.1
     c.model.mask_token = "trunc_normal"  # VisionTransformerForSimMIM: mask_token ~ trunc_normal(std .02)
     c.model.layerscale = 0.1  # MODEL.VIT.INIT_VALUES 0.1: LayerScale gamma_1, gamma_2 in every block
+    c.model.init = "simmim"  # models/vision_transformer.py _init_weights (Conv2d too) + fix_init_weight
 
     c.method = ml_collections.ConfigDict()
     c.method.name = "simmim"

@@ -24,6 +24,7 @@ def imagenet_config() -> ml_collections.ConfigDict:
     c.num_epochs = 100  # assumed
     c.model = base.vit_model("small", patch_size=16, img_size=224)
     c.model.num_register_tokens = 1  # the rotation token ([CLS] is the contrastive one)
+    c.model.init = "sit"  # vision_transformer_SiT.py: timm's init, rot_token trunc_normal(.02)
     c.method = ml_collections.ConfigDict({
         "name": "sit",
         "corrupt_ratio": 0.3,  # assumed

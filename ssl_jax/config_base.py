@@ -253,23 +253,24 @@ CIFAR10_VIT = {"size": "custom", "embed_dim": 128, "depth": 4, "num_heads": 4, "
 
 
 def vit_model(size: str = "small", *, patch_size: int = 16, img_size: int = 224, drop_path_rate: float = 0.0,
-              pos_embed: str = "learned") -> ml_collections.ConfigDict:
-    """A `model` section for a ViT backbone (ssl_jax.models.vit); embed_dim/depth/num_heads with size='custom'."""
+              pos_embed: str = "learned", init: str = "dino") -> ml_collections.ConfigDict:
+    """A `model` section for a ViT backbone (ssl_jax.models.vit); embed_dim/depth/num_heads with size='custom'
+    (num_heads alone also overrides a named size's); `init` names the reference initialisation (vit.VIT_INITS)."""
     return ml_collections.ConfigDict({"name": "vit", "size": size, "patch_size": patch_size, "img_size": img_size,
                                       "drop_path_rate": drop_path_rate, "pos_embed": pos_embed, "embed_dim": 0,
-                                      "depth": 0, "num_heads": 0})
+                                      "depth": 0, "num_heads": 0, "init": init})
 
 
 def use_cifar10_vit(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """`use_cifar10` with the CPU-hour setting of DINO's `:cifar10` preset, for comparing methods
     on one backbone: the CIFAR10_VIT, batch 128, 6 epochs, AdamW with DINO's CIFAR-10
     schedule (peak 5e-4 after 2 warm-up epochs, cosine to 1e-6, weight decay 0.04 -> 0.4 on
-    matrices), 32 px views without blur. The method's loss, heads and augmentation stay
-    its own. Returns `c`."""
+    matrices), 32 px views without blur. The method's loss, heads, augmentation and ViT
+    initialisation (`model.init`) stay its own. Returns `c`."""
     use_cifar10(c)
     c.batch_size = 128
     c.num_epochs = 6
-    c.model = vit_model(patch_size=8, img_size=32)
+    c.model = vit_model(patch_size=8, img_size=32, init=c.model.get("init", "dino"))
     c.model.update(CIFAR10_VIT)
     optim = ml_collections.ConfigDict({
         "name": "adamw", "lr": 1e-3, "lr_reference_batch": 256, "lr_scaling": "linear", "min_lr": 1e-6,

@@ -256,12 +256,12 @@ def test_convert_vit_maps_a_pytorch_layout_onto_the_vit_parameters():
             state[f"blocks.{i}.{norm}.bias"] = block[norm]["bias"]
         for ls in ("ls1", "ls2"):
             state[f"blocks.{i}.{ls}.gamma"] = block[ls]["gamma"]
-    converted, kwargs = convert_vit({f"module.backbone.{k}": v for k, v in state.items()})
+    converted, kwargs = convert_vit({f"module.backbone.{k}": v for k, v in state.items()}, num_heads=2)
     assert kwargs == {"size": "custom", "embed_dim": 128, "depth": 2, "num_heads": 2, "patch_size": 4,
                       "img_size": 16, "num_register_tokens": 2, "layerscale_init": 1e-5}
     jax.tree.map(np.testing.assert_array_equal, converted, params)
     with pytest.raises(ValueError, match="blocks.0.attn.q_bias"):
-        convert_vit({**state, "blocks.0.attn.q_bias": np.zeros(128)})
+        convert_vit({**state, "blocks.0.attn.q_bias": np.zeros(128)}, num_heads=2)
 
 
 def test_mae_reconstructions_keep_visible_patches_and_grey_out_masked_ones():

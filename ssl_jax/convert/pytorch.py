@@ -1,6 +1,6 @@
-"""Official PyTorch ViT checkpoints (DINO, DINOv2, MAE) -> ssl_jax's VisionTransformer.
+"""Official PyTorch ViT checkpoints (DINO, DINOv2, MAE, MoCo v3) -> ssl_jax's VisionTransformer.
 
-    params, model = convert_vit(load_state_dict("dino_deitsmall16_pretrain.pth"))
+    params, model = convert_vit(load_state_dict("dino_deitsmall16_pretrain.pth"), num_heads=6)
     module = ssl_jax.models.vit.vit(**model)            # model: the matching ViT's arguments
     features = module.apply({"params": params}, images)  # images [B, H, W, 3], normalised, NHWC
 
@@ -8,13 +8,15 @@ Files are read without unpickling code: `.safetensors` with safetensors' numpy l
 (no torch needed), `.pth`/`.pt` with `torch.load(..., weights_only=True)` (torch is the
 optional `[convert]` extra). Wrappers and prefixes of the releases are removed first: the
 `model` / `teacher` / `state_dict` entries of training checkpoints and the `module.` /
-`backbone.` prefixes (DINO's full checkpoints). The name mapping (timm's names, which
-DINO, DINOv2 and MAE share; `i` is the block index):
+`backbone.` prefixes (DINO's full checkpoints) or `module.base_encoder.` (MoCo v3's
+`vit-s-300ep.pth.tar`, whose momentum encoder and predictor are dropped, as
+`main_lincls.py` does). The name mapping (timm's names, which DINO, DINOv2, MAE and
+MoCo v3 share; `i` is the block index):
 
 | PyTorch key | ssl_jax parameter | transform |
 |---|---|---|
 | `cls_token` [1, 1, D] | `cls_token` | - |
-| `pos_embed` [1, 1+N, D] | `pos_embed` | - ([CLS] slot first; N fixes `img_size`) |
+| `pos_embed` [1, 1+N, D] | `pos_embed` | - ([CLS] slot first; N fixes `img_size`; fixed sin-cos tables too) |
 | `register_tokens` [1, R, D] (DINOv2 with registers) | `register_tokens` | - |
 | `patch_embed.proj.weight` [D, 3, p, p] | `patch_embed/kernel` [p*p*3, D] | (row, column, channel) order |
 | `patch_embed.proj.bias` | `patch_embed/bias` | - |
@@ -27,11 +29,13 @@ DINO, DINOv2 and MAE share; `i` is the block index):
 | `blocks.i.mlp.fc2.weight` / `.bias` | `blocks_i/fc2/kernel` / `bias` | transpose |
 | `norm.weight` / `.bias` | `norm/scale` / `bias` | - |
 
-Not converted (named in `IGNORED`): classifier heads (`head.*`, `fc_norm.*`), DINOv2's
-`mask_token` (used only in pre-training), MAE's decoder (`decoder_*`, `mask_token`). Any
-other key is an error. The architecture is read off the shapes: D, depth, p, the
-position grid, registers, LayerScale; heads = D / 64 (every released ViT-S/B/L uses
-64-wide heads; pass `num_heads` otherwise). At other input sizes the position embeddings
+Not converted (named in `IGNORED`): classifier heads and MoCo v3's projector (`head.*`,
+`fc_norm.*`), DINOv2's `mask_token` (used only in pre-training), MAE's decoder (`decoder_*`,
+`mask_token`), MoCo v3's `momentum_encoder.*` and `predictor.*`. Any other key is an
+error. The architecture is read off the shapes: D, depth, p, the position grid,
+registers, LayerScale; the head count cannot be (qkv is [3D, D] whatever the split), so
+the caller gives it: 6 for DINO's and DINOv2's ViT-S, 12 for MoCo v3's vit_small and
+every ViT-B. At other input sizes the position embeddings
 are interpolated bicubically by jax (DINO/DINOv2 use torch's bicubic, a slightly
 different kernel): features match the PyTorch model exactly only at the native grid.
 """
@@ -43,8 +47,9 @@ import re
 import numpy as np
 
 WRAPPERS = ("model", "teacher", "state_dict", "module")
-PREFIXES = ("module.", "backbone.")
-IGNORED = re.compile(r"^(head\.|head$|fc_norm\.|decoder_|mask_token$|dino_head\.|ibot_head\.)")
+PREFIXES = ("module.", "backbone.", "base_encoder.")
+IGNORED = re.compile(r"^(head\.|head$|fc_norm\.|decoder_|mask_token$|dino_head\.|ibot_head\.|momentum_encoder\.|"
+                     r"predictor\.)")
 
 
 def load_state_dict(path: str) -> dict[str, np.ndarray]:
@@ -67,7 +72,8 @@ def load_state_dict(path: str) -> dict[str, np.ndarray]:
 
 
 def strip_prefixes(state: dict) -> dict:
-    """Removes DDP's `module.` and DINO's `backbone.` prefixes (a DINO teacher also holds `head.*`)."""
+    """Removes DDP's `module.`, DINO's `backbone.` and MoCo v3's `base_encoder.` prefixes (a DINO
+    teacher also holds `head.*`)."""
     out = {}
     for key, value in state.items():
         for prefix in PREFIXES:
@@ -76,12 +82,15 @@ def strip_prefixes(state: dict) -> dict:
     return out
 
 
-def model_kwargs(state: dict, num_heads: int | None = None) -> dict:
-    """Arguments of `ssl_jax.models.vit.vit` for the architecture these weights belong to."""
+def model_kwargs(state: dict, num_heads: int) -> dict:
+    """Arguments of `ssl_jax.models.vit.vit` for the architecture these weights belong to
+    (`num_heads`: the source model's head count, which the weights do not determine)."""
     dim, _, patch, _ = state["patch_embed.proj.weight"].shape
+    if num_heads < 1 or dim % num_heads:
+        raise ValueError(f"num_heads={num_heads} does not divide the checkpoint's embed_dim {dim}")
     depth = 1 + max(int(m.group(1)) for k in state if (m := re.match(r"blocks\.(\d+)\.", k)))
     side = math.isqrt(state["pos_embed"].shape[1] - 1)
-    return {"size": "custom", "embed_dim": dim, "depth": depth, "num_heads": num_heads or dim // 64,
+    return {"size": "custom", "embed_dim": dim, "depth": depth, "num_heads": num_heads,
             "patch_size": patch, "img_size": side * patch,
             "num_register_tokens": state["register_tokens"].shape[1] if "register_tokens" in state else 0,
             # the value only matters for initialisation: converted weights replace gamma
@@ -95,8 +104,9 @@ def _set(tree: dict, path: str, value: np.ndarray) -> None:
     tree[leaf] = value
 
 
-def convert_vit(state: dict, num_heads: int | None = None) -> tuple[dict, dict]:
-    """(flax params, `vit(...)` kwargs) of a DINO / DINOv2 / MAE / timm ViT state dict."""
+def convert_vit(state: dict, num_heads: int) -> tuple[dict, dict]:
+    """(flax params, `vit(...)` kwargs) of a DINO / DINOv2 / MAE / MoCo v3 / timm ViT state dict
+    whose attention has `num_heads` heads."""
     state = strip_prefixes(state)
     kwargs = model_kwargs(state, num_heads)
     params: dict = {}
@@ -129,5 +139,5 @@ def convert_vit(state: dict, num_heads: int | None = None) -> tuple[dict, dict]:
     if unknown:
         raise ValueError(f"{len(unknown)} key(s) of the checkpoint have no ssl_jax ViT counterpart: "
                          f"{', '.join(sorted(unknown)[:5])}{' ...' if len(unknown) > 5 else ''}; "
-                         f"is it a ViT checkpoint of DINO, DINOv2, MAE or timm?")
+                         f"is it a ViT checkpoint of DINO, DINOv2, MAE, MoCo v3 or timm?")
     return params, kwargs

@@ -1,5 +1,9 @@
 """config.model -> a backbone module: images [B, H, W, 3] -> features [B, D].
 
+A ViT's `config.model.init` names the reference whose initialisation it follows
+(`ssl_jax.models.vit.VIT_INITS`; "dino" when absent); a named `size` with a nonzero
+`num_heads` takes that head count (MoCo v3's vit_small: 12).
+
 `config.compute_dtype` ("float32" | "bfloat16") is the compute dtype of every layer
 (parameters stay float32) and `config.remat` recomputes each block in the backward
 pass; `backbone_kwargs(config)` reads both for the methods.
@@ -43,7 +47,7 @@ def build_backbone(model_cfg, *, with_drop_path: bool = True, dtype: jnp.dtype =
                    dtype=dtype, remat=remat, mask_token=model_cfg.get("mask_token", ""),
                    class_token=model_cfg.get("class_token", True), layerscale_init=model_cfg.get("layerscale", 0.0),
                    num_register_tokens=model_cfg.get("num_register_tokens", 0),
-                   drop_path_uniform=model_cfg.get("drop_path_uniform", False))
+                   drop_path_uniform=model_cfg.get("drop_path_uniform", False), init=model_cfg.get("init", "dino"))
     if model_cfg.name == "resnet":
         return resnet(model_cfg.depth, cifar_stem=model_cfg.cifar_stem,
                       zero_init_residual=model_cfg.zero_init_residual, width=model_cfg.get("width", 64),

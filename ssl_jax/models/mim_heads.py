@@ -61,7 +61,7 @@ class MAEDecoder(nn.Module):
         x = nn.Dense(self.embed_dim, kernel_init=trunc_normal, dtype=self.dtype, name="decoder_embed")(latent)
         mask_token = self.param("mask_token", nn.initializers.normal(0.02), (1, 1, self.embed_dim))
         x = jnp.concatenate([x[:, :1], unshuffle(x[:, 1:], mask_token, restore)], axis=1)
-        x = x + sincos_pos_embed(self.grid_hw, self.embed_dim).astype(x.dtype)
+        x = x + sincos_pos_embed(self.grid_hw, self.embed_dim, width_first=True).astype(x.dtype)  # column first
         x = run_blocks(x, depth=self.depth, num_heads=self.num_heads, mlp_ratio=self.mlp_ratio, dtype=self.dtype,
                        remat=self.remat, prefix="decoder_blocks")
         x = nn.Dense(self.patch_dim, kernel_init=trunc_normal, dtype=self.dtype, name="decoder_pred")(x)
@@ -89,7 +89,7 @@ class JEPAPredictor(nn.Module):
                  targets_idx: jax.Array, targets_valid: jax.Array) -> jax.Array:
         batch, num_ctx, _ = context.shape
         _, num_targets, num_tgt = targets_idx.shape
-        pos = sincos_pos_embed(self.grid_hw, self.embed_dim)[0, 1:]  # [N, E] (no [CLS] slot)
+        pos = sincos_pos_embed(self.grid_hw, self.embed_dim, width_first=True)[0, 1:]  # [N, E], column first
         x = nn.Dense(self.embed_dim, kernel_init=trunc_normal, dtype=self.dtype, name="predictor_embed")(context)
         x = x + pos[context_idx].astype(x.dtype)
         mask_token = self.param("mask_token", trunc_normal, (1, 1, 1, self.embed_dim))

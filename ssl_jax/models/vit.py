@@ -4,8 +4,12 @@ Pre-norm blocks (LayerNorm eps 1e-6), qkv with bias, MLP ratio 4 with exact GELU
 stochastic depth rising linearly over depth, a [CLS] token, learned position
 embeddings that are interpolated (bicubic) when the input resolution differs from
 the one the model was built for, so that 224 px global and 96 px local crops share
-one set of weights (or fixed 2-D sin-cos embeddings, as MoCo v3). Linear layers use truncated-normal(0.02) init with zero bias,
-as `VisionTransformer._init_weights` does.
+one set of weights (or fixed 2-D sin-cos embeddings, as MoCo v3, MAE and I-JEPA).
+
+Initialisation follows the reference of each family: `init_scheme` names one of `VIT_INITS`
+("dino", "dinov2", "sit", "mae", "mocov3", "ijepa", "simmim"), each a transcription of its
+official code (docs/fidelity/_vit_init.md cites them). LayerNorms start at scale 1, bias 0
+and Linear biases at 0 in every one of them.
 
 Mixed precision: `dtype` is the compute dtype of every layer (bfloat16 on GPU/TPU presets);
 parameters stay float32 (flax's `param_dtype`), the attention softmax runs in float32, and
@@ -18,18 +22,95 @@ official checkpoint is a documented renaming.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
-from typing import Optional
+from typing import Callable, Optional
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-trunc_normal = nn.initializers.truncated_normal(stddev=0.02)
-# torch.nn.Conv2d's default init (kaiming_uniform with a=sqrt(5)), which DINO keeps
-# for the patch projection.
+from ssl_jax.errors import UserError
+
+Initializer = Callable[..., jax.Array]
+
+# timm/DINO's `trunc_normal_(w, std=.02)` cuts at the absolute values a=-2, b=2, i.e. at 100 std:
+# it is N(0, 0.02^2) (as MAE's `initialize_weights` notes). flax's truncated_normal(0.02) would cut
+# at 2 std, std 0.0176.
+trunc_normal = nn.initializers.normal(0.02)
+# torch.nn.Conv2d's / nn.Linear's default weight init (kaiming_uniform with a=sqrt(5)):
+# U(-1/sqrt(fan_in), 1/sqrt(fan_in)); DINO and DINOv2 keep it for the patch projection.
 torch_conv_kernel_init = nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform")
+xavier_uniform = nn.initializers.xavier_uniform()  # U(+-sqrt(6 / (fan_in + fan_out)))
+
+
+def uniform(bound: float) -> Initializer:
+    """U(-bound, bound), e.g. torch's default Conv2d bias bound 1/sqrt(fan_in)."""
+    return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound, bound)
+
+
+def xavier_uniform_qkv(key, shape, dtype=jnp.float32) -> jax.Array:
+    """MoCo v3's qkv init: xavier-uniform of each of the three [D, D] maps, U(+-sqrt(6 / (D + D)))
+    on the [D, 3D] kernel (vits.py: `val = sqrt(6 / (weight.shape[0] // 3 + weight.shape[1]))`)."""
+    return uniform(math.sqrt(6.0 / (shape[-1] // 3 + shape[-2])))(key, shape, dtype)
+
+
+def scaled(init: Initializer, factor: float) -> Initializer:
+    """`init` times a constant (BEiT-style `fix_init_weight`)."""
+    return lambda key, shape, dtype=jnp.float32: init(key, shape, dtype) * factor
+
+
+@dataclasses.dataclass(frozen=True)
+class ViTInit:
+    """How one reference initialises its ViT. Kernels are [fan_in, fan_out].
+
+    linear / qkv: the blocks' Linear kernels (attn.proj, fc1, fc2) / the attn.qkv kernel [D, 3D];
+    patch_kernel: the patch projection [p*p*3, D]; patch_bias_zero: its bias 0 (else PyTorch's
+    Conv2d default U(+-1/sqrt(p*p*3))); cls_token, pos_embed (learned), register_tokens;
+    depth_rescale: block l (1-based) divides its attn.proj and fc2 kernels by sqrt(2 l)
+    (BEiT's `fix_init_weight`); sincos_width_first: fixed sin-cos embeddings encode the column
+    in their first half (MAE / I-JEPA `get_2d_sincos_pos_embed`) instead of the row (MoCo v3).
+    """
+
+    linear: Initializer = trunc_normal
+    qkv: Initializer = trunc_normal
+    patch_kernel: Initializer = torch_conv_kernel_init
+    patch_bias_zero: bool = False
+    cls_token: Initializer = trunc_normal
+    pos_embed: Initializer = trunc_normal
+    register_tokens: Initializer = nn.initializers.normal(1e-6)
+    depth_rescale: bool = False
+    sincos_width_first: bool = False
+
+
+_BEIT_STYLE = ViTInit(patch_kernel=trunc_normal, patch_bias_zero=True, depth_rescale=True, sincos_width_first=True)
+VIT_INITS = {
+    # facebookresearch/dino vision_transformer.py `VisionTransformer.__init__` + `_init_weights`
+    # (Linear and LayerNorm only; the patch Conv2d keeps PyTorch's default). timm's DeiT is the same.
+    "dino": ViTInit(),
+    # facebookresearch/dinov2 dinov2/models/vision_transformer.py `init_weights`, `init_weights_vit_timm`.
+    "dinov2": ViTInit(cls_token=nn.initializers.normal(1e-6)),
+    # Sara-Ahmed/SiT vision_transformer_SiT.py: timm's init, rot_token trunc_normal(.02) (our register).
+    "sit": ViTInit(register_tokens=trunc_normal),
+    # facebookresearch/mae models_mae.py `initialize_weights`, `_init_weights`.
+    "mae": ViTInit(linear=xavier_uniform, qkv=xavier_uniform, patch_kernel=xavier_uniform,
+                   cls_token=nn.initializers.normal(0.02), sincos_width_first=True),
+    # facebookresearch/moco-v3 vits.py `VisionTransformerMoCo.__init__`.
+    "mocov3": ViTInit(linear=xavier_uniform, qkv=xavier_uniform_qkv, patch_kernel=xavier_uniform,
+                      patch_bias_zero=True, cls_token=nn.initializers.normal(1e-6)),
+    # facebookresearch/ijepa src/models/vision_transformer.py `_init_weights` (Conv2d included),
+    # `fix_init_weight`; microsoft/SimMIM models/vision_transformer.py, the same BEiT-style init.
+    "ijepa": _BEIT_STYLE,
+    "simmim": _BEIT_STYLE,
+}
+
+
+def vit_init(name: str) -> ViTInit:
+    """The `VIT_INITS` entry `name` (config.model.init)."""
+    if name not in VIT_INITS:
+        raise UserError(f"unknown ViT init {name!r} (config.model.init); choose one of {sorted(VIT_INITS)}")
+    return VIT_INITS[name]
 
 VIT_SIZES = {
     # name: (embed_dim, depth, num_heads), as in DINO's vit_tiny/small/base.
@@ -60,13 +141,16 @@ def interpolate_pos_embed(pos_embed: jax.Array, grid_hw: tuple[int, int]) -> jax
     return jnp.concatenate([cls_pos, grid.reshape(1, grid_hw[0] * grid_hw[1], dim)], axis=1)
 
 
-def sincos_pos_embed(grid_hw: tuple[int, int], dim: int, temperature: float = 10000.0) -> jax.Array:
-    """Fixed 2-D sin-cos position embeddings [1, 1 + h*w, D], zeros for [CLS] (MoCo v3).
+def sincos_pos_embed(grid_hw: tuple[int, int], dim: int, temperature: float = 10000.0,
+                     width_first: bool = False) -> jax.Array:
+    """Fixed 2-D sin-cos position embeddings [1, 1 + h*w, D], zeros for [CLS].
 
     MoCo v3's `build_2d_sincos_position_embedding`: with omega_i = temperature^(-i / (D/4)),
     token (r, c) of the row-major patch grid gets
-    [sin(r omega), cos(r omega), sin(c omega), cos(c omega)]. Computed for the grid of
-    the input, so no interpolation is needed at other resolutions.
+    [sin(r omega), cos(r omega), sin(c omega), cos(c omega)]; `width_first` swaps r and c
+    (MAE's and I-JEPA's `get_2d_sincos_pos_embed`, whose `np.meshgrid(grid_w, grid_h)` puts the
+    column first). Computed for the grid of the input, so no interpolation is needed at other
+    resolutions.
     """
     if dim % 4:
         raise ValueError(f"sin-cos position embeddings need embed_dim divisible by 4, got {dim}")
@@ -74,6 +158,8 @@ def sincos_pos_embed(grid_hw: tuple[int, int], dim: int, temperature: float = 10
                              indexing="ij")
     omega = 1.0 / temperature ** (np.arange(dim // 4, dtype=np.float64) / (dim // 4))
     out_r, out_c = np.outer(rows.ravel(), omega), np.outer(cols.ravel(), omega)
+    if width_first:
+        out_r, out_c = out_c, out_r
     patches = np.concatenate([np.sin(out_r), np.cos(out_r), np.sin(out_c), np.cos(out_c)], axis=1)
     return jnp.asarray(np.concatenate([np.zeros((1, dim)), patches])[None], jnp.float32)
 
@@ -118,17 +204,23 @@ class Attention(nn.Module):
     padding tokens of a static-size token set never influence the real ones (I-JEPA).
     `queries` Q > 0: only the first Q tokens are queries, so the output is [B, Q, D] while
     all N tokens stay keys and values (0: every token is a query, Q = N).
+    `init_scheme` names the `VIT_INITS` entry; `layer` (1-based) scales `proj` where it rescales by depth.
     """
 
     num_heads: int
     dtype: jnp.dtype = jnp.float32
     queries: int = 0
+    init_scheme: str = "dino"
+    layer: int = 1
 
     @nn.compact
     def __call__(self, x: jax.Array, kv_mask: Optional[jax.Array] = None) -> tuple[jax.Array, jax.Array]:
         batch, tokens, dim = x.shape
+        if dim % self.num_heads:
+            raise UserError(f"embed_dim {dim} is not a multiple of num_heads={self.num_heads} (config.model)")
         head_dim = dim // self.num_heads
-        qkv = nn.Dense(3 * dim, kernel_init=trunc_normal, dtype=self.dtype, name="qkv")(x)
+        init = vit_init(self.init_scheme)
+        qkv = nn.Dense(3 * dim, kernel_init=init.qkv, dtype=self.dtype, name="qkv")(x)
         # Heads before tokens ([3, B, H, N, d], timm's layout): both attention products are then
         # plain batched matmuls over (B, H); the [B, N, H, d] layout made XLA's CPU backend
         # transpose around them, 2.3x slower forward at ViT-S/16 shapes.
@@ -141,7 +233,12 @@ class Attention(nn.Module):
             logits = jnp.where(kv_mask[:, None, None, :], logits, jnp.finfo(logits.dtype).min)
         attn = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(v.dtype)
         out = jnp.einsum("bhqk,bhkd->bhqd", attn, v).transpose(0, 2, 1, 3).reshape(batch, q.shape[2], dim)
-        return nn.Dense(dim, kernel_init=trunc_normal, dtype=self.dtype, name="proj")(out), attn
+        return nn.Dense(dim, kernel_init=residual_init(init, self.layer), dtype=self.dtype, name="proj")(out), attn
+
+
+def residual_init(init: ViTInit, layer: int) -> Initializer:
+    """The kernel init of the Linear that ends residual branch `layer` (1-based): attn.proj, fc2."""
+    return scaled(init.linear, (2.0 * layer) ** -0.5) if init.depth_rescale else init.linear
 
 
 class LayerScale(nn.Module):
@@ -161,7 +258,7 @@ class Block(nn.Module):
     layerscale > 0 scales each residual branch by a LayerScale (`ls1`, `ls2`) initialised to it
     (DINOv2: 1e-5); 0 (DINO, the default) has no such parameters. `queries` Q > 0 computes
     the outputs of the first Q tokens only, [B, N, D] -> [B, Q, D] (see `Attention`): the last
-    block of a ViT whose caller reads only [CLS].
+    block of a ViT whose caller reads only [CLS]. `init_scheme`, `layer`: see `Attention`.
     """
 
     num_heads: int
@@ -170,22 +267,26 @@ class Block(nn.Module):
     dtype: jnp.dtype = jnp.float32
     layerscale: float = 0.0
     queries: int = 0
+    init_scheme: str = "dino"
+    layer: int = 1
 
     @nn.compact
     def __call__(self, x: jax.Array, deterministic: bool,
                  kv_mask: Optional[jax.Array] = None) -> tuple[jax.Array, jax.Array]:
         dim = x.shape[-1]
         norm1 = nn.LayerNorm(1e-6, dtype=self.dtype, name="norm1")
-        y, attn = Attention(self.num_heads, self.dtype, self.queries, name="attn")(norm1(x), kv_mask)
+        y, attn = Attention(self.num_heads, self.dtype, self.queries, self.init_scheme, self.layer, name="attn")(
+            norm1(x), kv_mask)
         if self.layerscale:
             y = LayerScale(self.layerscale, name="ls1")(y)
         if self.queries:
             x = x[:, :self.queries]
         x = x + DropPath(self.drop_path)(y, deterministic)
         y = nn.LayerNorm(1e-6, dtype=self.dtype, name="norm2")(x)
-        y = nn.Dense(int(dim * self.mlp_ratio), kernel_init=trunc_normal, dtype=self.dtype, name="fc1")(y)
+        init = vit_init(self.init_scheme)
+        y = nn.Dense(int(dim * self.mlp_ratio), kernel_init=init.linear, dtype=self.dtype, name="fc1")(y)
         y = gelu(y)
-        y = nn.Dense(dim, kernel_init=trunc_normal, dtype=self.dtype, name="fc2")(y)
+        y = nn.Dense(dim, kernel_init=residual_init(init, self.layer), dtype=self.dtype, name="fc2")(y)
         if self.layerscale:
             y = LayerScale(self.layerscale, name="ls2")(y)
         return x + DropPath(self.drop_path)(y, deterministic), attn
@@ -221,6 +322,8 @@ class VisionTransformer(nn.Module):
     outputs (the returned tokens stay [CLS] + patches; only `return_all`'s per-block `tokens`
     and `attn` include them, at positions 1..R); `drop_path_uniform` gives every block the
     rate `drop_path_rate` (DINOv2's drop_path_uniform) instead of DINO's linear ramp from 0.
+
+    `init_scheme` names the reference whose initialisation every parameter follows (`VIT_INITS`).
     """
 
     img_size: int = 224
@@ -238,6 +341,7 @@ class VisionTransformer(nn.Module):
     layerscale_init: float = 0.0  # > 0: LayerScale in every block, gamma initialised to it (DINOv2: 1e-5)
     num_register_tokens: int = 0  # DINOv2 with registers: 4
     drop_path_uniform: bool = False  # True: the same drop-path rate in every block (DINOv2)
+    init_scheme: str = "dino"  # a VIT_INITS name: "dino", "dinov2", "sit", "mae", "mocov3", "ijepa", "simmim"
 
     @nn.compact
     def __call__(self, images: jax.Array, train: bool = False, return_all: bool = False, *,
@@ -249,8 +353,11 @@ class VisionTransformer(nn.Module):
         if height % p or width % p:
             raise ValueError(f"image size {height}x{width} is not a multiple of patch_size={p}")
         grid = (height // p, width // p)
+        init = vit_init(self.init_scheme)
         # Patchify then one matmul: the same map as DINO's Conv2d(k=p, stride=p), faster on CPU.
-        x = nn.Dense(self.embed_dim, kernel_init=torch_conv_kernel_init, dtype=self.dtype,
+        fan_in = p * p * images.shape[-1]
+        patch_bias = nn.initializers.zeros if init.patch_bias_zero else uniform(fan_in**-0.5)
+        x = nn.Dense(self.embed_dim, kernel_init=init.patch_kernel, bias_init=patch_bias, dtype=self.dtype,
                      name="patch_embed")(patchify(images, p))
 
         if self.mask_token:
@@ -265,12 +372,12 @@ class VisionTransformer(nn.Module):
             x = jnp.where(mask[..., None], mask_token.astype(x.dtype), x)
 
         if self.pos_embed == "sincos":
-            pos = sincos_pos_embed(grid, self.embed_dim)
+            pos = sincos_pos_embed(grid, self.embed_dim, width_first=init.sincos_width_first)
         elif self.pos_embed == "none":  # MP3: no position information at all (no parameter either)
             pos = jnp.zeros((1, 1 + grid[0] * grid[1], self.embed_dim), x.dtype)
         elif self.pos_embed == "learned":
             num_patches = (self.img_size // p) ** 2
-            pos = interpolate_pos_embed(self.param("pos_embed", trunc_normal, (1, 1 + num_patches, self.embed_dim)),
+            pos = interpolate_pos_embed(self.param("pos_embed", init.pos_embed, (1, 1 + num_patches, self.embed_dim)),
                                         grid)
         else:
             raise ValueError(f"unknown pos_embed {self.pos_embed!r} (config.model.pos_embed); use 'learned', "
@@ -286,15 +393,15 @@ class VisionTransformer(nn.Module):
                 raise ValueError("pass either `keep` or `context` to the ViT, not both")
             kv_mask = context
         if self.class_token:
-            cls_token = self.param("cls_token", trunc_normal, (1, 1, self.embed_dim))
+            cls_token = self.param("cls_token", init.cls_token, (1, 1, self.embed_dim))
             cls = jnp.broadcast_to(cls_token.astype(x.dtype) + pos[:, :1], (batch, 1, self.embed_dim))
             x = jnp.concatenate([cls, x], axis=1)
             if kv_mask is not None:
                 kv_mask = jnp.concatenate([jnp.ones((batch, 1), bool), kv_mask], axis=1)
         prefix, registers = int(self.class_token), self.num_register_tokens
         if registers:
-            # DINOv2's init: normal(std=1e-6); inserted after [CLS], no position embedding.
-            reg = self.param("register_tokens", nn.initializers.normal(1e-6), (1, registers, self.embed_dim))
+            # Inserted after [CLS], no position embedding (DINOv2).
+            reg = self.param("register_tokens", init.register_tokens, (1, registers, self.embed_dim))
             reg = jnp.broadcast_to(reg.astype(x.dtype), (batch, registers, self.embed_dim))
             x = jnp.concatenate([x[:, :prefix], reg, x[:, prefix:]], axis=1)
             if kv_mask is not None:
@@ -315,7 +422,7 @@ class VisionTransformer(nn.Module):
         for i in range(self.depth):
             queries = 1 if cls_only and i == self.depth - 1 else 0
             x, attn = block(self.num_heads, self.mlp_ratio, drop_rates[i], self.dtype, self.layerscale_init,
-                            queries, name=f"blocks_{i}")(x, not train, kv_mask)
+                            queries, self.init_scheme, i + 1, name=f"blocks_{i}")(x, not train, kv_mask)
             if return_all:
                 all_tokens.append(x)
                 all_attn.append(attn)
@@ -340,18 +447,23 @@ def vit(size: str, *, img_size: int, patch_size: int, drop_path_rate: float = 0.
         embed_dim: Optional[int] = None, depth: Optional[int] = None, num_heads: Optional[int] = None,
         pos_embed: str = "learned", dtype: jnp.dtype = jnp.float32, remat: bool = False, mask_token: str = "",
         class_token: bool = True, layerscale_init: float = 0.0, num_register_tokens: int = 0,
-        drop_path_uniform: bool = False) -> VisionTransformer:
-    """Builds a named ViT (`tiny|small|base|large`) or a custom one when size='custom'."""
+        drop_path_uniform: bool = False, init: str = "dino") -> VisionTransformer:
+    """Builds a named ViT (`tiny|small|base|large`) or a custom one when size='custom'.
+
+    With a named size, `num_heads` (when given) replaces the size's head count: MoCo v3's
+    vit_small has 12 heads of width 32, DINO's 6 of width 64.
+    """
     if size == "custom":
         if None in (embed_dim, depth, num_heads):
             raise ValueError("model.size='custom' needs model.embed_dim, model.depth and model.num_heads")
         dims = (embed_dim, depth, num_heads)
     elif size in VIT_SIZES:
-        dims = VIT_SIZES[size]
+        dims = VIT_SIZES[size][:2] + (num_heads or VIT_SIZES[size][2],)
     else:
         raise ValueError(f"unknown ViT size {size!r}; choose one of {sorted(VIT_SIZES)} or 'custom'")
+    vit_init(init)  # an unknown name fails here, before any tracing
     return VisionTransformer(img_size=img_size, patch_size=patch_size, embed_dim=dims[0], depth=dims[1],
                              num_heads=dims[2], drop_path_rate=drop_path_rate, pos_embed=pos_embed, dtype=dtype,
                              remat=remat, mask_token=mask_token, class_token=class_token,
                              layerscale_init=layerscale_init, num_register_tokens=num_register_tokens,
-                             drop_path_uniform=drop_path_uniform)
+                             drop_path_uniform=drop_path_uniform, init_scheme=init)
