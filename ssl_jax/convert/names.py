@@ -165,9 +165,7 @@ def hf_to_timm(state: dict) -> dict:
             out[HF_EMBEDDINGS[key[len("embeddings."):]]] = value
         elif m := re.fullmatch(r"encoder\.layer\.(\d+)\.attention\.attention\.(query|key|value)\.(weight|bias)", key):
             qkv.setdefault((m.group(1), m.group(3)), {})[m.group(2)] = value
-        elif m := re.fullmatch(r"encoder\.layer\.(\d+)\.(.+)\.(weight|bias)", key):
-            if m.group(2) not in HF_LAYER:
-                raise KeyError(key)
+        elif (m := re.fullmatch(r"encoder\.layer\.(\d+)\.(.+)\.(weight|bias)", key)) and m.group(2) in HF_LAYER:
             out[f"blocks.{m.group(1)}.{HF_LAYER[m.group(2)]}.{m.group(3)}"] = value
         elif m := re.fullmatch(r"encoder\.layer\.(\d+)\.(layer_scale[12]\.lambda1)", key):
             out[f"blocks.{m.group(1)}.{HF_LAYER[m.group(2)]}"] = value
