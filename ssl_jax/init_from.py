@@ -60,12 +60,21 @@ def workdir_and_step(path: str) -> tuple[str, int | None] | None:
     return None
 
 
+def restore_run(path: str):
+    """`ssl_jax.eval.frozen.Frozen` of an ssl_jax workdir (latest step) or checkpoint step, with
+    the run's config; without reading its dataset (an epoch's length only shapes the schedules)."""
+    from ssl_jax.eval.frozen import load_config, restore
+
+    workdir, step = workdir_and_step(path)
+    config = load_config(workdir)
+    config.steps_per_epoch = config.get("steps_per_epoch") or 1
+    return restore(workdir, step, config)
+
+
 def read_source(path: str) -> Source:
     """The arrays of `path` (module docstring) under ssl_jax's names."""
-    if run := workdir_and_step(path):
-        from ssl_jax.eval.frozen import restore
-
-        frozen = restore(*run)
+    if workdir_and_step(path):
+        frozen = restore_run(path)
         state = frozen.state
         return Source(flat(state.params), None if state.teacher is None else flat(state.teacher),
                       flat(state.model_state), {}, {}, f"ssl_jax run, step {frozen.step}")
