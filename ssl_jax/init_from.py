@@ -121,8 +121,9 @@ def merge(target_tree, source: dict, notes: list, misses: list, name: str):
     return traverse_util.unflatten_dict(out, sep="/")
 
 
-def initialize(config, state, log=print):
-    """`state` (a fresh TrainState) with `config.init_from`'s arrays loaded (module docstring)."""
+def initialize(config, state, log=print, required: str = ""):
+    """`state` (a fresh TrainState) with `config.init_from`'s arrays loaded (module docstring).
+    Without `init_from_strict`, the paths starting with `required` (e.g. "backbone/") must still load."""
     path = os.fspath(config.init_from)
     source = read_source(path)
     notes, misses, teacher_misses = [], [], []
@@ -150,9 +151,11 @@ def initialize(config, state, log=print):
     lines += [f"  kept fresh: {miss}" for miss in misses]
     lines += [f"  skipped {key}: {why}" for key, why in {**source.skipped, **unused}.items()]
     log("\n".join(lines))
-    if misses and config.get("init_from_strict", True):
-        raise UserError(f"init_from={path}: {len(misses)} of {len(targets)} arrays not loaded: "
-                        f"{'; '.join(misses[:4])}{' ...' if len(misses) > 4 else ''}; set "
-                        f"--config.init_from_strict=False to keep their fresh initialisation")
+    fatal = misses if config.get("init_from_strict", True) else [m for m in misses if required and m.startswith(required)]
+    if fatal:
+        hint = ("--config.init_from_strict=False keeps their fresh initialisation" if len(fatal) == len(misses)
+                else f"the {required} arrays must load: is it the right model?")
+        raise UserError(f"init_from={path}: {len(fatal)} of {len(targets)} arrays not loaded: "
+                        f"{'; '.join(fatal[:4])}{' ...' if len(fatal) > 4 else ''}; {hint}")
     return state.replace(params=params, model_state=model_state, teacher=teacher)
 

@@ -73,6 +73,9 @@ def parse_flags(argv: list[str]) -> list[str]:
     ml_collections raises KeyError/AttributeError for a field the locked config does not
     have; other flag errors get absl's usage message.
     """
+    from ssl_jax.config_files import resolve_flag
+
+    argv = resolve_flag(argv)  # --config=dino_small[:preset] names a shipped config (ssl_jax/config_files.py)
     try:
         return app.parse_flags_with_usage(argv)
     except (KeyError, AttributeError) as e:
