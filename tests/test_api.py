@@ -74,7 +74,7 @@ def test_resize_follows_pil_bicubic():
     want = smooth[4:36, 14:46].astype(np.float32) / 255
     got = resize_and_crop(image.astype(np.float32) / 255, 40, 32)
     assert got.shape == (32, 32, 3)
-    assert np.abs(got - want).mean() < 0.02 and np.abs(got - want).max() < 0.25
+    assert np.abs(got - want).mean() < 0.003 and np.abs(got - want).max() < 0.03  # measured: 0.0011, 0.014
 
 
 @pytest.fixture(scope="module")

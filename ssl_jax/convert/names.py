@@ -37,6 +37,7 @@ import numpy as np
 IGNORED = {
     r"head\.(weight|bias)|fc_norm\..*|head\.\d+\..*": "classifier / projector head (not a DINO-style head)",
     r"fc\.(weight|bias)": "ResNet classifier",
+    r"fc\.\d+\..*": "projector in place of the ResNet classifier (MoCo v3, BYOL-style)",
     r"momentum_encoder\..*|predictor\..*": "MoCo v3 momentum encoder / predictor (dropped, as main_lincls.py)",
     r"decoder_pos_embed": "MAE's fixed sin-cos table, recomputed here",
     r".*num_batches_tracked": "BatchNorm's step counter (flax uses a fixed momentum)",
