@@ -59,21 +59,23 @@ class Model:
 
     def prepare(self, images) -> np.ndarray:
         """images (module docstring) -> [B, crop, crop, 3] float32, normalised."""
-        if isinstance(images, np.ndarray) and images.ndim == 3 or isinstance(images, (str, os.PathLike)):
-            images = [images]
-        out = [resize_and_crop(read_image(image), self.preprocess.resize, self.preprocess.crop) for image in images]
-        return ((np.stack(out) - np.float32(self.preprocess.mean)) / np.float32(self.preprocess.std)).astype(
-            np.float32)
+        resize, crop, mean, std = self.preprocess
+        if isinstance(images, np.ndarray) and images.ndim == 4:  # one batch: resized in one call
+            out = resize_and_crop(to_float(images), resize, crop)
+        else:
+            out = np.stack([resize_and_crop(read_image(image), resize, crop) for image in as_list(images)])
+        return ((out - np.float32(mean)) / np.float32(std)).astype(np.float32)
 
     def embed(self, images, output: str = "cls", batch_size: int = 64) -> np.ndarray:
-        """Features of `images`: "cls" [B, D], "pooled" [B, D] or "patch" [B, N, D] (module docstring)."""
+        """Features of `images`: "cls" [B, D], "pooled" [B, D] or "patch" [B, N, D] (module docstring).
+        Preprocessed and run `batch_size` images at a time."""
         if output not in OUTPUTS:
             raise UserError(f"output={output!r}; choose one of {', '.join(OUTPUTS)}")
         if output not in self._fns:
             self._fns[output] = jax.jit(self._features_fn(output))
-        batch = self.prepare(images)
-        parts = [np.asarray(self._fns[output](self.variables, batch[i:i + batch_size]))
-                 for i in range(0, len(batch), batch_size)]
+        images = images if isinstance(images, np.ndarray) and images.ndim == 4 else as_list(images)
+        parts = [np.asarray(self._fns[output](self.variables, self.prepare(images[i:i + batch_size])))
+                 for i in range(0, len(images), batch_size)]
         return np.concatenate(parts)
 
     def _features_fn(self, output: str):
@@ -93,8 +95,20 @@ class Model:
         return features
 
 
+def as_list(images) -> list:
+    """One image (a path or an [H, W, 3] array) or a sequence of them, as a list."""
+    if isinstance(images, (str, os.PathLike)) or isinstance(images, np.ndarray) and images.ndim == 3:
+        return [images]
+    return list(images)
+
+
+def to_float(image: np.ndarray) -> np.ndarray:
+    """float32 in [0, 1]: uint8 is divided by 255, floats are taken as they are."""
+    return image.astype(np.float32) / 255.0 if image.dtype == np.uint8 else image.astype(np.float32)
+
+
 def read_image(image) -> np.ndarray:
-    """A path or an array -> float32 [H, W, 3] in [0, 1] (uint8 is divided by 255)."""
+    """A path or an array -> float32 [H, W, 3] in [0, 1]."""
     if isinstance(image, (str, os.PathLike)):
         from PIL import Image
 
@@ -103,21 +117,22 @@ def read_image(image) -> np.ndarray:
     image = np.asarray(image)
     if image.ndim != 3 or image.shape[-1] != 3:
         raise UserError(f"an image must be [H, W, 3] (RGB, channels last); got shape {image.shape}")
-    return image.astype(np.float32) / 255.0 if image.dtype == np.uint8 else image.astype(np.float32)
+    return to_float(image)
 
 
-def resize_and_crop(image: np.ndarray, resize: int, crop: int) -> np.ndarray:
-    """Shorter side to `resize` (bicubic, antialiased), then the centre crop x crop (torchvision's
-    Resize(resize) + CenterCrop(crop); a no-op for a crop-sized image)."""
-    height, width, _ = image.shape
+def resize_and_crop(images: np.ndarray, resize: int, crop: int) -> np.ndarray:
+    """[..., H, W, 3]: shorter side to `resize` (bicubic, antialiased), then the centre crop x crop
+    (torchvision's Resize(resize) + CenterCrop(crop); no resize when the shorter side is `resize`)."""
+    height, width = images.shape[-3:-1]
     if min(height, width) != resize:
         scale = resize / min(height, width)
         height, width = max(resize, round(height * scale)), max(resize, round(width * scale))
-        image = np.asarray(jax.image.resize(image, (height, width, 3), "bicubic", antialias=True))
+        shape = images.shape[:-3] + (height, width, 3)
+        images = np.asarray(jax.image.resize(images, shape, "bicubic", antialias=True))
     if min(height, width) < crop:
         raise UserError(f"crop {crop} is larger than the resized image {height}x{width}")
     top, left = (height - crop) // 2, (width - crop) // 2
-    return image[top:top + crop, left:left + crop]
+    return images[..., top:top + crop, left:left + crop, :]
 
 
 def vit_kwargs_of(module) -> dict:

@@ -74,6 +74,8 @@ def test_resize_follows_pil_bicubic():
     want = smooth[4:36, 14:46].astype(np.float32) / 255
     got = resize_and_crop(image.astype(np.float32) / 255, 40, 32)
     assert got.shape == (32, 32, 3)
+    batch = np.stack([image, image[::-1]]).astype(np.float32) / 255  # a batch is resized in one call, the same
+    np.testing.assert_allclose(resize_and_crop(batch, 40, 32)[0], got, atol=1e-6)
     assert np.abs(got - want).mean() < 0.003 and np.abs(got - want).max() < 0.03  # measured: 0.0011, 0.014
 
 
