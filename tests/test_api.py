@@ -20,6 +20,7 @@ from safetensors.numpy import save_file
 import ssl_jax
 from conftest import REPO, make_smoke_config
 from test_convert import mocov3_vit_state, np_timm_vit
+from test_init_from import torchvision_resnet_shapes
 from ssl_jax.api import resize_and_crop
 from ssl_jax.errors import UserError
 
@@ -65,6 +66,29 @@ def test_embed_an_official_file(official, tmp_path):
         ssl_jax.load(path)
     with pytest.raises(UserError, match="is neither an ssl_jax workdir"):
         ssl_jax.load(str(tmp_path / "nothing"))
+
+
+def test_embed_a_torchvision_resnet(tmp_path):
+    """ResNet-18 (basic blocks) is recognised from its keys; its features are the flax ResNet's with the
+    file's BatchNorm statistics (zero means, so the scale alone sets them: checked by doubling it)."""
+    rng = np.random.RandomState(4)
+    shapes = torchvision_resnet_shapes((2, 2, 2, 2), False, 4)
+    state = {k: np.asarray(rng.rand(*s) + 0.5 if k.endswith("running_var") else rng.randn(*s) * 0.3, np.float32)
+             for k, s in shapes.items()}
+    state.update({k: np.zeros_like(v) for k, v in state.items() if k.endswith("running_mean")})
+    path = str(tmp_path / "r18.safetensors")
+    save_file(state, path)
+    model = ssl_jax.load(path, image_size=32)
+    assert model.arch == "resnet18"
+    images = rng.randint(0, 256, (2, 40, 40, 3), dtype=np.uint8)
+    features = model.embed(images)
+    assert features.shape == (2, 32) and np.all(features >= 0)  # pooled after a ReLU
+    with pytest.raises(UserError, match="output='patch' needs a ViT"):
+        model.embed(images, output="patch")
+    variables = {**model.variables, "batch_stats": {**model.variables["batch_stats"]}}
+    variables["batch_stats"]["bn1"] = {"mean": variables["batch_stats"]["bn1"]["mean"],
+                                       "var": variables["batch_stats"]["bn1"]["var"] / 4}
+    assert not np.allclose(model.module.apply(variables, model.prepare(images)), features, atol=1e-4)
 
 
 def test_resize_follows_pil_bicubic():

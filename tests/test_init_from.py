@@ -188,28 +188,45 @@ def test_mae_decoder_and_resnet50_cover_every_parameter():
     np.testing.assert_array_equal(converted.params["decoder/decoder_embed/kernel"], mae["decoder_embed.weight"].T)
 
     width = 8
-    torchvision = {"conv1.weight": (width, 3, 7, 7), "fc.weight": (10, 32 * width), "fc.bias": (10,)}
-    bn = lambda name, c: {f"{name}.{s}": (c,) for s in ("weight", "bias", "running_mean", "running_var")}  # noqa
-    torchvision.update(bn("bn1", width))
-    torchvision["bn1.num_batches_tracked"] = ()
-    inplanes = width
-    for stage, blocks in enumerate((3, 4, 6, 3), start=1):
-        planes = width * 2 ** (stage - 1)
-        for b in range(blocks):
-            pre = f"layer{stage}.{b}."
-            for k, (o, i, s) in enumerate(((planes, inplanes, 1), (planes, planes, 3), (4 * planes, planes, 1)), 1):
-                torchvision[f"{pre}conv{k}.weight"] = (o, i, s, s)
-                torchvision.update(bn(f"{pre}bn{k}", o))
-            if b == 0:
-                torchvision[f"{pre}downsample.0.weight"] = (4 * planes, inplanes, 1, 1)
-                torchvision.update(bn(f"{pre}downsample.1", 4 * planes))
-            inplanes = 4 * planes
-    converted = convert_state_dict({k: np.asarray(rng.randn(*s), np.float32) for k, s in torchvision.items()})
+    torchvision = torchvision_resnet_shapes((3, 4, 6, 3), True, width)
+    state = {k: np.asarray(rng.randn(*s), np.float32) for k, s in torchvision.items()}
+    converted = convert_state_dict(state)
+    # torch's Conv2d is a cross-correlation with weight [O, I, kh, kw]; flax's kernel is [kh, kw, I, O]
+    weight, x = state["layer1.0.conv2.weight"].astype(np.float64), rng.randn(6, 7, width)
+    windows = np.lib.stride_tricks.sliding_window_view(x, (3, 3), axis=(0, 1))  # [4, 5, I, 3, 3]
+    ours = jax.lax.conv_general_dilated(x[None].astype(np.float32), converted.params["backbone/layer1_0/conv2/kernel"],
+                                        (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))[0]
+    np.testing.assert_allclose(ours, np.einsum("yxiab,oiab->yxo", windows, weight), rtol=1e-4, atol=1e-4)
     variables = jax.eval_shape(resnet(50, width=width).init, jax.random.key(0), np.zeros((1, 32, 32, 3)))
     for collection, ours in (("params", converted.params), ("batch_stats", converted.model_state)):
         want = {k: v.shape for k, v in traverse_util.flatten_dict(variables[collection], sep="/").items()}
         assert {k[len("backbone/"):]: v.shape for k, v in ours.items()} == want, collection
     assert set(converted.skipped) == {"fc.weight", "fc.bias", "bn1.num_batches_tracked"}
+
+
+def torchvision_resnet_shapes(stages, bottleneck: bool, width: int) -> dict[str, tuple]:
+    """The state dict shapes of torchvision's ResNet (models/resnet.py: conv1, bn1, layerS.i.{convK, bnK,
+    downsample.0 / .1 on each stage's first block where the shape changes}, fc) with 10 classes."""
+    expansion = 4 if bottleneck else 1
+    shapes = {"conv1.weight": (width, 3, 7, 7), "fc.weight": (10, 8 * width * expansion), "fc.bias": (10,)}
+    bn = lambda name, c: {f"{name}.{s}": (c,) for s in ("weight", "bias", "running_mean", "running_var")}  # noqa
+    shapes.update(bn("bn1", width))
+    shapes["bn1.num_batches_tracked"] = ()
+    inplanes = width
+    for stage, blocks in enumerate(stages, start=1):
+        planes = width * 2 ** (stage - 1)
+        for b in range(blocks):
+            pre = f"layer{stage}.{b}."
+            convs = (((planes, inplanes, 1), (planes, planes, 3), (4 * planes, planes, 1)) if bottleneck
+                     else ((planes, inplanes, 3), (planes, planes, 3)))
+            for k, (o, i, size) in enumerate(convs, 1):
+                shapes[f"{pre}conv{k}.weight"] = (o, i, size, size)
+                shapes.update(bn(f"{pre}bn{k}", o))
+            if b == 0 and (stage > 1 or inplanes != planes * expansion):
+                shapes[f"{pre}downsample.0.weight"] = (planes * expansion, inplanes, 1, 1)
+                shapes.update(bn(f"{pre}downsample.1", planes * expansion))
+            inplanes = planes * expansion
+    return shapes
 
 
 @pytest.fixture(scope="module")
