@@ -157,7 +157,8 @@ def load_run(path: str) -> Model:
     preprocess = Preprocess(config.eval.resize, config.eval.crop, tuple(config.augment.mean),
                             tuple(config.augment.std))
     is_vit = config.model.name == "vit"
-    return Model(module, variables, preprocess, f"{config.model.name} of {path}", vit_kwargs_of(module) if is_vit else None)
+    return Model(module, variables, preprocess, f"{config.model.name} of {path}",
+                 vit_kwargs_of(module) if is_vit else None)
 
 
 def load_weights(path: str, arch: str | None, image_size: int) -> Model:

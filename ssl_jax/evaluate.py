@@ -159,7 +159,8 @@ def use_dataset(config, name: str):
     try:
         info = tfds.builder(name, data_dir=config.dataset.data_dir or None).info
     except Exception as e:  # tfds raises DatasetNotFoundError and others
-        raise UserError(f"--dataset={name}: tfds cannot find it ({type(e).__name__}: {str(e).splitlines()[0]})") from None
+        reason = f"{type(e).__name__}: {str(e).splitlines()[0]}"
+        raise UserError(f"--dataset={name}: tfds cannot find it ({reason})") from None
     config.dataset.name = name
     config.dataset.num_classes = info.features[config.dataset.label_key].num_classes
     config.eval.train_split = "train"
@@ -192,7 +193,8 @@ def evaluate_checkpoint(checkpoint: str, evals=("knn",), step: int | None = None
     if run := workdir_and_step(checkpoint):
         run_dir, run_step = run
         config = load_config(run_dir) if config is None else config
-        frozen = restore(run_dir, run_step if step is None else step, use_dataset(config, dataset) if dataset else config)
+        config = use_dataset(config, dataset) if dataset else config
+        frozen = restore(run_dir, run_step if step is None else step, config)
     elif os.path.isfile(checkpoint) and checkpoint.endswith(CHECKPOINT_SUFFIXES):
         if config is None or not workdir:
             raise UserError(f"--checkpoint={checkpoint} is a weights file: pass --config=<a config whose model "

@@ -142,16 +142,18 @@ def initialize(config, state, log=print, required: str = ""):
                 source.skipped[source.describe.get(path, path)] = "weight-norm g = 1, fixed here (norm_last_layer)"
                 continue
         unused[source.describe.get(path, path)] = "no such parameter (or statistic) in this model"
-    loaded = len(targets) - len(misses)
-    lines = [f"init_from {path} ({source.kind}): loaded {loaded} of {len(targets)} parameter and statistic arrays"
-             + (", the EMA teacher from " + ("the source's teacher" if source.teacher is not None else "the same")
-                + (f" ({len(teacher_misses)} missing)" if teacher_misses else "") if state.teacher is not None
-                else "")]
+    teacher_note = ""
+    if state.teacher is not None:
+        teacher_note = (f"; the EMA teacher from {'the source teacher' if source.teacher is not None else 'the same'}"
+                        + (f" ({len(teacher_misses)} kept fresh)" if teacher_misses else ""))
+    lines = [f"init_from {path} ({source.kind}): loaded {len(targets) - len(misses)} of {len(targets)} parameter "
+             f"and statistic arrays{teacher_note}"]
     lines += [f"  {note}" for note in notes]
     lines += [f"  kept fresh: {miss}" for miss in misses]
     lines += [f"  skipped {key}: {why}" for key, why in {**source.skipped, **unused}.items()]
     log("\n".join(lines))
-    fatal = misses if config.get("init_from_strict", True) else [m for m in misses if required and m.startswith(required)]
+    strict = config.get("init_from_strict", True)
+    fatal = misses if strict else [m for m in misses if required and m.startswith(required)]
     if fatal:
         hint = ("--config.init_from_strict=False keeps their fresh initialisation" if len(fatal) == len(misses)
                 else f"the {required} arrays must load: is it the right model?")

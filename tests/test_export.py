@@ -24,8 +24,8 @@ def official_file(tmp_path, registers: bool) -> str:
     rng = np.random.RandomState(int(registers))
     state = mocov3_vit_state(rng, dim=DIM, patch=8, grid=4, depth=2)
     if registers:
-        state.update({"register_tokens": rng.randn(1, 4, DIM).astype(np.float32),
-                      **{f"blocks.{i}.ls{j}.gamma": rng.randn(DIM).astype(np.float32) for i in range(2) for j in (1, 2)}})
+        state["register_tokens"] = rng.randn(1, 4, DIM).astype(np.float32)
+        state.update({f"blocks.{i}.ls{j}.gamma": rng.randn(DIM).astype(np.float32) for i in range(2) for j in (1, 2)})
     path = str(tmp_path / f"official_{registers}.safetensors")
     save_file(state, path)
     return path
