@@ -29,6 +29,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.seed = 0
     c.batch_size = 1024  # global batch, over all devices and processes
     c.num_epochs = 100
+    # Start a fresh run from other weights (ssl_jax/init_from.py): an ssl_jax workdir or checkpoint step,
+    # or an official .pth / .safetensors checkpoint; strict: every parameter must be loaded.
+    c.init_from = ""
+    c.init_from_strict = True
     c.steps_per_epoch = 0  # 0: len(train split) // batch_size (drop_last, as the references' DataLoaders).
     c.log_every_steps = 100
     # Several processes: auto (Cloud TPU, SLURM) or explicit; the SSL_JAX_* environment variables of

@@ -1,14 +1,25 @@
-"""Evaluate a frozen checkpoint: python -m ssl_jax.evaluate --workdir=DIR --eval=knn,linear_dino,...
+"""Evaluate a frozen checkpoint on any dataset:
+python -m ssl_jax.evaluate --checkpoint=<workdir | WORKDIR/checkpoints/<step> | weights file> --eval=knn,linear,...
 
-    --workdir     a run directory written by `python -m ssl_jax.main` (its config.json is read)
+    --checkpoint  a run directory written by `python -m ssl_jax.main` (its config.json is read),
+                  one of its checkpoint steps, or an official / exported weights file (.pth,
+                  .safetensors; `ssl_jax.init_from`), which also needs --config and --workdir
+    --workdir     the run directory (same as --checkpoint=WORKDIR); for a weights file, where
+                  results and cached features go
+    --config      for a weights file: the config whose model matches it (e.g.
+                  configs/dino_small.py); its method's features are evaluated, every backbone
+                  array must load from the file
     --step        the checkpoint step (default: the latest)
+    --dataset     a tfds dataset to evaluate on instead of the run's (its number of classes and
+                  test split, 'test' or else 'validation', come from tfds' metadata; results go
+                  to eval_<step>_<dataset>.json)
     --eval        comma-separated: knn, linear_dino, linear_mae, finetune (`linear` = both probes),
                   classifier (a semi-supervised run's own class prototypes: Suave, Daino)
-    --protocol    configs/eval_protocols.py[:cifar10|:smoke] (default: ':cifar10' for CIFAR-10
-                  runs, the papers' ImageNet protocols otherwise); --protocol.x.y=... overrides
+    --protocol    configs/eval_protocols.py[:cifar10|:smoke] (default: ':cifar10' for CIFAR-10,
+                  the papers' ImageNet protocols otherwise); --protocol.x.y=... overrides
 
-This is the evaluation entry point for frozen checkpoints. It reads the run's own config
-rather than taking `--config`, because a checkpoint restores only into the config it was
+This is the evaluation entry point for frozen checkpoints. A run is evaluated with its own
+config rather than `--config`, because a checkpoint restores only into the config it was
 trained with. (`python -m ssl_jax.main --mode=eval` stays what it was: the training loop's
 own kNN monitor, `config.eval.knn_k`, on a saved step; both use `eval/knn.py` and
 `eval/features.py`.) The backbone is frozen (except for
@@ -20,7 +31,6 @@ WORKDIR/eval_cache/<step>/ (`ssl_jax/eval/cache.py`).
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 
@@ -51,7 +61,9 @@ def load_protocol(preset: str = ""):
     """configs/eval_protocols.py's `preset` ('' = the papers' ImageNet protocols, 'cifar10', 'smoke')."""
     import importlib.util
 
-    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "eval_protocols.py")
+    from ssl_jax.config_files import config_path
+
+    path = config_path("eval_protocols")
     spec = importlib.util.spec_from_file_location("eval_protocols", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -144,21 +156,67 @@ def run_classifier(frozen, protocol) -> dict[str, float]:
     return {f"classifier_{k}": v for k, v in top_k_accuracy(logits, labels).items()}
 
 
-def evaluate_workdir(workdir: str, evals=("knn",), step: int | None = None, protocol=None, config=None,
-                     printer=print) -> dict:
-    """Restores checkpoint `step` (default: latest) of the run in `workdir` (with its
-    config.json, or `config`) and runs `evaluate_frozen` on it."""
-    from ssl_jax.eval.frozen import restore
+def use_dataset(config, name: str):
+    """`config` evaluating on tfds dataset `name`: its classes and its 'test' (else 'validation') split."""
+    import tensorflow_datasets as tfds
+
+    from ssl_jax.errors import UserError
+
+    try:
+        info = tfds.builder(name, data_dir=config.dataset.data_dir or None).info
+    except Exception as e:  # tfds raises DatasetNotFoundError and others
+        reason = f"{type(e).__name__}: {str(e).splitlines()[0]}"
+        raise UserError(f"--dataset={name}: tfds cannot find it ({reason})") from None
+    config.dataset.name = name
+    config.dataset.num_classes = info.features[config.dataset.label_key].num_classes
+    config.eval.train_split = "train"
+    config.eval.test_split = "test" if "test" in info.splits else "validation"
+    return config
+
+
+def weights_frozen(path: str, config, workdir: str, printer=print):
+    """A Frozen (step 0) of `config`'s method with a weights file's arrays loaded: every backbone
+    array must load; the rest (heads the file lacks) stays at its initialisation."""
+    from ssl_jax import init_from, train
+    from ssl_jax.eval.frozen import Frozen
+
+    config.init_from, config.init_from_strict = path, False
+    run = train.setup(config)
+    state = init_from.initialize(config, train.create_state(config, run), printer, required="backbone/")
+    workdir = paths.resolve(workdir)
+    (workdir / "checkpoints").mkdir(parents=True, exist_ok=True)
+    return Frozen(config, run, state, 0, str(workdir))
+
+
+def evaluate_checkpoint(checkpoint: str, evals=("knn",), step: int | None = None, protocol=None, config=None,
+                        dataset: str | None = None, workdir: str | None = None, printer=print) -> dict:
+    """Evaluates a run (workdir or checkpoint step) or a weights file (with `config` and
+    `workdir`) on its own dataset or on tfds `dataset`."""
+    from ssl_jax.errors import UserError
+    from ssl_jax.eval.frozen import load_config, restore
+    from ssl_jax.init_from import CHECKPOINT_SUFFIXES, workdir_and_step
 
     start = time.time()
-    frozen = restore(workdir, step, config)
-    printer(f"restored {workdir} step {frozen.step} ({time.time() - start:.1f}s)")
-    return evaluate_frozen(frozen, evals, protocol, printer)
+    if run := workdir_and_step(checkpoint):
+        run_dir, run_step = run
+        config = load_config(run_dir) if config is None else config
+        config = use_dataset(config, dataset) if dataset else config
+        frozen = restore(run_dir, run_step if step is None else step, config)
+    elif checkpoint.endswith(CHECKPOINT_SUFFIXES) and paths.resolve(checkpoint).is_file():
+        if config is None or not workdir:
+            raise UserError(f"--checkpoint={checkpoint} is a weights file: pass --config=<a config whose model "
+                            f"matches it> and --workdir=<where results go>")
+        frozen = weights_frozen(checkpoint, use_dataset(config, dataset) if dataset else config, workdir, printer)
+    else:
+        raise UserError(f"--checkpoint={checkpoint} is neither a run directory (with config.json), a checkpoint "
+                        f"step nor a {' / '.join(CHECKPOINT_SUFFIXES)} file")
+    printer(f"restored {checkpoint} step {frozen.step} ({time.time() - start:.1f}s)")
+    return evaluate_frozen(frozen, evals, protocol, printer, suffix=f"_{dataset}" if dataset else "")
 
 
-def evaluate_frozen(frozen, evals=("knn",), protocol=None, printer=print) -> dict:
+def evaluate_frozen(frozen, evals=("knn",), protocol=None, printer=print, suffix: str = "") -> dict:
     """Runs `evals` on a restored checkpoint (`ssl_jax.eval.frozen.restore`); prints a table,
-    logs to metrics.jsonl and merges the results into checkpoints/eval_<step>.json.
+    logs to metrics.jsonl and merges the results into checkpoints/eval_<step><suffix>.json.
     `protocol` defaults to `default_protocol(frozen.config)`."""
     from ssl_jax.logger import MetricLogger
 
@@ -181,7 +239,7 @@ def evaluate_frozen(frozen, evals=("knn",), protocol=None, printer=print) -> dic
         logger.close()
     printer(format_table(rows))
     if jax.process_index() == 0:
-        path = paths.resolve(frozen.workdir) / "checkpoints" / f"eval_{frozen.step}.json"
+        path = paths.resolve(frozen.workdir) / "checkpoints" / f"eval_{frozen.step}{suffix}.json"
         saved = paths.read_json(path) if path.exists() else {}
         paths.write_atomically(path, json.dumps({**saved, "step": frozen.step, **results}, indent=2, sort_keys=True))
         printer(f"wrote {path}")
@@ -205,7 +263,11 @@ def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)
     try:
-        evaluate_workdir(WORKDIR.value, parse_evals(EVAL.value), STEP.value, PROTOCOL.value)
+        checkpoint = CHECKPOINT.value or WORKDIR.value
+        if not checkpoint:
+            raise UserError("pass --checkpoint=<workdir | checkpoint step | weights file> (or --workdir)")
+        evaluate_checkpoint(checkpoint, parse_evals(EVAL.value), STEP.value, PROTOCOL.value, CONFIG.value,
+                            DATASET.value, WORKDIR.value)
     except (UserError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
@@ -215,10 +277,15 @@ if __name__ == "__main__":
     from absl import app, flags
     from ml_collections import config_flags
 
-    WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (config.json, checkpoints/).")
+    CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Run directory, checkpoint step directory or weights file.")
+    WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (config.json, checkpoints/); for a weights file, "
+                                  "where results go.")
+    DATASET = flags.DEFINE_string("dataset", None, "tfds dataset to evaluate on (default: the run's).")
+    CONFIG = config_flags.DEFINE_config_file("config", None, "For a weights file: a config whose model matches it.")
     STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
     EVAL = flags.DEFINE_string("eval", "knn", f"Comma-separated evaluations: {', '.join(EVALS)}, or linear (both probes).")
     PROTOCOL = config_flags.DEFINE_config_file("protocol", None, "configs/eval_protocols.py[:preset]",
                                                lock_config=True)
-    flags.mark_flags_as_required(["workdir"])
-    app.run(main)
+    from ssl_jax.config_files import resolve_flag
+
+    app.run(main, argv=resolve_flag(resolve_flag(sys.argv), "protocol"))

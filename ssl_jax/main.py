@@ -75,8 +75,10 @@ def parse_flags(argv: list[str]) -> list[str]:
     have; other flag errors get absl's usage message. A UserError in the config file's
     `get_config` (an unknown preset) is its one line: absl wraps it in a flag error.
     """
+    from ssl_jax.config_files import resolve_flag
     from ssl_jax.errors import UserError
 
+    argv = resolve_flag(argv)  # --config=dino_small[:preset] names a shipped config (ssl_jax/config_files.py)
     try:
         return flags.FLAGS(argv)
     except flags.Error as e:

@@ -142,7 +142,14 @@ def restore_or_create(config, run: Run, checkpointer: Checkpointer, step: int | 
     if step is not None:
         return checkpointer.restore(step, target)
     restored, _ = checkpointer.restore_latest(target, fallback, log_line)
-    return create_state(config, run) if restored is None else restored
+    if restored is not None:
+        return restored
+    state = create_state(config, run)
+    if config.get("init_from"):  # a fresh run starts from other weights (ssl_jax/init_from.py)
+        from ssl_jax import init_from
+
+        state = init_from.initialize(config, state, log_line)
+    return state
 
 
 def prepare_workdir(workdir: str) -> None:

@@ -30,6 +30,7 @@ import pytest
 from scipy.special import erf
 
 from ssl_jax.convert.pytorch import convert_vit, load_state_dict
+from ssl_jax.errors import UserError
 from ssl_jax.models.vit import vit
 
 try:
@@ -118,7 +119,7 @@ def test_mocov3_checkpoint_with_12_heads_converts_to_the_same_features():
 
 
 def test_convert_needs_a_head_count_that_divides_the_width():
-    with pytest.raises(ValueError, match="num_heads=7"):
+    with pytest.raises(UserError, match="num_heads=7"):
         convert_vit(mocov3_vit_state(np.random.RandomState(0), dim=32, patch=4), num_heads=7)
 
 

@@ -1,1 +1,2 @@
-"""Loading official PyTorch checkpoints into ssl_jax's ViT (`pytorch.py`)."""
+"""Official PyTorch checkpoints -> ssl_jax parameters: reading and unwrapping files, the ViT's
+architecture from its shapes (`pytorch.py`), and the name mapping of every layout (`names.py`)."""
