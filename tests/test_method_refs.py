@@ -359,3 +359,199 @@ def test_swav_and_suave_against_main_swav(config_name):
 
     check(loss, reference(), reference(temperature=2 * cfg.temperature), reference(epsilon=2 * cfg.epsilon),
           reference(crops=(0,)))
+
+
+# ----------------------------------------------------------------------------- MAE, SimMIM, I-JEPA
+
+
+def _single_view(config_name, **sizes):
+    config = shrink(load(config_name), **sizes)
+    method, v, batch = build(config)
+    return config, method, v, batch, batch["views"]["global"][:, 0]
+
+
+def test_mae_masked_mse_on_normalised_patches():
+    """facebookresearch/mae forward_loss: MSE on the masked patches only, targets normalised per patch with
+    `norm_pix_loss`; the masks remove int(N mask_ratio)... exactly N - int(N (1 - mask_ratio)) patches."""
+    config, method, v, batch, images = _single_view("mae_base", **{"method.decoder_embed_dim": 16,
+                                                                   "method.decoder_depth": 1,
+                                                                   "method.decoder_num_heads": 2})
+    cfg = config.method
+    v = v._replace(params=perturbed(v.params, scale=0.3))  # predictions away from 0, so the mask matters
+    loss = method.loss(v.params, None, None, None, batch, LOSS_RNG, 0)[0]
+    n = (32 // 8) ** 2
+    m = masks.random_masks(jax.random.split(LOSS_RNG)[0], 8, n, cfg.mask_ratio)
+    np.testing.assert_array_equal(np.asarray(m.mask).sum(1), n - int(n * (1 - cfg.mask_ratio)))
+    latent = method.encoder.apply({"params": v.params["backbone"]}, images, keep=m.keep, return_tokens=True)
+    pred = method.decoder.apply({"params": v.params["decoder"]}, latent, m.restore)
+    mask = np.asarray(m.mask, np.float64)
+    check(loss, ref.mae_loss(images, pred, mask, 8, cfg.norm_pix_loss),
+          ref.mae_loss(images, pred, mask, 8, not cfg.norm_pix_loss), ref.mae_loss(images, pred, 1 - mask, 8,
+                                                                                    cfg.norm_pix_loss))
+
+
+def _unpatchify(x, p):
+    """[B, N, p p 3] (row-major patches, (row, column, channel) inside) -> [B, H, W, 3]."""
+    b, n, _ = x.shape
+    g = int(round(n ** 0.5))
+    return np_(x).reshape(b, g, g, p, p, 3).transpose(0, 1, 3, 2, 4, 5).reshape(b, g * p, g * p, 3)
+
+
+def test_simmim_l1_on_masked_pixels():
+    """microsoft/SimMIM SimMIM.forward: L1 on the masked pixels / (masked pixels + 1e-5) / 3; MaskGenerator
+    masks ceil(mask_ratio x cells) of the mask_patch_size cells. Sizes: 64 px images, 16 px mask cells
+    on 8 px patches (the recipe's 2 x 2 patches per cell)."""
+    config, method, v, batch, images = _single_view("simmim_vit_base", **{"model.img_size": 64,
+                                                                          "augment.global_crops.size": 64,
+                                                                          "method.mask_patch_size": 16})
+    cfg = config.method
+    loss = method.loss(v.params, None, None, None, batch, LOSS_RNG, 0)[0]
+    mask = masks.simmim_masks(jax.random.split(LOSS_RNG)[0], 8, 64, 16, 8, cfg.mask_ratio)
+    cells = np.asarray(mask).reshape(8, 4, 2, 4, 2)[:, :, 0, :, 0]  # one flag per 16 px cell
+    np.testing.assert_array_equal(cells.sum((1, 2)), int(np.ceil(cfg.mask_ratio * 16)))
+    tokens = method.encoder.apply({"params": v.params["backbone"]}, images, mask=mask, return_tokens=True)
+    pixels = _unpatchify(method.head.apply({"params": v.params["head"]}, tokens[:, 1:]), 8)
+    patch_mask = np.asarray(mask).reshape(8, 8, 8)
+    unmasked_tokens = method.encoder.apply({"params": v.params["backbone"]}, images, return_tokens=True)
+    check(loss, ref.simmim_loss(images, pixels, patch_mask, 8), ref.simmim_loss(images, pixels, ~patch_mask, 8),
+          ref.simmim_loss(images, _unpatchify(method.head.apply({"params": v.params["head"]}, unmasked_tokens[:, 1:]),
+                                              8), patch_mask, 8))
+
+
+def test_ijepa_smooth_l1_on_the_ema_targets():
+    """facebookresearch/ijepa train.py: h = layer_norm(target_encoder(image)) at each of the num_targets
+    blocks, z = predictor(encoder(context)), smooth_l1(z, h) (mean over every element: the blocks of a
+    step share one size). Sizes: 32 px images on 4 px patches (an 8 x 8 grid the blocks fit)."""
+    config, method, v, batch, images = _single_view("ijepa_small", **{"model.patch_size": 4,
+                                                                      "method.predictor_embed_dim": 16,
+                                                                      "method.predictor_depth": 1})
+    cfg = config.method
+    teacher = perturbed(v.teacher)
+    loss = method.loss(v.params, teacher, None, None, batch, LOSS_RNG, 0)[0]
+    m = method._masks(jax.random.split(LOSS_RNG)[0], 8)
+    assert m.targets.shape[1] == cfg.num_targets
+    valid = np.asarray(m.targets_valid)
+    assert np.all(valid.sum(-1) == valid.sum(-1).flat[0])  # one target size per step
+    z = method.encoder.apply({"params": v.params["backbone"]}, images, keep=m.context, keep_valid=m.context_valid,
+                             return_tokens=True)
+    pred = np_(method.predictor.apply({"params": v.params["predictor"]}, z, m.context, m.context_valid, m.targets,
+                                      m.targets_valid))[valid]
+    targets = np.asarray(m.targets)
+
+    def target_tokens(encoder_params, norm=True):
+        h = np_(method.target_encoder.apply({"params": encoder_params}, images, return_tokens=True))
+        h = ref.layer_norm(h) if norm else h
+        return np.stack([h[b][targets[b]] for b in range(8)])[valid]  # [valid tokens, D]
+
+    check(loss, ref.smooth_l1(pred, target_tokens(teacher["backbone"])),
+          ref.smooth_l1(pred, target_tokens(v.params["backbone"])),
+          ref.smooth_l1(pred, target_tokens(teacher["backbone"], norm=False)))
+
+
+# ----------------------------------------------------------------------------- classification pretexts
+
+
+def _rotated(images):
+    """[B, H, W, 3] -> the 4B rotated images, image-major, and their rotation targets [4B]."""
+    x = np.stack([ref.rot90(np.asarray(images), k) for k in range(4)], axis=1)
+    return x.reshape((-1,) + x.shape[2:]), np.tile(np.arange(4), len(images))
+
+
+@pytest.mark.parametrize("config_name", ["rotation_resnet50", "sla_resnet"])
+def test_rotnet_and_sla_cross_entropy(config_name):
+    """gidariss/FeatureLearningRotNet: the four counter-clockwise rotations of every image in one batch,
+    4-way cross-entropy x loss_scale; SLA (hankook/SLA, joint_labels): the joint class 4 y + r, labelled
+    images only, x loss_scale (4: --with-large-loss)."""
+    config = shrink(load(config_name), **{"dataset.num_classes": 10})
+    cfg = config.method
+    fields = ("label",) if cfg.joint_labels else ()
+    method, v, batch = build(config, fields)
+    labels = np.array([3, -1, 5, -1, 0, 9, -1, 2], np.int32)
+    if cfg.joint_labels:
+        batch["label"] = labels
+    images = batch["views"]["global"][:, 0]
+    loss = method.loss(v.params, None, None, v.model_state, batch, LOSS_RNG, 0)[0]
+    x, r = _rotated(images)
+    logits = np_(method.network.apply(v.params, v.model_state, jnp.asarray(x), train=True)[0])
+    clockwise = (-r) % 4
+    if cfg.joint_labels:
+        y = np.repeat(labels, 4)
+        w = (y >= 0).astype(np.float64)
+        want, wrong = (ref.cross_entropy(logits, np.maximum(y, 0) * 4 + t, weights=w) for t in (r, clockwise))
+    else:
+        want, wrong = ref.cross_entropy(logits, r), ref.cross_entropy(logits, clockwise)
+    check(loss, cfg.loss_scale * want, cfg.loss_scale * wrong, (cfg.loss_scale + 1) * want)
+
+
+def test_mp3_position_cross_entropy_with_the_configured_context():
+    """MP3 (Zhai et al. 2022): every token classifies its own position, cross-entropy over the N positions;
+    the keys are a random (1 - mask_ratio) of the patches (context count int(N (1 - mask_ratio)))."""
+    config = shrink(load("mp3_vit_small"))
+    cfg = config.method
+    method, v, batch = build(config)
+    v = v._replace(params=perturbed(v.params, scale=0.3))  # attention away from uniform, so the keys matter
+    images = batch["views"]["global"][:, 0]
+    loss = method.loss(v.params, None, None, None, batch, LOSS_RNG, 0)[0]
+    n = (32 // 8) ** 2
+    context = ~np.asarray(masks.random_masks(jax.random.split(LOSS_RNG)[0], 8, n, cfg.mask_ratio).mask)
+    np.testing.assert_array_equal(context.sum(1), int(n * (1 - cfg.mask_ratio)))
+    positions = np.tile(np.arange(n), 8)
+
+    def logits(ctx):
+        return np_(method.position_logits(v.params, images, None if ctx is None else jnp.asarray(ctx))).reshape(-1, n)
+
+    check(loss, ref.cross_entropy(logits(context), positions), ref.cross_entropy(logits(None), positions),
+          ref.cross_entropy(logits(~context), positions))
+
+
+def test_instance_discrimination_smoothed_cross_entropy():
+    """Cao, Yu and Wu 2022: each crop classified as its image's index, label_smoothing (0.1)."""
+    config = shrink(load("instance_vit_tiny"), **{"method.num_instances": 64})
+    cfg = config.method
+    method, v, batch = build(config, ("index",))
+    batch["index"] = np.random.RandomState(6).randint(0, 64, 8).astype(np.int32)
+    loss = method.loss(v.params, None, None, None, batch, LOSS_RNG, 0)[0]
+    views = batch["views"]["global"]
+    logits = np_(method.network.apply(v.params, {}, views.reshape((-1,) + views.shape[2:]), train=True)[0])
+    targets = np.repeat(batch["index"], views.shape[1])
+    s = cfg.label_smoothing
+    check(loss, ref.cross_entropy(logits, targets, s), ref.cross_entropy(logits, targets, 0.0),
+          ref.cross_entropy(logits, targets, 2 * s))
+
+
+def test_sit_weighted_reconstruction_rotation_and_contrastive_terms():
+    """SiT (Atito et al. 2021): per view, drag-and-drop corruption of corrupt_ratio of the patches (from
+    the previous image), a random quarter turn k; L1 reconstruction of the clean rotated view (every
+    pixel), CE(rotation token, k), NT-Xent of the two views' [CLS] at `temperature`; the weighted sum."""
+    config = shrink(load("sit_vit_small"), **{"method.contrastive_dims": (32, 16)})
+    cfg = config.method
+    method, v, batch = build(config)
+    loss = method.loss(v.params, None, None, None, batch, LOSS_RNG, 0)[0]
+    head = lambda name, x: np_(method.heads[name].apply({"params": v.params[name]}, x))  # noqa: E731
+
+    def terms(corrupt_ratio=cfg.corrupt_ratio, temperature=cfg.temperature):
+        recon, rot, z = [], [], []
+        for view, view_rng in zip(views_of(batch), jax.random.split(LOSS_RNG, 2)):
+            corrupt_rng, rotation_rng, _ = jax.random.split(view_rng, 3)
+            k = np.asarray(jax.random.randint(rotation_rng, (8,), 0, 4))
+            cells = np.asarray(jax.random.uniform(corrupt_rng, (8, 4, 4))) < corrupt_ratio
+            pixels = np.repeat(np.repeat(cells, 8, 1), 8, 2)[..., None]
+            clean = np.asarray(view)
+            corrupted = np.where(pixels, np.roll(clean, 1, axis=0), clean)
+            turn = lambda x: np.stack([ref.rot90(x[b:b + 1], k[b])[0] for b in range(8)])  # noqa: E731
+            tokens = method.network.modules["backbone"].apply({"params": v.params["backbone"]},
+                                                              jnp.asarray(turn(corrupted)), return_tokens=True,
+                                                              keep_registers=True)
+            recon.append(ref.simmim_loss(turn(clean), _unpatchify(head("reconstruction", tokens[:, 2:]), 8),
+                                         np.ones((8, 4, 4), bool), 8))
+            rot.append(ref.cross_entropy(head("rotation", tokens[:, 1]), k))
+            z.append(head("contrastive", tokens[:, 0]))
+        return {"reconstruction": np.mean(recon), "rotation": np.mean(rot),
+                "contrastive": ref.simclr_loss(z[0], z[1], temperature)}
+
+    def total(t, weights=cfg.weights):
+        return sum(weights[name] * value for name, value in t.items())
+
+    want = terms()
+    check(loss, total(want), total(terms(corrupt_ratio=0.5 * cfg.corrupt_ratio)),
+          total(terms(temperature=2 * cfg.temperature)), total(want, dict(cfg.weights, rotation=2.0)))
