@@ -45,6 +45,17 @@ def simclr_loss(z1, z2, temperature):
     return total
 
 
+def sit_contrastive_loss(z1, z2, temperature):
+    """Sara-Ahmed/SiT `losses.py` ContrastiveLoss.forward: NT-Xent over the 2B anchors of [z1; z2]
+    (positive: the other view; denominator: every row but itself), summed and / (2 B)."""
+    z = normalize(np.concatenate([z1, z2]))
+    b = len(z1)
+    sim = z @ z.T / temperature
+    np.fill_diagonal(sim, -np.inf)
+    positives = np.concatenate([np.diagonal(sim, b), np.diagonal(sim, -b)])
+    return np.mean(np.log(np.sum(np.exp(sim), axis=1)) - positives)
+
+
 def moco_v3_loss(q1, q2, k1, k2, temperature):
     """facebookresearch/moco-v3 `moco/builder.py` MoCo.forward: ctr(q1, k2) + ctr(q2, k1), where
     `contrastive_loss` = CE(normalize(q) normalize(k)^T / T, arange) * 2T."""

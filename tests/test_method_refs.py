@@ -187,7 +187,9 @@ def _dino_outputs(method, params, teacher, batch):
 @pytest.mark.parametrize("config_name", ["dino_small", "daino_small"])
 def test_dino_and_daino_against_dino_loss(config_name):
     """facebookresearch/dino DINOLoss: teacher softmax((t - c) / tau_t(epoch)) with the per-epoch warm-up,
-    student_temp, pairs of different crops, the EMA center; Daino puts the one-hot label on labelled rows."""
+    student_temp, pairs of different crops, the EMA center. Daino: the one-hot label on labelled rows, the
+    objective methods/semisup.py documents (one shared batch); pietroastolfi/suave-daino draws a separate
+    labelled batch, so this is not a transcription of main_daino.py."""
     sizes = dict(DINO_SIZES)
     if config_name == "daino_small":  # class prototypes: out_dim = num_classes
         sizes.update({"method.out_dim": 10, "dataset.num_classes": 10})
@@ -334,8 +336,10 @@ def _swav_scores(method, params, stats, batch):
 @pytest.mark.parametrize("config_name", ["swav_resnet50", "suave_resnet50"])
 def test_swav_and_suave_against_main_swav(config_name):
     """facebookresearch/swav main_swav.py train(): Sinkhorn codes (epsilon, sinkhorn_iterations) of
-    crops_for_assign, swapped prediction at `temperature` over all other crops; Suave: codes balanced over
-    the unlabelled images only and the one-hot label on the labelled ones."""
+    crops_for_assign, swapped prediction at `temperature` over all other crops. Suave: codes balanced over
+    the unlabelled images only and the one-hot label on the labelled ones, the objective methods/semisup.py
+    documents; pietroastolfi/suave-daino main_suave.py instead adds CE(lab_output / T) of a separate
+    labelled batch, weighted by batch shares, so this is not a transcription of it."""
     sizes = {"method.num_prototypes": 10, "dataset.num_classes": 10}
     config = shrink(load(config_name), **sizes)
     cfg = config.method
@@ -520,9 +524,11 @@ def test_instance_discrimination_smoothed_cross_entropy():
 
 
 def test_sit_weighted_reconstruction_rotation_and_contrastive_terms():
-    """SiT (Atito et al. 2021): per view, drag-and-drop corruption of corrupt_ratio of the patches (from
-    the previous image), a random quarter turn k; L1 reconstruction of the clean rotated view (every
-    pixel), CE(rotation token, k), NT-Xent of the two views' [CLS] at `temperature`; the weighted sum."""
+    """SiT (Sara-Ahmed/SiT losses.py MTLLOSS with the config's fixed weights in place of the learned ones):
+    L1Loss of the clean rotated view's pixels, CrossEntropyLoss of the rotation token over both views,
+    ContrastiveLoss of the two views' [CLS] at `temperature`. The corruption is the method's own
+    (methods/sit.py: drag-and-drop of corrupt_ratio of the patches from the previous image, a random
+    quarter turn k per image), re-done here in numpy from the same random draws."""
     config = shrink(load("sit_vit_small"), **{"method.contrastive_dims": (32, 16)})
     cfg = config.method
     method, v, batch = build(config)
@@ -546,8 +552,10 @@ def test_sit_weighted_reconstruction_rotation_and_contrastive_terms():
                                          np.ones((8, 4, 4), bool), 8))
             rot.append(ref.cross_entropy(head("rotation", tokens[:, 1]), k))
             z.append(head("contrastive", tokens[:, 0]))
+        # ssl_jax's term sums SimCLR's two directions: twice ContrastiveLoss's mean over the 2B anchors
+        # (a factor the method's docstring does not list as a difference from Sara-Ahmed/SiT).
         return {"reconstruction": np.mean(recon), "rotation": np.mean(rot),
-                "contrastive": ref.simclr_loss(z[0], z[1], temperature)}
+                "contrastive": 2 * ref.sit_contrastive_loss(z[0], z[1], temperature)}
 
     def total(t, weights=cfg.weights):
         return sum(weights[name] * value for name, value in t.items())
