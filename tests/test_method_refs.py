@@ -330,7 +330,8 @@ def _swav_scores(method, params, stats, batch):
                          upto="backbone")
         feats.append(f)
     z, _ = net.apply(params, stats, jnp.concatenate(feats), train=True, start="projector")
-    return (ref.normalize(z) @ np_(params["prototypes"]["kernel"])).reshape(-1, 8, params["prototypes"]["kernel"].shape[1])
+    prototypes = np_(params["prototypes"]["kernel"])  # [D, K]
+    return (ref.normalize(z) @ prototypes).reshape(-1, 8, prototypes.shape[1])
 
 
 @pytest.mark.parametrize("config_name", ["swav_resnet50", "suave_resnet50"])
@@ -376,7 +377,7 @@ def _single_view(config_name, **sizes):
 
 def test_mae_masked_mse_on_normalised_patches():
     """facebookresearch/mae forward_loss: MSE on the masked patches only, targets normalised per patch with
-    `norm_pix_loss`; the masks remove int(N mask_ratio)... exactly N - int(N (1 - mask_ratio)) patches."""
+    `norm_pix_loss`; random_masking keeps int(N (1 - mask_ratio)) patches of each image."""
     config, method, v, batch, images = _single_view("mae_base", **{"method.decoder_embed_dim": 16,
                                                                    "method.decoder_depth": 1,
                                                                    "method.decoder_num_heads": 2})
