@@ -562,4 +562,4 @@ def test_sit_weighted_reconstruction_rotation_and_contrastive_terms():
 
     want = terms()
     check(loss, total(want), total(terms(corrupt_ratio=0.5 * cfg.corrupt_ratio)),
-          total(terms(temperature=2 * cfg.temperature)), total(want, dict(cfg.weights, rotation=2.0)))
+          total(terms(temperature=0.5 * cfg.temperature)), total(want, dict(cfg.weights, rotation=2.0)))
