@@ -39,6 +39,7 @@ def xla_flags(num_devices: int) -> str:
 os.environ["XLA_FLAGS"] = xla_flags(NUM_DEVICES)
 os.environ.setdefault("TFDS_DATA_DIR", os.path.normpath(os.path.join(REPO, "..", "shared", "data", "tfds")))
 
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 TFDS_DATA_DIR = os.environ["TFDS_DATA_DIR"]
@@ -65,6 +66,27 @@ TINY_OVERRIDES = {
     "log_every_steps": 1,
     "checkpoint.every_steps": 3,
 }
+
+
+def dino_cosine(base: float, final: float, total_steps: int, warmup_steps: int = 0,
+                warmup_start: float = 0.0) -> np.ndarray:
+    """facebookresearch/dino utils.py `cosine_scheduler` in closed form, float64 [total_steps]:
+    np.linspace(warmup_start, base, warmup_steps) (inclusive of base at warmup_steps - 1), then
+    final + (base - final) / 2 * (1 + cos(pi * i / n)) for i = 0..n-1, n = total - warm-up. BYOL's
+    `target_ema` and MoCo v3's `adjust_moco_momentum` (per step) are this with final = 1."""
+    it = np.arange(total_steps, dtype=np.float64)
+    ramp = warmup_start + (base - warmup_start) * it / max(warmup_steps - 1, 1)
+    cosine = final + 0.5 * (base - final) * (1 + np.cos(np.pi * (it - warmup_steps) / (total_steps - warmup_steps)))
+    return np.where(it < warmup_steps, ramp, cosine)
+
+
+def dino_teacher_temp(warmup_temp: float, temp: float, warmup_epochs: int, total_steps: int,
+                      steps_per_epoch: int) -> np.ndarray:
+    """DINOLoss's teacher_temp_schedule (linspace over the warm-up epochs, then flat), indexed by
+    the epoch of each step, float64 [total_steps]."""
+    epoch = np.arange(total_steps) // steps_per_epoch
+    ramp = warmup_temp + (temp - warmup_temp) * epoch / max(warmup_epochs - 1, 1)
+    return np.where(epoch < warmup_epochs, ramp, temp)
 
 
 def _load_config_module():

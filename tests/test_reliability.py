@@ -442,6 +442,28 @@ def test_nan_skip_gives_up_after_max_consecutive_skips():
         guard.skipped(6, bad)
 
 
+def test_nan_guard_stop_policy_names_the_first_bad_metric_without_data():
+    """Policy 'stop' raises on the first flagged step, naming loss/grad_norm before other metrics;
+    finite steps pass; a non-finite logged average stops too; an unknown policy is a UserError."""
+    from ml_collections import ConfigDict
+
+    from ssl_jax.errors import UserError
+    from ssl_jax.nonfinite import NonFiniteError, NonFiniteGuard
+
+    lines = []
+    guard = NonFiniteGuard(ConfigDict({"policy": "stop", "max_consecutive_skips": 10}), log=lines.append)
+    assert not guard.skipped(1, {"loss": 1.0, "grad_norm": 2.0, "nonfinite": 0.0})
+    bad = {"center_norm": float("nan"), "grad_norm": float("inf"), "loss": 1.0, "nonfinite": 1.0}
+    with pytest.raises(NonFiniteError, match=r"^non-finite grad_norm at step 2 \(grad_norm=inf, center_norm=nan\)"):
+        guard.skipped(2, bad)
+    guard.check_logged(3, {"loss": 1.0, "teacher_entropy": 0.5})
+    with pytest.raises(NonFiniteError, match="non-finite teacher_entropy at step 4.*averaged"):
+        guard.check_logged(4, {"loss": 1.0, "teacher_entropy": float("nan")})
+    assert not lines
+    with pytest.raises(UserError, match="nonfinite.policy='ignore'"):
+        NonFiniteGuard(ConfigDict({"policy": "ignore", "max_consecutive_skips": 1}), log=lines.append)
+
+
 # --- collapse ------------------------------------------------------------------------------------
 
 
