@@ -68,6 +68,13 @@ TINY_OVERRIDES = {
 }
 
 
+# For runs compared across a restart (resume, the fault campaign): two blocks instead of
+# TINY_OVERRIDES' one, so the smoke preset's drop-path (rate 0.1, linear over the blocks from 0)
+# drops paths in the second block. The step's rng then reaches every logged loss, and a restart
+# that restored the wrong rng logs different losses.
+RNG_OVERRIDES = {"model.depth": 2}
+
+
 def dino_cosine(base: float, final: float, total_steps: int, warmup_steps: int = 0,
                 warmup_start: float = 0.0) -> np.ndarray:
     """facebookresearch/dino utils.py `cosine_scheduler` in closed form, float64 [total_steps]:
@@ -168,7 +175,7 @@ LONGEST_MODULES = ("test_reliability.py", "test_distributed.py", "test_contrasti
 def run_smoke_preset(config_name: str, workdir) -> dict:
     """Runs `python -m ssl_jax.main --config=configs/CONFIG_NAME.py:smoke` on CIFAR-10 (small eval
     splits) and checks what every method's run must do: exit 0, finite losses for all 6 steps, a
-    checkpoint of step 6 and a kNN accuracy in (0, 1]. Returns the last eval record."""
+    checkpoint of step 6 and a kNN accuracy above chance. Returns the last eval record."""
     result = run_config(os.path.join(REPO, "configs", f"{config_name}.py") + ":smoke", workdir,
                         "--config.eval.train_split=train[:400]", "--config.eval.test_split=test[:200]")
     assert result.returncode == 0, result.stderr[-3000:]
@@ -179,7 +186,7 @@ def run_smoke_preset(config_name: str, workdir) -> dict:
     assert train_records[-1]["step"] == 6
     assert os.path.isdir(os.path.join(workdir, "checkpoints", "6"))
     evals = [r for r in records if r["split"] == "eval"]
-    assert evals and 0.0 < evals[-1]["knn_top1@20"] <= 1.0
+    assert evals and evals[-1]["knn_top1@20"] > 0.1  # above chance (10 classes)
     return evals[-1]
 
 

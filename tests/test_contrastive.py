@@ -251,4 +251,4 @@ def test_smoke_preset_end_to_end(method, tfds_data_dir, tmp_path):
     """`python -m ssl_jax.main --config=configs/<paper>.py:smoke` trains 6 steps on CIFAR-10,
     checkpoints and reports kNN at k = 20 and 200."""
     last_eval = run_smoke_preset(CONFIG_FILES[method], tmp_path / method)
-    assert 0.0 < last_eval["knn_top1@200"] <= 1.0
+    assert last_eval["knn_top1@200"] > 0.1  # above chance (10 classes)

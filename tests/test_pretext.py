@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from conftest import TFDS_DATA_DIR, run_smoke_preset, smoke_params
+from test_contrastive import np_simclr_loss
 from ssl_jax import losses, train
 from ssl_jax.batch import example_batch
 from ssl_jax.methods.rotation import aggregate_joint_logits, rotate_four, rotation_targets
@@ -282,11 +283,43 @@ def test_sit_drag_and_drop_corruption():
     assert np.all(replaced | kept) and 0 < replaced.mean() < 1  # whole patches, from the previous image
 
 
+def np_patchify(images, p):
+    """MAE's `patchify` ('nchpwq->nhwpqc') on NHWC float64 images: [B, N, p*p*C]."""
+    b, h, w, c = images.shape
+    x = images.reshape(b, h // p, p, w // p, p, c).transpose(0, 1, 3, 2, 4, 5)
+    return x.reshape(b, (h // p) * (w // p), p * p * c)
+
+
+def np_sit_terms(method, params, views, rng, temperature, patch):
+    """SiT's three losses in float64 from the model's head outputs: per view, the image corrupted
+    (`drag_and_drop`, tested above) and turned by its k quarter turns (np.rot90, image by image);
+    L1 of the predicted pixels against the clean image turned the same way, the rotation
+    cross-entropy and SimCLR's symmetric NT-Xent of the two views' embeddings. The randomness is the
+    method's: per view (corrupt, rotation, drop-path) keys split from `rng`."""
+    from ssl_jax.methods.sit import drag_and_drop
+
+    embeddings, reconstruction, rotation = [], [], []
+    for v, view_rng in enumerate(jax.random.split(rng, 2)):
+        corrupt_rng, rotation_rng, drop_rng = jax.random.split(view_rng, 3)
+        clean = np.asarray(views[:, v], np.float64)
+        k = np.asarray(jax.random.randint(rotation_rng, (clean.shape[0],), 0, 4))
+        corrupted = np.asarray(drag_and_drop(corrupt_rng, jnp.asarray(views[:, v]), patch, method.corrupt_ratio))
+        turned = np.stack([np.rot90(x, r, axes=(0, 1)) for x, r in zip(corrupted, k)])
+        z, logits, pixels = (np.asarray(o, np.float64) for o in method.forward(params, jnp.asarray(turned), drop_rng))
+        target = np_patchify(np.stack([np.rot90(x, r, axes=(0, 1)) for x, r in zip(clean, k)]), patch)
+        reconstruction.append(np.abs(pixels - target).mean())
+        rotation.append(np_cross_entropy(logits, k, None, 0.0))
+        embeddings.append(z)
+    return {"reconstruction": np.mean(reconstruction), "rotation": np.mean(rotation),
+            "contrastive": np_simclr_loss(embeddings[0], embeddings[1], temperature)}
+
+
 def test_sit_tokens_heads_and_gradients():
     """The rotation token is the register kept in the ViT's output (dropping it gives the plain output);
-    the loss is the weighted sum of its three logged terms, and every head, the [CLS] and the register
-    token receive gradient."""
+    each logged loss term equals its float64 reference (np_sit_terms) and the loss is their sum with the
+    configured weights (set unequal here); every head, the [CLS] and the register token receive gradient."""
     config = importlib.import_module("configs.sit_vit_small").get_config("smoke")
+    config.method.weights = {"reconstruction": 0.5, "rotation": 2.0, "contrastive": 3.0}
     run = train.setup(config, steps_per_epoch=3)
     method = run.method
     params = jax.jit(method.init)(jax.random.key(0),
@@ -301,10 +334,11 @@ def test_sit_tokens_heads_and_gradients():
     grad_fn = jax.jit(jax.value_and_grad(lambda p: method.loss(p, None, None, None, batch, jax.random.key(2), 0),
                                          has_aux=True))
     (loss, aux), grads = grad_fn(params)
-    weights = config.method.weights
-    terms = ("reconstruction", "rotation", "contrastive")
-    want = sum(weights[name] * float(aux.metrics[f"{name}_loss"]) for name in terms)
-    np.testing.assert_allclose(float(loss), want, rtol=1e-5)
+    want = np_sit_terms(method, params, batch["views"]["global"], jax.random.key(2), config.method.temperature,
+                        config.model.patch_size)
+    for name, value in want.items():
+        np.testing.assert_allclose(float(aux.metrics[f"{name}_loss"]), value, rtol=2e-5, err_msg=name)
+    np.testing.assert_allclose(float(loss), sum(config.method.weights[n] * v for n, v in want.items()), rtol=2e-5)
     for name in ("reconstruction", "rotation", "contrastive"):
         assert max(float(np.abs(g).max()) for g in jax.tree.leaves(grads[name])) > 0, name
     assert np.abs(grads["backbone"]["register_tokens"]).max() > 0 and np.abs(grads["backbone"]["cls_token"]).max() > 0

@@ -31,13 +31,15 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import make_smoke_config, start_main
+from conftest import RNG_OVERRIDES, make_smoke_config, start_main
 
 EPOCHS, STEPS_PER_EPOCH = 8, 3
 TOTAL = EPOCHS * STEPS_PER_EPOCH
 # Same for the uninterrupted run and every process of the campaign: a checkpoint after each
 # step (each one an asynchronous write a kill can interrupt), enough kept to fall back twice.
-CAMPAIGN = {"num_epochs": EPOCHS, "checkpoint.every_steps": 1, "checkpoint.max_to_keep": 5}
+# RNG_OVERRIDES: the step's rng (drop-path) reaches every logged loss, so a restart with the wrong
+# rng cannot match the uninterrupted run.
+CAMPAIGN = {"num_epochs": EPOCHS, "checkpoint.every_steps": 1, "checkpoint.max_to_keep": 5, **RNG_OVERRIDES}
 # 8 in CI (the suite's time budget); SSL_JAX_CAMPAIGN_KILLS=20 gave the README's table.
 KILLS = int(os.environ.get("SSL_JAX_CAMPAIGN_KILLS", "8"))
 KILL_MOMENTS = ("start-up", "training loop", "checkpoint write")
