@@ -39,6 +39,7 @@ def xla_flags(num_devices: int) -> str:
 os.environ["XLA_FLAGS"] = xla_flags(NUM_DEVICES)
 os.environ.setdefault("TFDS_DATA_DIR", os.path.normpath(os.path.join(REPO, "..", "shared", "data", "tfds")))
 
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 TFDS_DATA_DIR = os.environ["TFDS_DATA_DIR"]
@@ -65,6 +66,34 @@ TINY_OVERRIDES = {
     "log_every_steps": 1,
     "checkpoint.every_steps": 3,
 }
+
+
+# For runs compared across a restart (resume, the fault campaign): two blocks instead of
+# TINY_OVERRIDES' one, so the smoke preset's drop-path (rate 0.1, linear over the blocks from 0)
+# drops paths in the second block. The step's rng then reaches every logged loss, and a restart
+# that restored the wrong rng logs different losses.
+RNG_OVERRIDES = {"model.depth": 2}
+
+
+def dino_cosine(base: float, final: float, total_steps: int, warmup_steps: int = 0,
+                warmup_start: float = 0.0) -> np.ndarray:
+    """facebookresearch/dino utils.py `cosine_scheduler` in closed form, float64 [total_steps]:
+    np.linspace(warmup_start, base, warmup_steps) (inclusive of base at warmup_steps - 1), then
+    final + (base - final) / 2 * (1 + cos(pi * i / n)) for i = 0..n-1, n = total - warm-up. BYOL's
+    `target_ema` and MoCo v3's `adjust_moco_momentum` (per step) are this with final = 1."""
+    it = np.arange(total_steps, dtype=np.float64)
+    ramp = warmup_start + (base - warmup_start) * it / max(warmup_steps - 1, 1)
+    cosine = final + 0.5 * (base - final) * (1 + np.cos(np.pi * (it - warmup_steps) / (total_steps - warmup_steps)))
+    return np.where(it < warmup_steps, ramp, cosine)
+
+
+def dino_teacher_temp(warmup_temp: float, temp: float, warmup_epochs: int, total_steps: int,
+                      steps_per_epoch: int) -> np.ndarray:
+    """DINOLoss's teacher_temp_schedule (linspace over the warm-up epochs, then flat), indexed by
+    the epoch of each step, float64 [total_steps]."""
+    epoch = np.arange(total_steps) // steps_per_epoch
+    ramp = warmup_temp + (temp - warmup_temp) * epoch / max(warmup_epochs - 1, 1)
+    return np.where(epoch < warmup_epochs, ramp, temp)
 
 
 def _load_config_module():
@@ -139,17 +168,14 @@ LONGEST_MODULES = ("test_reliability.py", "test_distributed.py", "test_contrasti
                    "test_train.py", "test_evaluate.py")
 
 
-# The `:smoke` command-line run of every method is a test; the README's (and CI's) test command
-# runs one per method family (`-m "not slow"`) to stay within CI's 15 minutes, and
-# `python -m pytest -q -n auto --maxprocesses=4 --dist loadfile -m slow tests` runs the rest.
-SMOKE_IN_CI = {"simclr", "mae", "dinov2", "swav_resnet50", "sit_vit_small"}
-
+# Every config's `:smoke` preset is run from the command line by a test in CI's test command;
+# tests/test_smoke_presets.py checks that none is left out or marked slow.
 
 
 def run_smoke_preset(config_name: str, workdir) -> dict:
     """Runs `python -m ssl_jax.main --config=configs/CONFIG_NAME.py:smoke` on CIFAR-10 (small eval
     splits) and checks what every method's run must do: exit 0, finite losses for all 6 steps, a
-    checkpoint of step 6 and a kNN accuracy in (0, 1]. Returns the last eval record."""
+    checkpoint of step 6 and a kNN accuracy above chance. Returns the last eval record."""
     result = run_config(os.path.join(REPO, "configs", f"{config_name}.py") + ":smoke", workdir,
                         "--config.eval.train_split=train[:400]", "--config.eval.test_split=test[:200]")
     assert result.returncode == 0, result.stderr[-3000:]
@@ -160,16 +186,17 @@ def run_smoke_preset(config_name: str, workdir) -> dict:
     assert train_records[-1]["step"] == 6
     assert os.path.isdir(os.path.join(workdir, "checkpoints", "6"))
     evals = [r for r in records if r["split"] == "eval"]
-    assert evals and 0.0 < evals[-1]["knn_top1@20"] <= 1.0
+    assert evals and evals[-1]["knn_top1@20"] > 0.1  # above chance (10 classes)
     return evals[-1]
-
-def pytest_configure(config):
-    config.addinivalue_line("markers", "slow: a :smoke command-line run left out of the CI test command")
 
 
 def smoke_params(names) -> list:
-    """`names` as pytest params, those outside SMOKE_IN_CI marked slow."""
-    return [pytest.param(name, marks=() if name in SMOKE_IN_CI else pytest.mark.slow) for name in names]
+    """`names` as pytest params of a module's `:smoke` runs, one test each, none marked slow."""
+    return [pytest.param(name) for name in names]
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: left out of CI's test command (`-m 'not slow'`); no test is today")
 
 
 def pytest_collection_modifyitems(items):
@@ -181,13 +208,31 @@ def pytest_collection_modifyitems(items):
     items.sort(key=rank)
 
 
+# With the environment variable CI set (`.ci/run` sets it), a skipped test is a failure: a CI whose
+# data path or tool install broke must not go green by skipping. The exception: modules needing
+# an extra outside `[test]` (`[convert]`/`[bench]`'s torch and timm). Users' machines keep skips.
+IN_CI = bool(os.environ.get("CI"))
+SKIPS_ALLOWED_IN_CI = ("test_convert.py",)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Under CI, turns a skipped test (a skip mark, pytest.skip, a skipping fixture) into a failure."""
+    report = (yield).get_result()
+    if IN_CI and report.skipped and not hasattr(report, "wasxfail") \
+            and os.path.basename(str(item.fspath)) not in SKIPS_ALLOWED_IN_CI:
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        report.outcome = "failed"
+        report.longrepr = f"skipped under CI={os.environ['CI']}, which makes it a failure: {reason}"
+
+
 def dataset_available() -> bool:
     return os.path.isdir(os.path.join(TFDS_DATA_DIR, "cifar10"))
 
 
 @pytest.fixture(scope="session")
 def tfds_data_dir() -> str:
-    """The tfds directory holding cifar10/; skips the test when it is missing."""
+    """The tfds directory holding cifar10/; skips the test when it is missing (fails it under CI)."""
     if not dataset_available():
         pytest.skip(f"CIFAR-10 in tfds format not found under TFDS_DATA_DIR={TFDS_DATA_DIR} "
                     f"(expected {os.path.join(TFDS_DATA_DIR, 'cifar10')}/<version>/)")

@@ -173,10 +173,12 @@ def test_sharded_loss_gradients_and_batchnorm_equal_single_device(method_on_mesh
 
 
 def test_teacher_gets_no_gradient(method_on_meshes):
-    """Differentiating the loss w.r.t. the EMA teacher gives exactly zero (BYOL, MoCo v3)."""
+    """Differentiating the loss w.r.t. the EMA teacher gives exactly zero (BYOL, MoCo v3); SimCLR and
+    SimSiam keep no teacher at all."""
     name, _, run8, _, state, batch = method_on_meshes
+    assert (state.teacher is not None) == (name in ("byol", "mocov3")), name
     if state.teacher is None:
-        pytest.skip(f"{name} has no EMA teacher")
+        return
     _, _, teacher_grads = _loss_and_grads(run8, state, batch, argnums=1)
     for path, g in jax.tree_util.tree_flatten_with_path(teacher_grads)[0]:
         assert not np.any(np.asarray(g)), f"gradient reached teacher{jax.tree_util.keystr(path)}"
@@ -249,4 +251,4 @@ def test_smoke_preset_end_to_end(method, tfds_data_dir, tmp_path):
     """`python -m ssl_jax.main --config=configs/<paper>.py:smoke` trains 6 steps on CIFAR-10,
     checkpoints and reports kNN at k = 20 and 200."""
     last_eval = run_smoke_preset(CONFIG_FILES[method], tmp_path / method)
-    assert 0.0 < last_eval["knn_top1@200"] <= 1.0
+    assert last_eval["knn_top1@200"] > 0.1  # above chance (10 classes)

@@ -59,3 +59,20 @@ def test_knn_curve_places_evaluations_at_logged_training_time(tmp_path):
     np.testing.assert_allclose(minutes, [2.0, 3.0])  # step 15: halfway between 60 s and 180 s
     np.testing.assert_array_equal(steps, [15, 20])
     np.testing.assert_allclose(accuracy, [0.3, 0.5])
+
+
+def test_knn_through_the_eval_pipeline_retrieves_each_test_image_from_the_memory_bank(tfds_data_dir):
+    """The whole kNN evaluation (CIFAR-10 read, eval transform, sharded feature extraction over 8
+    devices, labels carried along, weighted vote) on raw pixels, with the test split inside the
+    memory bank: every test image's nearest neighbour is itself, so k = 1 must score exactly 100 %
+    (a label or order mismatch between features and labels cannot), and 20 disjoint images score less."""
+    from conftest import make_smoke_config
+    from ssl_jax.eval.knn_eval import raw_pixel_knn
+    from ssl_jax.sharding import make_mesh
+
+    config = make_smoke_config(**{"eval.train_split": "train[:200]", "eval.test_split": "train[40:120]",
+                                  "eval.batch_size": 40, "eval.knn_k": (1,)})
+    mesh = make_mesh()
+    assert raw_pixel_knn(config, mesh) == {"knn_top1@1": 1.0}
+    config.eval.test_split = "train[200:280]"
+    assert raw_pixel_knn(config, mesh)["knn_top1@1"] < 1.0

@@ -17,6 +17,7 @@ import numpy as np
 import optax
 import pytest
 
+from conftest import dino_cosine
 from configs.dino_small import get_config
 from ssl_jax import optim
 from ssl_jax.models.heads import DINOHead
@@ -97,17 +98,15 @@ def test_build_schedules_follow_the_imagenet_recipe():
     np.testing.assert_allclose(at(lr, total - 1), 1e-6, rtol=1e-2)  # approaches --min_lr 1e-6
     assert at(lr, total - 1) > 1e-6
 
-    np.testing.assert_allclose(at(wd, 0), 0.04, rtol=1e-6)
-    np.testing.assert_allclose(at(wd, total - 1), 0.4, rtol=1e-4)
+    # Every step: main_dino.py's cosine_scheduler calls (float64, closed form and the numpy port).
+    steps = jnp.arange(total, dtype=jnp.int32)
+    for fn, want, rtol in ((lr, np_cosine_scheduler(peak, 1e-6, epochs, steps_per_epoch, 10), 1e-5),
+                           (lr, dino_cosine(peak, 1e-6, total, warmup), 1e-5),
+                           (wd, dino_cosine(0.04, 0.4, total), 1e-6),  # --weight_decay 0.04 --weight_decay_end 0.4
+                           (mom, dino_cosine(0.996, 1.0, total), 1e-7)):  # --momentum_teacher 0.996 -> 1
+        np.testing.assert_allclose(np.asarray(jax.vmap(fn)(steps)), want, rtol=rtol, atol=1e-10)
     np.testing.assert_allclose(at(wd, total // 2), 0.22, rtol=1e-5)  # cosine midpoint
-
-    np.testing.assert_allclose(at(mom, 0), 0.996, rtol=1e-7)
-    np.testing.assert_allclose(at(mom, total - 1), 1.0, atol=1e-6)
     np.testing.assert_allclose(at(mom, total // 2), 0.998, rtol=1e-6)
-
-    want_lr = np_cosine_scheduler(peak, 1e-6, epochs, steps_per_epoch, 10)
-    got_lr = np.asarray(jax.vmap(lr)(jnp.arange(total, dtype=jnp.int32)))
-    np.testing.assert_allclose(got_lr, want_lr, rtol=1e-5, atol=1e-10)
 
 
 # ----------------------------------------------------------------------------- teacher temperature

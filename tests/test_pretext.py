@@ -347,8 +347,8 @@ def test_sit_tokens_heads_and_gradients():
 # ----------------------------------------------------------------------------- end to end
 
 
-@pytest.mark.parametrize("config_file", smoke_params(["sla_resnet", "mp3_vit_small", "instance_vit_tiny",
-                                                    "sit_vit_small"]))
+@pytest.mark.parametrize("config_file", smoke_params(["rotation_resnet50", "sla_resnet", "mp3_vit_small",
+                                                    "instance_vit_tiny", "sit_vit_small"]))
 def test_smoke_preset_end_to_end(config_file, tfds_data_dir, tmp_path):
     """`python -m ssl_jax.main --config=configs/<paper>.py:smoke` trains 6 steps on CIFAR-10,
     checkpoints and reports kNN."""

@@ -31,13 +31,15 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import make_smoke_config, start_main
+from conftest import RNG_OVERRIDES, make_smoke_config, start_main
 
 EPOCHS, STEPS_PER_EPOCH = 8, 3
 TOTAL = EPOCHS * STEPS_PER_EPOCH
 # Same for the uninterrupted run and every process of the campaign: a checkpoint after each
 # step (each one an asynchronous write a kill can interrupt), enough kept to fall back twice.
-CAMPAIGN = {"num_epochs": EPOCHS, "checkpoint.every_steps": 1, "checkpoint.max_to_keep": 5}
+# RNG_OVERRIDES: the step's rng (drop-path) reaches every logged loss, so a restart with the wrong
+# rng cannot match the uninterrupted run.
+CAMPAIGN = {"num_epochs": EPOCHS, "checkpoint.every_steps": 1, "checkpoint.max_to_keep": 5, **RNG_OVERRIDES}
 # 8 in CI (the suite's time budget); SSL_JAX_CAMPAIGN_KILLS=20 gave the README's table.
 KILLS = int(os.environ.get("SSL_JAX_CAMPAIGN_KILLS", "8"))
 KILL_MOMENTS = ("start-up", "training loop", "checkpoint write")
@@ -440,6 +442,28 @@ def test_nan_skip_gives_up_after_max_consecutive_skips():
     assert guard.skipped(4, bad) and guard.skipped(5, bad)
     with pytest.raises(NonFiniteError, match="non-finite grad_norm at step 6.*3 non-finite steps in a row"):
         guard.skipped(6, bad)
+
+
+def test_nan_guard_stop_policy_names_the_first_bad_metric_without_data():
+    """Policy 'stop' raises on the first flagged step, naming loss/grad_norm before other metrics;
+    finite steps pass; a non-finite logged average stops too; an unknown policy is a UserError."""
+    from ml_collections import ConfigDict
+
+    from ssl_jax.errors import UserError
+    from ssl_jax.nonfinite import NonFiniteError, NonFiniteGuard
+
+    lines = []
+    guard = NonFiniteGuard(ConfigDict({"policy": "stop", "max_consecutive_skips": 10}), log=lines.append)
+    assert not guard.skipped(1, {"loss": 1.0, "grad_norm": 2.0, "nonfinite": 0.0})
+    bad = {"center_norm": float("nan"), "grad_norm": float("inf"), "loss": 1.0, "nonfinite": 1.0}
+    with pytest.raises(NonFiniteError, match=r"^non-finite grad_norm at step 2 \(grad_norm=inf, center_norm=nan\)"):
+        guard.skipped(2, bad)
+    guard.check_logged(3, {"loss": 1.0, "teacher_entropy": 0.5})
+    with pytest.raises(NonFiniteError, match="non-finite teacher_entropy at step 4.*averaged"):
+        guard.check_logged(4, {"loss": 1.0, "teacher_entropy": float("nan")})
+    assert not lines
+    with pytest.raises(UserError, match="nonfinite.policy='ignore'"):
+        NonFiniteGuard(ConfigDict({"policy": "ignore", "max_consecutive_skips": 1}), log=lines.append)
 
 
 # --- collapse ------------------------------------------------------------------------------------

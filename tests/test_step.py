@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh
 
-from conftest import NUM_DEVICES
+from conftest import NUM_DEVICES, dino_cosine, dino_teacher_temp
 from ssl_jax import sharding, train
 from ssl_jax.batch import example_batch
 from ssl_jax.step import jit_train_step, jit_train_steps, replicated
@@ -147,24 +147,31 @@ def test_train_step_is_pure(sharded):
     _assert_trees_equal(_snapshot(sharded["initial"])["params"], before["params"], what="initial params")
 
 
+def _momentum_closed_form(config, total_steps: int) -> np.ndarray:
+    """DINO's teacher momentum per step, float64: cosine_scheduler(momentum_teacher, 1, ...)."""
+    return dino_cosine(config.optim.teacher_momentum, config.optim.teacher_momentum_end, total_steps)
+
+
 def test_teacher_is_ema_of_student(sharded):
-    """After one step: teacher == m * teacher_old + (1 - m) * params_new, m = momentum(0), leaf by leaf.
+    """After each step i: teacher == m_i * teacher_old + (1 - m_i) * params_new, leaf by leaf, with m_i
+    from the reference's closed form (not from the step's own schedule object).
 
     A fresh state's teacher is a copy of the student and DINO's warm-up gives lr(0) = 0, so
-    there teacher_old == params_new and any m would pass. The step is therefore taken from
+    there teacher_old == params_new and any m would pass. Step 0 is therefore also taken from
     a state whose teacher has been moved away from the student (teacher_old = 0.5 * params
-    + 0.01): then a wrong momentum (even m(1) instead of m(0)) is off by ~1e-4 relative.
-    The trajectory's own steps 1-2 (teacher and student apart by the lr-sized updates) are
-    checked with momentum(step) as well.
+    + 0.01): then a wrong momentum (even m_1 instead of m_0) is off by ~1e-4 relative.
+    The trajectory's steps 1-5 (teacher and student apart by the lr-sized updates) are checked
+    the same way, so a schedule shifted by one step fails at each of them.
     """
-    run, step_fn = sharded["run"], sharded["step_fn"]
+    config, run, step_fn = sharded["config"], sharded["run"], sharded["step_fn"]
+    momentum = _momentum_closed_form(config, run.total_steps)
+    assert np.all(np.diff(momentum) > 1e-5), "the test needs a momentum that changes every step"
     initial = sharded["initial"]
     teacher_old = jax.tree.map(lambda p: 0.5 * np.asarray(p) + np.float32(0.01), jax.device_get(initial.params))
     state = _clone(initial).replace(teacher=jax.device_put(teacher_old, replicated(run.mesh)))
-    new, metrics = step_fn(state, sharding.to_global_batch(_batch(sharded["config"], 0), run.mesh))
+    new, metrics = step_fn(state, sharding.to_global_batch(_batch(config, 0), run.mesh))
     new = _snapshot(new)
-    m = np.float32(run.schedules.teacher_momentum(0))
-    assert 0.0 < m < 1.0 and m != np.float32(run.schedules.teacher_momentum(1))
+    m = np.float32(momentum[0])
     np.testing.assert_allclose(float(metrics["teacher_momentum"]), m, rtol=1e-7)
     t_old = jax.tree_util.tree_flatten_with_path(teacher_old)[0]
     t_new, p_new = jax.tree.leaves(new["teacher"]), jax.tree.leaves(new["params"])
@@ -174,12 +181,52 @@ def test_teacher_is_ema_of_student(sharded):
                                    err_msg=f"teacher{jax.tree_util.keystr(path)}")
 
     snapshots = sharded["snapshots"]
-    for step in (1, 2):
+    for step in range(1, run.total_steps):
         old, after = snapshots[step], snapshots[step + 1]
-        m = np.float32(run.schedules.teacher_momentum(step))
+        m = np.float32(momentum[step])
         for to, tn, pn in zip(jax.tree.leaves(old["teacher"]), jax.tree.leaves(after["teacher"]),
                               jax.tree.leaves(after["params"])):
-            np.testing.assert_allclose(tn, m * to + (np.float32(1) - m) * pn, rtol=1e-6, atol=1e-7)
+            np.testing.assert_allclose(tn, m * to + (np.float32(1) - m) * pn, rtol=1e-6, atol=1e-7,
+                                       err_msg=f"teacher after step {step}")
+
+
+def test_every_schedule_at_every_step_equals_dino_closed_form(sharded):
+    """The lr, weight decay, teacher momentum and teacher temperature the step reports at each of
+    the 6 steps equal main_dino.py's schedules (float64 closed forms, conftest.dino_cosine):
+    lr warm-up from 0 over `warmup_epochs` then cosine to min_lr (peak lr * batch / 256), wd
+    cosine from weight_decay to weight_decay_end, momentum cosine to 1, teacher temperature
+    warmed up per epoch (the step's i-th call is the reference's iteration `it` = i)."""
+    config, run = sharded["config"], sharded["run"]
+    o, total, spe = config.optim, run.total_steps, run.steps_per_epoch
+    peak = o.lr * GLOBAL_BATCH / 256
+    want = {
+        "learning_rate": dino_cosine(peak, o.min_lr, total, o.warmup_epochs * spe),
+        "weight_decay": dino_cosine(o.weight_decay, o.weight_decay_end, total),
+        "teacher_momentum": _momentum_closed_form(config, total),
+        "teacher_temp": dino_teacher_temp(config.method.warmup_teacher_temp, config.method.teacher_temp,
+                                          config.method.warmup_teacher_temp_epochs, total, spe),
+    }
+    for key, values in want.items():
+        assert len(set(np.round(values, 12))) > 1, f"{key} is constant in this run: the check would be weak"
+        got = [float(m[key]) for m in sharded["metrics"]]
+        np.testing.assert_allclose(got, values, rtol=1e-6, atol=1e-12, err_msg=key)
+
+
+def test_nonfinite_step_changes_only_step_and_rng(sharded):
+    """A NaN batch (NaN loss and gradients) goes through `lax.cond`'s identity branch: params,
+    optimiser state, teacher and center are bit for bit the old ones, the step counter and rng
+    move on, and the metric `nonfinite` is 1 (0 on the trajectory's finite steps)."""
+    config, run, step_fn = sharded["config"], sharded["run"], sharded["step_fn"]
+    state = _clone(sharded["initial"])
+    before = _snapshot(state)
+    nan_batch = jax.tree.map(lambda x: np.full_like(x, np.nan), _batch(config, 0))
+    new, metrics = step_fn(state, sharding.to_global_batch(nan_batch, run.mesh))
+    after = _snapshot(new)
+    assert np.isnan(float(metrics["loss"])) and float(metrics["nonfinite"]) == 1.0
+    for key in ("params", "teacher", "method_state", "opt_state"):
+        _assert_trees_equal(after[key], before[key], what=key)
+    assert after["step"] == before["step"] + 1 and not np.array_equal(after["rng"], before["rng"])
+    assert [float(m["nonfinite"]) for m in sharded["metrics"]] == [0.0] * run.total_steps
 
 
 def test_last_layer_frozen_in_first_epoch(sharded):
