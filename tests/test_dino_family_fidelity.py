@@ -76,7 +76,7 @@ def test_build_optimizer_selects_the_clip_scope():
         for u, w in zip(jax.tree.leaves(updates), jax.tree.leaves(reference)):
             np.testing.assert_allclose(-np.asarray(u), w, rtol=1e-5, atol=1e-7, err_msg=scope)
     with pytest.raises(UserError, match="clip_grad_scope"):
-        optim.build_optimizer(_optim_cfg(clip_grad_scope="global"), _constant_schedules(1.0), params, 1)
+        optim.build_optimizer(_optim_cfg(clip_grad_scope="layer"), _constant_schedules(1.0), params, 1)
 
 
 def np_torch_adamw(params, grads_per_step, lrs, wd, b1=0.9, b2=0.999, eps=1e-8):
