@@ -56,7 +56,7 @@ def imagenet_config() -> ml_collections.ConfigDict:
     # saturation / hue), grayscale 0.2; utils/dataset.py _preprocess_image: random crop area
     # (0.08, 1), log-aspect (3/4, 4/3), tf.image.resize BICUBIC (no antialiasing), ImageNet
     # mean/std (normalize_images). Deliberate: torchvision's crop-box sampler over the same ranges
-    # instead of BYOL's single clamped draw (docs/fidelity/_augment.md).
+    # instead of BYOL's single clamped draw (docs/FIDELITY.md (_augment)).
     c.augment = base.two_view_augment(size=224, scale=(0.08, 1.0), brightness=0.4, contrast=0.4, saturation=0.2,
                                       hue=0.1, blur_prob=(1.0, 0.1), solarize_prob=(0.0, 0.2))
     c.augment.update({"interpolation": "bicubic", "antialias": False, "blur_padding": "zero"})

@@ -9,7 +9,7 @@ DINO with one prototype (last-layer output) per class, the labels as the targets
 cross-entropy; 1 % and 10 % label settings (`dataset.labelled_fraction`). The ImageNet preset takes
 the hyper-parameters of the authors' code, pietroastolfi/suave-daino `daino/scripts/train_10perc.sh`
 (flags of `daino/main_daino.py`, cited as `--flag`; README: 2 nodes x 8 GPUs). Their recipe differs
-from this method in ways that are not config values (docs/fidelity/daino_small.md), all deliberate
+from this method in ways that are not config values (docs/FIDELITY.md (daino_small)), all deliberate
 here because not implemented: it fine-tunes the DINO ViT-S/16 checkpoint
 (`--dino_init_ckpt dino_deitsmall16_pretrain_full_checkpoint.pth`, backbone only: the head and
 prototypes start fresh, `--init_proj false`) where this trains from scratch; it draws the labelled

@@ -7,7 +7,7 @@
 The default preset is the README's "Vanilla DINO training" run of facebookresearch/dino
 (`python -m torch.distributed.launch --nproc_per_node=8 main_dino.py --arch vit_small`: 100
 epochs on 8 GPUs, 69.3% kNN / 74.0% linear), i.e. every `main_dino.py` flag default (cited as
-`--flag`) at 8 x 64 images. docs/fidelity/dino_small.md has the audit.
+`--flag`) at 8 x 64 images. docs/FIDELITY.md (dino_small) has the audit.
 """
 from __future__ import annotations
 

@@ -11,7 +11,7 @@ The ImageNet-1k recipe of facebookresearch/dinov2: `dinov2/configs/train/vitl16_
 backbone is ViT-S/16 instead of ViT-L/16 (the repository publishes no ViT-S pre-training
 recipe; its ViT-S/14 is distilled from ViT-g/14). `train/vitl14.yaml` is the ImageNet-22k
 recipe (patch 14, 98 px local crops, untied heads, Sinkhorn-Knopp): `separate_head=True` and
-`centering='sinkhorn_knopp'` select those two. docs/fidelity/dinov2_small.md has the audit.
+`centering='sinkhorn_knopp'` select those two. docs/FIDELITY.md (dinov2_small) has the audit.
 """
 from __future__ import annotations
 

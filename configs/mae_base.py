@@ -6,8 +6,7 @@
 
 Defaults are facebookresearch/mae's pre-training recipe (PRETRAIN.md and `main_pretrain.py`
 flags, cited as `--flag`; `models_mae.py` for the architecture) and the paper's (Sec. 4, App. A.1).
-Deliberate (docs/fidelity/mae_base.md): the sin-cos channels are (row, column), MAE's (column,
-row), a fixed channel permutation, equivalent in distribution; bfloat16 compute instead of fp16 AMP.
+Deliberate (docs/FIDELITY.md, mae_base): bfloat16 compute instead of fp16 AMP.
 """
 from __future__ import annotations
 

@@ -5,7 +5,7 @@
     python -m ssl_jax.main --config=configs/mocov3_vit_small.py:smoke --workdir=DIR      # seconds, tiny shapes
 
 Defaults are the ViT-Small recipe of facebookresearch/moco-v3 (CONFIG.md, `main_moco.py`
-flags cited as `--flag`); docs/fidelity/mocov3_vit_small.md audits every field. Deliberate
+flags cited as `--flag`); docs/FIDELITY.md (mocov3_vit_small) audits every field. Deliberate
 differences, shared with the other recipes: bfloat16 compute (`compute_dtype`) instead of
 float16 autocast + GradScaler (bfloat16 needs no loss scaling); the warm-up reaches the peak
 lr one step earlier (DINO's `cosine_scheduler`, ssl_jax/optim.py); crops are resized bicubic,

@@ -55,7 +55,7 @@ def imagenet_config() -> ml_collections.ConfigDict:
     # brightness), grayscale 0.2; model.py: batch_random_blur p 0.5 on both views, kernel height // 10
     # (22 -> 23 taps), sigma U[0.1, 2], padding 'SAME' (zeros); no solarisation. No mean/std
     # normalisation: the network sees [0, 1] pixels. Deliberate: the crop box comes from torchvision's
-    # sampler over the same ranges, not tf.image.sample_distorted_bounding_box (docs/fidelity/_augment.md).
+    # sampler over the same ranges, not tf.image.sample_distorted_bounding_box (docs/FIDELITY.md (_augment)).
     c.augment = base.two_view_augment(size=224, scale=(0.08, 1.0), brightness=0.8, contrast=0.8, saturation=0.8,
                                       hue=0.2, blur_prob=(0.5, 0.5), solarize_prob=(0.0, 0.0))
     c.augment.update({"interpolation": "bicubic", "antialias": False, "blur_padding": "zero",

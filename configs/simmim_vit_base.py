@@ -6,7 +6,7 @@
 
 Defaults are microsoft/SimMIM's `configs/vit_base__800ep/simmim_pretrain__vit_base__img224__800ep.yaml`
 (cited as KEY) on top of its `config.py` defaults, and `main_simmim.py` / `data/data_simmim.py`.
-Deliberate (docs/fidelity/simmim_vit_base.md): the reference's ViT-B uses a shared relative
+Deliberate (docs/FIDELITY.md (simmim_vit_base)): the reference's ViT-B uses a shared relative
 position bias (USE_SHARED_RPB) instead of absolute position embeddings; this ViT has learned
 absolute ones (vit.py has no relative bias). Its attention has a k bias the reference (BEiT's
 q_bias / v_bias) lacks: a constant per query row, which softmax ignores. bfloat16 instead of AMP.

@@ -49,7 +49,7 @@ def imagenet_config() -> ml_collections.ConfigDict:
     # main_simsiam.py `augmentation` (MoCo v2's): RandomResizedCrop(224, scale=(0.2, 1.)) with torchvision's
     # default bilinear resize, ColorJitter(0.4, 0.4, 0.4, 0.1) p 0.8, RandomGrayscale 0.2,
     # simsiam/loader.py GaussianBlur([.1, 2.]) p 0.5, flip, ImageNet mean/std. Deliberate: the blur is an
-    # exact Gaussian, not PIL's box approximation (docs/fidelity/_augment.md).
+    # exact Gaussian, not PIL's box approximation (docs/FIDELITY.md (_augment)).
     c.augment = base.two_view_augment(size=224, scale=(0.2, 1.0), brightness=0.4, contrast=0.4, saturation=0.4,
                                       hue=0.1, blur_prob=(0.5, 0.5), solarize_prob=(0.0, 0.0))
     c.augment.interpolation = "bilinear"

@@ -10,7 +10,7 @@ Defaults are the authors' Sara-Ahmed/SiT: `main.py` flags (cited as --flag), its
 pre-training command (4 GPUs x --batch-size 72, --epochs 501, --lr 1e-3, --min-lr 5e-6, STL10),
 `losses.py`, `engine.py` (train_SSL), `vision_transformer_SiT.py` and `datasets/`. Its data sets are
 CIFAR, STL10 and TinyImageNet and it registers only SiT_base_patch16_224; ImageNet and ViT-S/16 here
-are this repo's choice. Deliberate differences (docs/fidelity/sit_vit_small.md):
+are this repo's choice. Deliberate differences (docs/FIDELITY.md (sit_vit_small)):
 - the corruption (`distortImages`) pastes blocks of another image of the batch as it was before its
   own corruption; the reference corrupts the batch in place, in order, so an earlier partner is
   already corrupted;

@@ -13,7 +13,7 @@ SwAV with one prototype per class, the labels as targets where known, one cross-
 10 % label settings (`dataset.labelled_fraction`). The ImageNet preset takes the authors' code,
 pietroastolfi/suave-daino (`suave/main_suave.py` flags as set by `suave/scripts/train_10perc.sh`, cited
 as `--flag`, on the README's 8 GPUs) where ssl_jax can follow it; the rest is SwAV's recipe
-(`configs/swav_resnet50.py`). Not reproduced (docs/fidelity/suave_resnet50.md): the reference starts
+(`configs/swav_resnet50.py`). Not reproduced (docs/FIDELITY.md (suave_resnet50)): the reference starts
 from SwAV's 800-epoch checkpoint (`--swav_init_ckpt`; here the run starts from scratch), draws the
 labelled images as a separate single-crop batch (`--lab_batch_size 16` per GPU; here they share the
 multi-crop batch), with label smoothing 0.01 and mixup / CutMix on both batches (`--mixup_lab`,

@@ -67,7 +67,7 @@ def imagenet_config() -> ml_collections.ConfigDict:
     # grayscale 0.2), PILRandomGaussianBlur(p=0.5, radius 0.1-2) on every crop, no solarisation;
     # RandomResizedCrop's default bilinear resize; Normalize(mean=[0.485, 0.456, 0.406],
     # std=[0.228, 0.224, 0.225]) (src/multicropdataset.py: 0.228, not torchvision's 0.229). Deliberate:
-    # the blur is an exact Gaussian, not PIL's box approximation (docs/fidelity/_augment.md).
+    # the blur is an exact Gaussian, not PIL's box approximation (docs/FIDELITY.md (_augment)).
     c.augment = base.multicrop_augment(global_scale=(0.14, 1.0), local_scale=(0.05, 0.14), local_number=6)
     c.augment.color_jitter.update({"brightness": 0.8, "contrast": 0.8, "saturation": 0.8, "hue": 0.2})
     c.augment.blur_prob = (0.5, 0.5, 0.5)

@@ -9,7 +9,7 @@ Formulas (derived here, not read off ssl_jax):
   tf.random_normal_initializer(stddev=.01) (SimCLR), bias 0;
   torch trunc_normal_(std=.02) with the absolute cut +-2 (= +-100 std; DINO, iBOT, DINOv2
       `_init_weights`): std .02, bias 0.
-Sources are cited per config below; docs/fidelity/_heads.md has the table. Input, output and
+Sources are cited per config below; docs/FIDELITY.md (_heads) has the table. Input, output and
 bottleneck widths are the real ones; hidden widths are cut to 512 and prototype counts to 4096
 (compile-free eager init on 2 cores; every formula depends on the layer's own fan_in only).
 """

@@ -2,7 +2,7 @@
 
 Each case builds the real ViT-S width (D = 384, MLP 1536, 16 px patches: fan-in 768) with two
 blocks on a 2 x 2 patch grid, and checks every parameter's distribution against the formula the
-reference's init code states (docs/fidelity/_vit_init.md cites them):
+reference's init code states (docs/FIDELITY.md (_vit_init) cites them):
   * ("normal", s): std within 5 % of s (a looser bound for tensors under ~2000 values), mean
     ~0, and tails past 3 s (timm's `trunc_normal_(std=.02)` cuts at +-2, i.e. 100 s, so it is a
     normal; a truncation at 2 s, flax's `truncated_normal`, fails);

@@ -1,4 +1,4 @@
-"""The ResNet-family recipes against their references (docs/fidelity/*resnet*.md).
+"""The ResNet-family recipes against their references (docs/FIDELITY.md).
 
 * ResNet init: each named convolution init (`resnet.CONV_INITS`) on one ResNet-50 bottleneck block
   at real width, its std within 5 % of the reference's formula, and the BatchNorm init;

@@ -8,7 +8,7 @@ one set of weights (or fixed 2-D sin-cos embeddings, as MoCo v3, MAE and I-JEPA)
 
 Initialisation follows the reference of each family: `init_scheme` names one of `VIT_INITS`
 ("dino", "dinov2", "sit", "mae", "mocov3", "ijepa", "simmim"), each a transcription of its
-official code (docs/fidelity/_vit_init.md cites them). LayerNorms start at scale 1, bias 0
+official code (docs/FIDELITY.md (_vit_init) cites them). LayerNorms start at scale 1, bias 0
 and Linear biases at 0 in every one of them.
 
 Mixed precision: `dtype` is the compute dtype of every layer (bfloat16 on GPU/TPU presets);
