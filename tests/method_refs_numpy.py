@@ -247,6 +247,22 @@ def cross_entropy(logits, labels, label_smoothing=0.0, weights=None):
     return np.sum(per_row * weights) / np.sum(weights)
 
 
+def cutmix_data(images, index, lam, centre):
+    """CupidJay/Training-Vision-Transformers-with-only-2040-images `utils/mixup_utils.py` cutmix_data with
+    its draws given: lam (already max(lam, 1 - lam)), index (torch.randperm), centre (rand_bbox's
+    np.random.randint of the first and second image axes). rand_bbox: sides int(side sqrt(1 - lam)),
+    corners clip(centre -+ side // 2); the box of images[index] pasted; lam = 1 - box area / image area.
+    images [B, H, W, C] (torch's size[2], size[3] = H, W here) -> (mixed images, lam)."""
+    rows, cols = images.shape[1:3]
+    cut = np.sqrt(1.0 - lam)
+    cut_r, cut_c = int(rows * cut), int(cols * cut)
+    r1, r2 = np.clip(centre[0] - cut_r // 2, 0, rows), np.clip(centre[0] + cut_r // 2, 0, rows)
+    c1, c2 = np.clip(centre[1] - cut_c // 2, 0, cols), np.clip(centre[1] + cut_c // 2, 0, cols)
+    mixed = f64(images).copy()
+    mixed[:, r1:r2, c1:c2] = f64(images)[index, r1:r2, c1:c2]
+    return mixed, 1.0 - (r2 - r1) * (c2 - c1) / (rows * cols)
+
+
 def rot90(images, k):
     """gidariss/FeatureLearningRotNet `dataloader.py` rotate_img on HWC: 90 = flipud(transpose),
     180 = fliplr(flipud), 270 = transpose(flipud); images [B, H, W, C], counter-clockwise."""

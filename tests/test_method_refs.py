@@ -12,6 +12,7 @@ match, so the suite proves it would catch a method that ignores or misreads it.
 """
 from __future__ import annotations
 
+import functools
 import importlib
 
 import jax
@@ -22,7 +23,7 @@ import pytest
 import method_refs_numpy as ref
 from ssl_jax import masks
 from ssl_jax.batch import example_batch
-from ssl_jax.methods import build_method
+from ssl_jax.methods import build_method, sit
 
 RTOL = 2e-4  # float32 forward and loss vs the float64 reference
 STEPS_PER_EPOCH = 2
@@ -212,8 +213,9 @@ def test_dino_and_daino_against_dino_loss(config_name):
             q[:, labelled] = np.eye(cfg.out_dim)[batch["label"][labelled]]
         return ref.dino_loss_from_probs(student, q, student_temp)
 
-    check(loss, reference(), reference(student_temp=2 * cfg.student_temp), reference(teacher_temp=cfg.teacher_temp),
-          reference(c=0 * center))
+    # the temperature after the warm-up (when the recipe warms up: Daino) and a doubled one (DINO's 0.04 throughout)
+    wrong_temps = [reference(teacher_temp=t) for t in (cfg.teacher_temp, 2 * temp) if t != temp]
+    check(loss, reference(), reference(student_temp=2 * cfg.student_temp), *wrong_temps, reference(c=0 * center))
     np.testing.assert_allclose(aux.method_state["center"], ref.dino_center(center, t, cfg.center_momentum),
                                rtol=1e-5, atol=1e-6)
     assert not np.allclose(aux.method_state["center"], ref.dino_center(center, t, 0.5 * cfg.center_momentum),
@@ -269,22 +271,37 @@ def test_ibot_against_ibot_loss():
     np.testing.assert_allclose(aux.method_state["center2"], want_c2, rtol=1e-5, atol=1e-6)
 
 
-def test_dinov2_against_ssl_meta_arch():
-    """facebookresearch/dinov2 SSLMetaArch.forward_backward (centering 'sinkhorn_knopp'): Sinkhorn-Knopp
-    teacher targets over the global batch's [CLS] and over its masked patches (3 iterations, the
-    per-iteration teacher_temp warm-up), dino_loss_weight x DINO (pairs of different crops) +
-    ibot_loss_weight x masked-patch CE (per crop, / number of crops) + koleo_loss_weight x the sum over
-    global crops of KoLeo on the student backbone's [CLS]; masks on int(G B mask_sample_probability) crops."""
-    config = shrink(load("dinov2_small"), **DINO_SIZES,
+DINOV2_RECIPES = {
+    "imagenet1k": {},  # the default preset: softmax centering, patches through dino_head
+    # dinov2/configs/train/vitl14.yaml: train.centering sinkhorn_knopp, ibot.separate_head true
+    "vitl14": {"method.centering": "sinkhorn_knopp", "method.separate_head": True},
+}
+
+
+@pytest.mark.parametrize("recipe", DINOV2_RECIPES)
+def test_dinov2_against_ssl_meta_arch(recipe):
+    """facebookresearch/dinov2 `dinov2/train/ssl_meta_arch.py` SSLMetaArch.forward_backward: teacher
+    targets by train.centering, 'centering' (DINOLoss / iBOTPatchLoss.softmax_center_teacher with the
+    centers, then update_center: the mean over every [CLS] / over the masked patches) or 'sinkhorn_knopp'
+    (over the global batch's [CLS] and its masked patches, 3 iterations); one teacher temperature warmed
+    up per iteration; the masked patches through dino_head, or ibot_head with ibot.separate_head;
+    dino_loss_weight x DINO (the pair sum / (G (G - 1) + max(G L, 1)): the pair mean with local crops) +
+    ibot_loss_weight x masked-patch CE (forward_masked: weights 1 / masked patches of the crop, / number
+    of crops) + koleo_loss_weight x the sum over global crops of KoLeo on the student backbone's [CLS];
+    masks on int(G B mask_sample_probability) crops."""
+    config = shrink(load("dinov2_small"), **DINO_SIZES, **DINOV2_RECIPES[recipe],
                     **{"method.ibot_out_dim": 24, "method.ibot_head_hidden_dim": 32,
                        "method.ibot_head_bottleneck_dim": 16})
     cfg = config.method
-    assert cfg.centering == "sinkhorn_knopp" and cfg.koleo_group_size >= config.batch_size  # one KoLeo group
+    assert cfg.koleo_group_size >= config.batch_size  # one KoLeo group
+    assert config.augment.local_crops.number > 0  # the DINO divisor is then the pair count
     method, v, batch = build(config)
     teacher = perturbed(v.teacher, scale=0.3)  # a teacher far from uniform, so its temperature matters
     # LayerScale 1e-5 makes every fresh [CLS] the same up to 1e-5 (KoLeo's duplicate regime): moved params.
     v = v._replace(params=perturbed(v.params, seed=2))
-    loss = method.loss(v.params, teacher, v.method_state, None, batch, LOSS_RNG, STEP)[0]
+    rs = np.random.RandomState(4)
+    state = {name: 0.05 * rs.randn(*np.shape(c)).astype(np.float32) for name, c in v.method_state.items()}
+    loss, aux = method.loss(v.params, teacher, state, None, batch, LOSS_RNG, STEP)
 
     mask = np.asarray(method.sample_masks(jax.random.split(LOSS_RNG, 3)[0], 8, 2, STEP))  # [B, G, N]
     n = mask.shape[-1]
@@ -293,7 +310,8 @@ def test_dinov2_against_ssl_meta_arch():
     assert mask.sum(-1).max() <= int(cfg.mask_ratio_min_max[1] * n)
     s_cls_tok, s_patch_tok, t_cls_tok, t_patch_tok = _masked_student(method, v.params, teacher, batch, mask)
     dino = lambda p, x: np_(method.dino_head.apply({"params": p["dino_head"]}, x))  # noqa: E731
-    ibot = lambda p, x: np_(method.ibot_head.apply({"params": p["ibot_head"]}, x))  # noqa: E731
+    patch_head = (method.ibot_head, "ibot_head") if cfg.separate_head else (method.dino_head, "dino_head")
+    ibot = lambda p, x: np_(patch_head[0].apply({"params": p[patch_head[1]]}, x))  # noqa: E731
     s_cls, t_cls = dino(v.params, s_cls_tok), dino(teacher, t_cls_tok)  # [V, B, K], [G, B, K]
     m = mask.transpose(1, 0, 2)  # [G, B, N]
     s_patch, t_patch = ibot(v.params, s_patch_tok)[m], ibot(teacher, t_patch_tok)[m]  # masked patches [M, K]
@@ -301,18 +319,33 @@ def test_dinov2_against_ssl_meta_arch():
     warmup = cfg.warmup_teacher_temp_epochs * STEPS_PER_EPOCH
     temp = np.linspace(cfg.warmup_teacher_temp, cfg.teacher_temp, warmup)[STEP]  # dinov2 CosineScheduler warm-up
 
-    def reference(temp=temp, dino_w=cfg.dino_loss_weight, ibot_w=cfg.ibot_loss_weight, koleo_w=cfg.koleo_loss_weight):
-        q = ref.sinkhorn(t_cls.reshape(-1, t_cls.shape[-1]), temp, 3).reshape(t_cls.shape)
+    def reference(temp=temp, dino_w=cfg.dino_loss_weight, ibot_w=cfg.ibot_loss_weight, koleo_w=cfg.koleo_loss_weight,
+                  centers=(state["center"], state["center2"])):
+        if cfg.centering == "sinkhorn_knopp":
+            q = ref.sinkhorn(t_cls.reshape(-1, t_cls.shape[-1]), temp, 3).reshape(t_cls.shape)
+            q_patch = ref.sinkhorn(t_patch, temp, 3)
+        else:
+            q, q_patch = ref.softmax((t_cls - centers[0]) / temp), ref.softmax((t_patch - centers[1]) / temp)
         dino_term = ref.dino_loss_from_probs(s_cls, q, cfg.student_temp)
-        q_patch = ref.sinkhorn(t_patch, temp, 3)
         ce = -np.sum(q_patch * ref.log_softmax(s_patch / cfg.student_temp), -1)
         weight = 1.0 / m.sum(-1)[crop_of_patch[:2]]  # masks_weight: 1 / (masked patches of its crop)
         ibot_term = np.sum(ce * weight) / m[..., 0].size  # / number of global crops in the batch
         koleo_term = sum(ref.koleo(np_(s_cls_tok[g])) for g in range(2))
         return dino_w * dino_term + ibot_w * ibot_term + koleo_w * koleo_term
 
-    check(loss, reference(), reference(temp=cfg.teacher_temp), reference(dino_w=2 * cfg.dino_loss_weight),
-          reference(ibot_w=2 * cfg.ibot_loss_weight), reference(koleo_w=2 * cfg.koleo_loss_weight))
+    wrong = [reference(temp=cfg.teacher_temp), reference(dino_w=2 * cfg.dino_loss_weight),
+             reference(ibot_w=2 * cfg.ibot_loss_weight), reference(koleo_w=2 * cfg.koleo_loss_weight)]
+    if cfg.centering == "centering":
+        wrong.append(reference(centers=(0 * state["center"], 0 * state["center2"])))
+        m_c = cfg.center_momentum
+        np.testing.assert_allclose(aux.method_state["center"], ref.dino_center(state["center"], t_cls, m_c),
+                                   rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(aux.method_state["center2"], ref.dino_center(state["center2"], t_patch, m_c),
+                                   rtol=1e-5, atol=1e-6)
+        everywhere = ibot(teacher, t_patch_tok)  # the center over all patches is not the reference's
+        assert not np.allclose(aux.method_state["center2"], ref.dino_center(state["center2"], everywhere, m_c),
+                               atol=1e-6)
+    check(loss, reference(), *wrong)
 
 
 # ----------------------------------------------------------------------------- SwAV, Suave
@@ -336,33 +369,47 @@ def _swav_scores(method, params, stats, batch):
 @pytest.mark.parametrize("config_name", ["swav_resnet50", "suave_resnet50"])
 def test_swav_and_suave_against_main_swav(config_name):
     """facebookresearch/swav main_swav.py train(): Sinkhorn codes (epsilon, sinkhorn_iterations) of
-    crops_for_assign, swapped prediction at `temperature` over all other crops. Suave: codes balanced over
-    the unlabelled images only and the one-hot label on the labelled ones, the objective methods/semisup.py
+    crops_for_assign, swapped prediction at `temperature` over all other crops; with a queue
+    (--queue_length, here given full, so `use_the_queue`), the codes of crop i are
+    distributed_sinkhorn(cat(queue[i] C, out))[-bs:]. Suave: codes balanced over the unlabelled images
+    (and the queue) only and the one-hot label on the labelled ones, the objective methods/semisup.py
     documents; pietroastolfi/suave-daino main_suave.py instead adds CE(lab_output / T) of a separate
     labelled batch, weighted by batch shares, so this is not a transcription of it."""
     sizes = {"method.num_prototypes": 10, "dataset.num_classes": 10}
     config = shrink(load(config_name), **sizes)
     cfg = config.method
-    assert not cfg.queue_length  # the default recipe: no queue
     fields = tuple(config.dataset.get("fields", ()) or ())
     method, v, batch = build(config, fields)
     labels = np.array([3, -1, 5, -1, 0, 9, -1, -1], np.int32)
     if "label" in fields:
         batch["label"] = labels
-    loss = method.loss(v.params, None, v.method_state, v.model_state, batch, LOSS_RNG, 0)[0]
+    state = v.method_state
+    if cfg.queue_length:  # a full queue of unit embeddings [A, L, D]
+        queue = ref.normalize(np.random.RandomState(7).randn(*state["queue"].shape)).astype(np.float32)
+        state = {"queue": queue, "queue_filled": np.int32(cfg.queue_length)}
+    loss = method.loss(v.params, None, state, v.model_state, batch, LOSS_RNG, 0)[0]
     scores = _swav_scores(method, v.params, v.model_state, batch)
+    prototypes = np_(v.params["prototypes"]["kernel"])
 
-    def reference(temperature=cfg.temperature, epsilon=cfg.epsilon, crops=tuple(cfg.crops_for_assign)):
+    def reference(temperature=cfg.temperature, epsilon=cfg.epsilon, crops=tuple(cfg.crops_for_assign),
+                  use_queue=bool(cfg.queue_length)):
+        def sinkhorn(crop, rows):  # the batch's rows [b, K] -> their codes, balanced with the queue's rows
+            queued = (np_(state["queue"][list(cfg.crops_for_assign).index(crop)]) @ prototypes if use_queue
+                      else np.zeros((0, rows.shape[1])))
+            return ref.sinkhorn(np.concatenate([queued, rows]), epsilon, cfg.sinkhorn_iterations)[len(queued):]
+
         def codes(crop, s):
             if "label" not in fields:
-                return ref.sinkhorn(s[crop], epsilon, cfg.sinkhorn_iterations)
+                return sinkhorn(crop, s[crop])
             q = np.eye(cfg.num_prototypes)[np.maximum(labels, 0)]
-            q[labels < 0] = ref.sinkhorn(s[crop][labels < 0], epsilon, cfg.sinkhorn_iterations)
+            q[labels < 0] = sinkhorn(crop, s[crop][labels < 0])
             return q
         return ref.swav_loss(scores, crops, temperature, epsilon, cfg.sinkhorn_iterations, codes)
 
-    check(loss, reference(), reference(temperature=2 * cfg.temperature), reference(epsilon=2 * cfg.epsilon),
-          reference(crops=(0,)))
+    wrong = [reference(temperature=2 * cfg.temperature), reference(epsilon=2 * cfg.epsilon), reference(crops=(0,))]
+    if cfg.queue_length:
+        wrong.append(reference(use_queue=False))
+    check(loss, reference(), *wrong)
 
 
 # ----------------------------------------------------------------------------- MAE, SimMIM, I-JEPA
@@ -508,58 +555,87 @@ def test_mp3_position_cross_entropy_with_the_configured_context():
           ref.cross_entropy(logits(~context), positions))
 
 
-def test_instance_discrimination_smoothed_cross_entropy():
-    """Cao, Yu and Wu 2022: each crop classified as its image's index, label_smoothing (0.1)."""
+def test_instance_discrimination_cutmix_cross_entropy():
+    """CupidJay/Training-Vision-Transformers-with-only-2040-images `main_deit_instance_discrimination.py`
+    train(): each crop classified as its image's index with nn.CrossEntropyLoss (no smoothing); the large
+    crops as one batch and the small crops as a second, each through `cutmix_data` + `mixup_criterion`
+    (method_refs_numpy.cutmix_data); loss = the sum over the two batches. The random draws (lam, the
+    permutation, the box centre) are the method's, replayed here; rows are image-major (the reference
+    concatenates crop-major: the same loss for a uniformly random permutation)."""
     config = shrink(load("instance_vit_tiny"), **{"method.num_instances": 64})
     cfg = config.method
+    assert config.augment.local_crops.number > 0  # the second batch is part of the recipe
     method, v, batch = build(config, ("index",))
     batch["index"] = np.random.RandomState(6).randint(0, 64, 8).astype(np.int32)
+    v = v._replace(params=perturbed(v.params, scale=0.5))  # logits far from uniform, so lam's weighting matters
     loss = method.loss(v.params, None, None, None, batch, LOSS_RNG, 0)[0]
-    views = batch["views"]["global"]
-    logits = np_(method.network.apply(v.params, {}, views.reshape((-1,) + views.shape[2:]), train=True)[0])
-    targets = np.repeat(batch["index"], views.shape[1])
-    s = cfg.label_smoothing
-    check(loss, ref.cross_entropy(logits, targets, s), ref.cross_entropy(logits, targets, 0.0),
-          ref.cross_entropy(logits, targets, 2 * s))
+
+    def logits(images):
+        features = method.network.apply(v.params, {}, jnp.asarray(images, jnp.float32), train=True)[0]
+        return np_(method.head.apply({"params": v.params["instances"]}, features))
+
+    def reference(alpha=cfg.cutmix_alpha, smoothing=cfg.label_smoothing, groups=("global", "local")):
+        total = 0.0
+        for group, group_rng in zip(groups, jax.random.split(LOSS_RNG, 2)):
+            mix_rng, box_rng, perm_rng, _ = jax.random.split(group_rng, 4)
+            crops = np.asarray(batch["views"][group])
+            images, targets = crops.reshape((-1,) + crops.shape[2:]), np.repeat(batch["index"], crops.shape[1])
+            lam = float(jax.random.beta(mix_rng, alpha, alpha))
+            partner = np.asarray(jax.random.permutation(perm_rng, len(images)))
+            row_rng, col_rng = jax.random.split(box_rng)
+            centre = (int(jax.random.randint(row_rng, (), 0, images.shape[1])),
+                      int(jax.random.randint(col_rng, (), 0, images.shape[2])))
+            mixed, lam = ref.cutmix_data(images, partner, max(lam, 1 - lam), centre)
+            out = logits(mixed)
+            total += (lam * ref.cross_entropy(out, targets, smoothing)
+                      + (1 - lam) * ref.cross_entropy(out, targets[partner], smoothing))
+        return total
+
+    # alpha x 4: these keys' lam at alpha x 2 cuts the same boxes
+    check(loss, reference(), reference(alpha=4 * cfg.cutmix_alpha), reference(smoothing=0.1),
+          reference(groups=("global",)))
 
 
-def test_sit_weighted_reconstruction_rotation_and_contrastive_terms():
-    """SiT (Sara-Ahmed/SiT losses.py MTLLOSS with the config's fixed weights in place of the learned ones):
-    L1Loss of the clean rotated view's pixels, CrossEntropyLoss of the rotation token over both views,
-    ContrastiveLoss of the two views' [CLS] at `temperature`. The corruption is the method's own
-    (methods/sit.py: drag-and-drop of corrupt_ratio of the patches from the previous image, a random
-    quarter turn k per image), re-done here in numpy from the same random draws."""
-    config = shrink(load("sit_vit_small"), **{"method.contrastive_dims": (32, 16)})
+def test_sit_uncertainty_weighted_rotation_contrastive_and_reconstruction():
+    """Sara-Ahmed/SiT `engine.py` train_SSL + `losses.py` MTLLOSS: for each of the two views, the image
+    rotated by k (the dataset's rotation) then `distortImages`; CrossEntropyLoss of the rotation token
+    over both views, ContrastiveLoss (temperature) of the two views' contrastive outputs, L1Loss of the
+    pixels against the clean rotated views; each term `LearnedLoss.calculate_weighted_loss`:
+    adj exp(-s) L + s / 2 (adj: the config's loss_scales). The random draws (k, the partner image) are
+    the method's, replayed here; the corruption is the method's `distort` (tests/test_pretext.py)."""
+    config = shrink(load("sit_vit_small"), **{"method.contrastive_dim": 16})
     cfg = config.method
     method, v, batch = build(config)
-    loss = method.loss(v.params, None, None, None, batch, LOSS_RNG, 0)[0]
-    head = lambda name, x: np_(method.heads[name].apply({"params": v.params[name]}, x))  # noqa: E731
+    s = {"reconstruction": 0.3, "rotation": 1.0, "contrastive": -0.4}  # learned log-variances, distinct
+    params = perturbed(v.params, scale=0.3)  # outputs that depend on the input, so the corruption matters
+    params["task_weights"] = {name: np.full((1,), x, np.float32) for name, x in s.items()}
+    loss = method.loss(params, None, None, None, batch, LOSS_RNG, 0)[0]
+    head = lambda name, x: np_(method.heads[name].apply({"params": params[name]}, x))  # noqa: E731
+    distort = jax.vmap(functools.partial(sit.distort, **dict(cfg.corruption)))
 
-    def terms(corrupt_ratio=cfg.corrupt_ratio, temperature=cfg.temperature):
+    def terms(temperature=cfg.temperature, corrupt=True, clockwise=False):
         recon, rot, z = [], [], []
         for view, view_rng in zip(views_of(batch), jax.random.split(LOSS_RNG, 2)):
             corrupt_rng, rotation_rng, _ = jax.random.split(view_rng, 3)
             k = np.asarray(jax.random.randint(rotation_rng, (8,), 0, 4))
-            cells = np.asarray(jax.random.uniform(corrupt_rng, (8, 4, 4))) < corrupt_ratio
-            pixels = np.repeat(np.repeat(cells, 8, 1), 8, 2)[..., None]
-            clean = np.asarray(view)
-            corrupted = np.where(pixels, np.roll(clean, 1, axis=0), clean)
-            turn = lambda x: np.stack([ref.rot90(x[b:b + 1], k[b])[0] for b in range(8)])  # noqa: E731
-            tokens = method.network.modules["backbone"].apply({"params": v.params["backbone"]},
-                                                              jnp.asarray(turn(corrupted)), return_tokens=True,
-                                                              keep_registers=True)
-            recon.append(ref.simmim_loss(turn(clean), _unpatchify(head("reconstruction", tokens[:, 2:]), 8),
-                                         np.ones((8, 4, 4), bool), 8))
+            turns = (-k) % 4 if clockwise else k
+            rotated = np.stack([ref.rot90(np.asarray(view)[b:b + 1], turns[b])[0] for b in range(8)])
+            partner = np.asarray(jax.random.randint(jax.random.fold_in(corrupt_rng, 1), (8,), 0, 8))
+            x = distort(jax.random.split(corrupt_rng, 8), rotated, rotated[partner], partner != np.arange(8))
+            tokens = method.network.modules["backbone"].apply({"params": params["backbone"]},
+                                                              x if corrupt else jnp.asarray(rotated),
+                                                              return_tokens=True, keep_registers=True)
+            pixels = _unpatchify(head("reconstruction", tokens[:, 2:]), 8)
+            recon.append(np.mean(np.abs(pixels - rotated)))  # nn.L1Loss
             rot.append(ref.cross_entropy(head("rotation", tokens[:, 1]), k))
             z.append(head("contrastive", tokens[:, 0]))
-        # ssl_jax's term sums SimCLR's two directions: twice ContrastiveLoss's mean over the 2B anchors
-        # (a factor the method's docstring does not list as a difference from Sara-Ahmed/SiT).
-        return {"reconstruction": np.mean(recon), "rotation": np.mean(rot),
-                "contrastive": 2 * ref.sit_contrastive_loss(z[0], z[1], temperature)}
+        return {"reconstruction": np.mean(recon), "rotation": np.mean(rot),  # both views in one batch
+                "contrastive": ref.sit_contrastive_loss(z[0], z[1], temperature)}
 
-    def total(t, weights=cfg.weights):
-        return sum(weights[name] * value for name, value in t.items())
+    def total(t, scales=cfg.loss_scales, weights=s):
+        return sum(scales[n] * np.exp(-weights[n]) * value + 0.5 * weights[n] for n, value in t.items())
 
     want = terms()
-    check(loss, total(want), total(terms(corrupt_ratio=0.5 * cfg.corrupt_ratio)),
-          total(terms(temperature=0.5 * cfg.temperature)), total(want, dict(cfg.weights, rotation=2.0)))
+    check(loss, total(want), total(terms(temperature=0.5 * cfg.temperature)), total(terms(corrupt=False)),
+          total(terms(clockwise=True)), total(want, dict(cfg.loss_scales, reconstruction=1.0)),
+          total(want, weights=dict.fromkeys(s, 0.0)))
