@@ -210,18 +210,19 @@ def pytest_collection_modifyitems(items):
 
 # With the environment variable CI set (`.ci/run` sets it), a skipped test is a failure: a CI whose
 # data path or tool install broke must not go green by skipping. The exception: modules needing
-# an extra outside `[test]` (`[convert]`/`[bench]`'s torch and timm). Users' machines keep skips.
+# an extra outside `[test]` (`[convert]`/`[bench]`'s torch and timm): such a skip's reason starts
+# with NEEDS_TORCH_EXTRA. Users' machines keep skips.
 IN_CI = bool(os.environ.get("CI"))
-SKIPS_ALLOWED_IN_CI = ("test_convert.py",)
+NEEDS_TORCH_EXTRA = "needs the [bench] extra (torch + timm):"
 
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     """Under CI, turns a skipped test (a skip mark, pytest.skip, a skipping fixture) into a failure."""
     report = (yield).get_result()
+    reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
     if IN_CI and report.skipped and not hasattr(report, "wasxfail") \
-            and os.path.basename(str(item.fspath)) not in SKIPS_ALLOWED_IN_CI:
-        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+            and not reason.removeprefix("Skipped: ").startswith(NEEDS_TORCH_EXTRA):
         report.outcome = "failed"
         report.longrepr = f"skipped under CI={os.environ['CI']}, which makes it a failure: {reason}"
 

@@ -32,13 +32,14 @@ from scipy.special import erf
 from ssl_jax.convert.pytorch import convert_vit, load_state_dict
 from ssl_jax.errors import UserError
 from ssl_jax.models.vit import vit
+from conftest import NEEDS_TORCH_EXTRA
 
 try:
     import torch
     import timm
 except Exception as e:  # ImportError, or torchvision's RuntimeError beside a CPU-only torch
     torch = timm = None
-    TIMM_MISSING = f"torch + timm cannot be imported ({type(e).__name__}: {e}); see this file's docstring"
+    TIMM_MISSING = f"{NEEDS_TORCH_EXTRA} cannot be imported ({type(e).__name__}: {e}); see this file's docstring"
 
 
 # ----------------------------------------------------------------------------- MoCo v3, numpy

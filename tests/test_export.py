@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
-from conftest import REPO
+from conftest import NEEDS_TORCH_EXTRA, REPO
 from test_convert import mocov3_vit_state
 from ssl_jax import export
 from ssl_jax.api import load
@@ -82,7 +82,7 @@ def test_timm_loads_the_export_to_the_same_outputs(tmp_path):
         import timm
         import torch
     except Exception as e:  # ImportError, or torchvision's RuntimeError beside a CPU-only torch
-        pytest.skip(f"torch + timm cannot be imported ({type(e).__name__}: {e})")
+        pytest.skip(f"{NEEDS_TORCH_EXTRA} cannot be imported ({type(e).__name__}: {e})")
     out = str(tmp_path / "model.safetensors")
     export.export(official_file(tmp_path, True), out, arch="vit_small", image_size=32)
     model = timm.models.vision_transformer.VisionTransformer(
