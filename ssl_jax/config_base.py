@@ -218,7 +218,7 @@ def select_preset(presets: dict[str, Callable[[], ml_collections.ConfigDict]], p
     name = preset or "imagenet"
     if name not in presets:
         raise UserError(f"unknown preset {preset!r} for {os.path.basename(config_file)}; "
-                         f"choose one of {sorted(presets)}")
+                        f"choose one of {sorted(presets)}")
     return presets[name]()
 
 

@@ -68,7 +68,7 @@ def simmim_masks(rng: jax.Array, batch: int, img_size: int, mask_patch_size: int
     model_patch_size)^2 model patches it covers. Returns [B, N] bool on the model's patch grid."""
     if img_size % mask_patch_size or mask_patch_size % model_patch_size:
         raise UserError(f"SimMIM masks need img_size ({img_size}) divisible by mask_patch_size "
-                         f"({mask_patch_size}) and mask_patch_size divisible by the patch size ({model_patch_size})")
+                        f"({mask_patch_size}) and mask_patch_size divisible by the patch size ({model_patch_size})")
     side, scale = img_size // mask_patch_size, mask_patch_size // model_patch_size
     count = int(math.ceil(side * side * mask_ratio))
     noise = jax.random.uniform(rng, (batch, side * side))

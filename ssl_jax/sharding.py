@@ -105,7 +105,7 @@ def check_global_batch(global_batch: int, mesh: Mesh, field: str = "batch_size",
         axes = "" if len(mesh.axis_names) == 1 else " = " + " x ".join(f"{n} {s}" for n, s in mesh.shape.items())
         per = f"{accum_steps} micro-batches (accum_steps) x " if accum_steps > 1 else ""
         raise UserError(f"{field}={global_batch} is not divisible by {per}the number of devices "
-                         f"({devices}{axes}); set --config.{field} to a multiple of {devices * accum_steps}")
+                        f"({devices}{axes}); set --config.{field} to a multiple of {devices * accum_steps}")
     return global_batch // jax.process_count()
 
 

@@ -57,7 +57,7 @@ def get_builder(dataset_cfg):
         builder = tfds.builder(dataset_cfg.name, data_dir=directory)
     except tfds.core.registered.DatasetNotFoundError:
         raise UserError(f"unknown tfds dataset name {dataset_cfg.name!r} (config.dataset.name); "
-                         f"see `tfds.list_builders()` for the registered names") from None
+                        f"see `tfds.list_builders()` for the registered names") from None
     if tf.io.gfile.exists(os.path.join(builder.data_dir, "dataset_info.json")):
         return builder
     where = directory or "tfds' default ~/tensorflow_datasets"

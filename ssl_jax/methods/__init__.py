@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from ssl_jax.errors import UserError
 from ssl_jax.methods.byol import BYOL
+from ssl_jax.methods.daino import Daino
 from ssl_jax.methods.dino import DINO
 from ssl_jax.methods.dinov2 import DINOv2
 from ssl_jax.methods.ibot import IBOT
@@ -14,9 +15,9 @@ from ssl_jax.methods.mp3 import MP3
 from ssl_jax.methods.simmim import SimMIM
 from ssl_jax.methods.simclr import SimCLR
 from ssl_jax.methods.rotation import Rotation
-from ssl_jax.methods.semisup import Daino, Suave
 from ssl_jax.methods.simsiam import SimSiam
 from ssl_jax.methods.sit import SiT
+from ssl_jax.methods.suave import Suave
 from ssl_jax.methods.swav import SwAV
 
 METHODS = {"dino": DINO, "simclr": SimCLR, "byol": BYOL, "mocov3": MoCoV3, "simsiam": SimSiam, "ibot": IBOT,

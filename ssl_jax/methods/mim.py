@@ -11,7 +11,7 @@ def single_view(batch: dict) -> jax.Array:
     views = batch["views"]["global"]
     if views.shape[1] != 1 or "local" in batch["views"]:
         raise UserError(f"masked image modelling takes one view per image, got global views {views.shape} and "
-                         f"{sorted(batch['views'])}; use config_base.single_view_augment (augment.global_crops.number=1)")
+                        f"{sorted(batch['views'])}; use config_base.single_view_augment (augment.global_crops.number=1)")
     return views[:, 0]
 
 

@@ -39,7 +39,7 @@ class MP3(OnlineBackboneEval):
         model = config.model
         if model.name != "vit" or model.get("pos_embed") != "none" or model.get("class_token", True):
             raise UserError("MP3 predicts positions, so its ViT must have none to leak: set config.model.name='vit', "
-                             "config.model.pos_embed='none' and config.model.class_token=False")
+                            "config.model.pos_embed='none' and config.model.class_token=False")
         size = config.augment.global_crops.size
         if config.augment.global_crops.number != 1 or config.augment.local_crops.number:
             raise UserError("MP3 takes one view per image: config.augment.global_crops.number=1, local_crops.number=0")
@@ -68,7 +68,7 @@ class MP3(OnlineBackboneEval):
         logits = self.position_logits(params, images, context, drop_rng)
         if logits.shape[1] != self.num_patches:
             raise UserError(f"MP3 was built for {self.num_patches} patches per image, got {logits.shape[1]}: "
-                             f"train on config.augment.global_crops.size crops")
+                            f"train on config.augment.global_crops.size crops")
         positions = jnp.broadcast_to(jnp.arange(self.num_patches), logits.shape[:2])
         loss = losses.cross_entropy(logits, positions)
         metrics = {"position_accuracy": jnp.mean((jnp.argmax(logits, -1) == positions).astype(jnp.float32)),

@@ -64,7 +64,7 @@ class Rotation(OnlineBackboneEval):
         self.joint_labels = cfg.joint_labels
         if self.joint_labels and "label" not in tuple(config.dataset.get("fields", ())):
             raise UserError("method.joint_labels (SLA) needs the labels in the batch: set "
-                             "config.dataset.fields = ('label',)")
+                            "config.dataset.fields = ('label',)")
         num_outputs = NUM_ROTATIONS * (config.dataset.num_classes if self.joint_labels else 1)
         self.network = Network({"backbone": build_backbone(config.model, **backbone_kwargs(config)),
                                 "head": LinearHead(num_outputs, compute_dtype(config))})

@@ -36,7 +36,7 @@ class SimMIM:
         check_vit(config, "SimMIM")
         if not config.model.get("mask_token"):
             raise UserError("SimMIM replaces masked patches by a learned mask token: set "
-                             "config.model.mask_token='trunc_normal' (models/simmim.py's init)")
+                            "config.model.mask_token='trunc_normal' (models/simmim.py's init)")
         cfg = config.method
         self.encoder = build_backbone(config.model, **backbone_kwargs(config))
         self.patch_size = config.model.patch_size
@@ -71,7 +71,7 @@ class SimMIM:
         images = single_view(batch)
         if images.shape[1] != self.img_size:
             raise UserError(f"SimMIM's masks are drawn for config.model.img_size={self.img_size}, "
-                             f"but the view is {images.shape[1]} px; set augment.global_crops.size to match")
+                            f"but the view is {images.shape[1]} px; set augment.global_crops.size to match")
         mask_rng, drop_rng = jax.random.split(rng)
         mask = masks.simmim_masks(mask_rng, images.shape[0], self.img_size, self.mask_patch_size, self.patch_size,
                                   self.mask_ratio)

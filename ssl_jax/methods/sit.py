@@ -142,7 +142,7 @@ class SiT(OnlineBackboneEval):
         model = config.model
         if model.name != "vit" or not model.get("class_token", True) or model.get("num_register_tokens", 0) != 1:
             raise UserError("SiT needs a ViT with its [CLS] (contrastive) token and one register (rotation) token: "
-                             "config.model.name='vit', class_token=True, num_register_tokens=1")
+                            "config.model.name='vit', class_token=True, num_register_tokens=1")
         if config.augment.global_crops.number != 2:
             raise UserError("SiT contrasts two views: config.augment.global_crops.number=2")
         cfg = config.method

@@ -19,9 +19,11 @@ forward pass. Here they are normalised at init and after every optimiser update
 (`optim.normalize_patterns`, `optim.normalize_columns_after_update`), so the loss, LARS and
 the weight decay see unit-norm prototypes exactly as in the reference, and the step stays pure.
 Freezing them for the first `freeze_prototypes_niters` iterations is `optim.freeze_patterns` with
-`optim.freeze_steps`.
+`optim.freeze_steps`. Suave (`methods/suave.py`) is `swav_loss` with other codes.
 """
 from __future__ import annotations
+
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -78,6 +80,100 @@ def push_queue(queue: jax.Array, filled: jax.Array, embeddings: jax.Array, activ
             jnp.where(active, jnp.minimum(filled + batch, queue.shape[1]), filled))
 
 
+class SwAVSettings(NamedTuple):
+    """config.method's SwAV fields, checked (`swav_settings`)."""
+
+    num_prototypes: int
+    temperature: float
+    epsilon: float
+    sinkhorn_iterations: int
+    crops_for_assign: tuple[int, ...]
+    queue_length: int
+    queue_start_step: int
+
+
+def swav_settings(config, steps_per_epoch: int) -> SwAVSettings:
+    """The SwAV settings; crops_for_assign must name distinct crops and the queue hold whole batches."""
+    cfg = config.method
+    crops = tuple(int(v) for v in cfg.crops_for_assign)
+    num_views = config.augment.global_crops.number + config.augment.local_crops.number
+    if not crops or len(set(crops)) != len(crops) or not all(0 <= v < num_views for v in crops):
+        raise UserError(f"method.crops_for_assign={crops} must name distinct crops among the "
+                        f"{num_views} crops (0..{num_views - 1}: global first, then local); SwAV uses (0, 1)")
+    if cfg.queue_length and cfg.queue_length % config.batch_size:
+        raise UserError(f"method.queue_length={cfg.queue_length} must be a multiple of the global batch "
+                        f"{config.batch_size} (main_swav.py rounds it down the same way); set it to "
+                        f"{cfg.queue_length - cfg.queue_length % config.batch_size or config.batch_size}")
+    return SwAVSettings(cfg.num_prototypes, cfg.temperature, cfg.epsilon, cfg.sinkhorn_iterations, crops,
+                        cfg.queue_length, cfg.epoch_queue_starts * steps_per_epoch)
+
+
+def swav_network(config) -> Network:
+    """backbone -> projector (`method.projector`); the prototypes are a separate parameter."""
+    return Network({"backbone": build_backbone(config.model, **backbone_kwargs(config)),
+                    "projector": projection_mlp(config.method.projector, compute_dtype(config))})
+
+
+def init_swav(network: Network, settings: SwAVSettings, rng: jax.Array, batch: dict) -> MethodVariables:
+    """params {'backbone', 'projector', 'prototypes'} with unit prototype columns [D, K], the BN
+    statistics and, with a queue, method_state {'queue' [A, L, D], 'queue_filled'}."""
+    network_rng, prototype_rng = jax.random.split(rng)
+    params, stats = network.init(network_rng, batch["views"]["global"][:, 0])
+    dim = network.modules["projector"].out_dim
+    # nn.Linear(feat_dim, nmb_prototypes, bias=False)'s init, normalised as the first step would.
+    prototypes = LINEAR_INITS["torch"](prototype_rng, (dim, settings.num_prototypes), jnp.float32)
+    params["prototypes"] = {"kernel": losses.l2_normalize(prototypes, axis=0)}
+    method_state = None
+    if settings.queue_length:
+        method_state = {"queue": jnp.zeros((len(settings.crops_for_assign), settings.queue_length, dim), jnp.float32),
+                        "queue_filled": jnp.zeros((), jnp.int32)}
+    return MethodVariables(params, None, method_state, stats or None)
+
+
+def embed(network: Network, params, stats, view_groups, rng):
+    """Every crop -> L2-normalised projections z [B, V, D] (the backbone once per crop size, the
+    projector once on all crops: BatchNorm statistics as in the reference) and the new stats."""
+
+    def backbone(images, group_rng, group_stats):
+        return network.apply(params, group_stats, images, train=True, rng=group_rng, upto="backbone")
+
+    features, stats = apply_per_resolution_with_state(backbone, view_groups, rng, stats)
+    batch, views = features.shape[:2]
+    z, stats = network.apply(params, stats, features.reshape((batch * views, -1)), train=True, start="projector")
+    return losses.l2_normalize(z.astype(jnp.float32)).reshape((batch, views, -1)), stats
+
+
+def swav_loss(network: Network, settings: SwAVSettings, assign: Callable, params, method_state, model_state,
+              views: dict, rng: jax.Array, step: jax.Array):
+    """The algorithm above: (loss, LossOutput). `assign(scores [B, A, K], queue_scores [A, L, K] or
+    None, use_queue) -> codes [B, A, K]` makes the codes (SwAV: `assignment_codes`)."""
+    groups = [views["global"]] + ([views["local"]] if "local" in views else [])
+    z, new_stats = embed(network, params, model_state or {}, groups, rng)
+    prototypes = params["prototypes"]["kernel"].astype(jnp.float32)
+    scores = z @ prototypes  # [B, V, K]
+    assigned = jnp.asarray(settings.crops_for_assign)
+    queue_scores, use_queue, new_method_state = None, jnp.zeros((), bool), method_state
+    if settings.queue_length:
+        queue, filled = method_state["queue"], method_state["queue_filled"]
+        use_queue = filled >= settings.queue_length
+        queue_scores = jax.lax.stop_gradient(queue @ prototypes)  # [A, L, K]
+        new_queue, new_filled = push_queue(queue, filled, jax.lax.stop_gradient(z[:, assigned]),
+                                           step >= settings.queue_start_step)
+        new_method_state = {"queue": new_queue, "queue_filled": new_filled}
+    codes = assign(jax.lax.stop_gradient(scores[:, assigned]), queue_scores, use_queue)
+    loss = swapped_prediction(scores, codes, settings.crops_for_assign, settings.temperature)
+    predictions = jax.nn.softmax(scores / settings.temperature, axis=-1)
+    metrics = {
+        "code_entropy": losses.mean_entropy(codes),  # per sample: low = confident codes
+        "prediction_entropy": losses.mean_entropy(predictions),
+        # Sinkhorn spreads the batch over the prototypes; this counts how many are anyone's argmax.
+        "prototypes_used": jnp.sum(jnp.any(jax.nn.one_hot(jnp.argmax(codes, -1), settings.num_prototypes,
+                                                          dtype=bool), axis=(0, 1))).astype(jnp.float32),
+        "queue_in_use": use_queue.astype(jnp.float32),
+    }
+    return loss, LossOutput(metrics, new_method_state, new_stats or None)
+
+
 class SwAV(OnlineBackboneEval):
     """The SwAV method. `views`: 'global' [B, G, H, W, 3] and optionally 'local' [B, L, h, w, 3]
     (the crops are numbered global first, then local, as `crops_for_assign` counts them)."""
@@ -86,87 +182,21 @@ class SwAV(OnlineBackboneEval):
     state_accumulation = "sequential"  # the queue receives every micro-batch's embeddings (ssl_jax/accumulate.py)
 
     def __init__(self, config, steps_per_epoch: int):
-        cfg = config.method
-        dtype = compute_dtype(config)
-        self.network = Network({"backbone": build_backbone(config.model, **backbone_kwargs(config)),
-                                "projector": projection_mlp(cfg.projector, dtype)})
-        self.num_prototypes = cfg.num_prototypes
-        self.temperature = cfg.temperature
-        self.epsilon = cfg.epsilon
-        self.sinkhorn_iterations = cfg.sinkhorn_iterations
-        self.crops_for_assign = tuple(int(v) for v in cfg.crops_for_assign)
-        num_views = config.augment.global_crops.number + config.augment.local_crops.number
-        if (not self.crops_for_assign or len(set(self.crops_for_assign)) != len(self.crops_for_assign)
-                or not all(0 <= v < num_views for v in self.crops_for_assign)):
-            raise UserError(f"method.crops_for_assign={self.crops_for_assign} must name distinct crops among the "
-                             f"{num_views} crops (0..{num_views - 1}: global first, then local); SwAV uses (0, 1)")
-        self.queue_length = cfg.queue_length
-        if self.queue_length and self.queue_length % config.batch_size:
-            raise UserError(f"method.queue_length={self.queue_length} must be a multiple of the global batch "
-                             f"{config.batch_size} (main_swav.py rounds it down the same way); set it to "
-                             f"{self.queue_length - self.queue_length % config.batch_size or config.batch_size}")
-        self.queue_start_step = cfg.epoch_queue_starts * steps_per_epoch
+        self.settings = swav_settings(config, steps_per_epoch)
+        self.network = swav_network(config)
 
     def init(self, rng: jax.Array, batch: dict) -> MethodVariables:
-        network_rng, prototype_rng = jax.random.split(rng)
-        params, stats = self.network.init(network_rng, batch["views"]["global"][:, 0])
-        dim = self.network.modules["projector"].out_dim
-        # nn.Linear(feat_dim, nmb_prototypes, bias=False)'s init, normalised as the first step would.
-        prototypes = LINEAR_INITS["torch"](prototype_rng, (dim, self.num_prototypes), jnp.float32)
-        params["prototypes"] = {"kernel": losses.l2_normalize(prototypes, axis=0)}
-        method_state = None
-        if self.queue_length:
-            method_state = {"queue": jnp.zeros((len(self.crops_for_assign), self.queue_length, dim), jnp.float32),
-                            "queue_filled": jnp.zeros((), jnp.int32)}
-        return MethodVariables(params, None, method_state, stats or None)
-
-    def embed(self, params, stats, view_groups, rng):
-        """Every crop -> L2-normalised projections z [B, V, D] (the backbone once per crop size, the
-        projector once on all crops: BatchNorm statistics as in the reference) and the new stats."""
-
-        def backbone(images, group_rng, group_stats):
-            return self.network.apply(params, group_stats, images, train=True, rng=group_rng, upto="backbone")
-
-        features, stats = apply_per_resolution_with_state(backbone, view_groups, rng, stats)
-        batch, views = features.shape[:2]
-        z, stats = self.network.apply(params, stats, features.reshape((batch * views, -1)), train=True,
-                                      start="projector")
-        return losses.l2_normalize(z.astype(jnp.float32)).reshape((batch, views, -1)), stats
+        return init_swav(self.network, self.settings, rng, batch)
 
     def loss(self, params, teacher, method_state, model_state, batch, rng, step):
         del teacher
-        views = batch["views"]
-        groups = [views["global"]] + ([views["local"]] if "local" in views else [])
-        z, new_stats = self.embed(params, model_state or {}, groups, rng)
-        prototypes = params["prototypes"]["kernel"].astype(jnp.float32)
-        scores = z @ prototypes  # [B, V, K]
-        assigned = jnp.asarray(self.crops_for_assign)
-        queue_scores, use_queue, new_method_state = None, jnp.zeros((), bool), method_state
-        if self.queue_length:
-            queue, filled = method_state["queue"], method_state["queue_filled"]
-            use_queue = filled >= self.queue_length
-            queue_scores = queue @ prototypes  # [A, L, K]
-            new_queue, new_filled = push_queue(queue, filled, jax.lax.stop_gradient(z[:, assigned]),
-                                               step >= self.queue_start_step)
-            new_method_state = {"queue": new_queue, "queue_filled": new_filled}
-        codes = self.targets(jax.lax.stop_gradient(scores[:, assigned]),
-                             None if queue_scores is None else jax.lax.stop_gradient(queue_scores), use_queue, batch)
-        loss = swapped_prediction(scores, codes, self.crops_for_assign, self.temperature)
-        predictions = jax.nn.softmax(scores / self.temperature, axis=-1)
-        metrics = {
-            "code_entropy": losses.mean_entropy(codes),  # per sample: low = confident codes
-            "prediction_entropy": losses.mean_entropy(predictions),
-            # Sinkhorn spreads the batch over the prototypes; this counts how many are anyone's argmax.
-            "prototypes_used": jnp.sum(jnp.any(jax.nn.one_hot(jnp.argmax(codes, -1), self.num_prototypes,
-                                                              dtype=bool), axis=(0, 1))).astype(jnp.float32),
-            "queue_in_use": use_queue.astype(jnp.float32),
-        }
-        return loss, LossOutput(metrics, new_method_state, new_stats or None)
 
-    def targets(self, scores, queue_scores, use_queue, batch) -> jax.Array:
-        """The codes [B, A, K] the other crops predict: Sinkhorn-Knopp assignments (Suave overrides)."""
-        del batch
-        return assignment_codes(scores, queue_scores, use_queue, self.epsilon, self.sinkhorn_iterations)
+        def assign(scores, queue_scores, use_queue):
+            return assignment_codes(scores, queue_scores, use_queue, self.settings.epsilon,
+                                    self.settings.sinkhorn_iterations)
+
+        return swav_loss(self.network, self.settings, assign, params, method_state, model_state, batch["views"],
+                         rng, step)
 
     def teacher_targets(self, params):
         return None

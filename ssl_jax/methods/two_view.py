@@ -6,9 +6,12 @@
             k_v = z_v                           gradients through both (SimCLR)
     loss  = weight * (pair_loss(q_1, k_2) + pair_loss(q_2, k_1))
 
-A method is a subclass that names its pair loss, its target and its weight; its
-config gives the backbone (`model`), the `method.projector` / `method.predictor`
-MLPs and the temperature where there is one. BatchNorm statistics (ResNet
+`TwoViewMethod` is a shared piece, not a method: it is not registered in `METHODS` and has
+no pair loss of its own. Each of the four method files subclasses it once (never a method
+from another method) and names only its pair loss, its target, whether it has a predictor,
+its weight and (SimCLR) `joint_views`: the four papers differ in exactly these, so the
+whole algorithm is the one `loss` below. Its config gives the backbone (`model`), the `method.projector` /
+`method.predictor` MLPs and the temperature where there is one. BatchNorm statistics (ResNet
 backbones, the MLPs) are over the global batch and kept in the TrainState's
 `model_state`; the EMA teacher normalises with its own batch statistics (train
 mode, like the references' momentum encoders) and keeps no running averages,
@@ -29,7 +32,8 @@ TARGETS = ("ema", "stop_gradient", "online")
 
 
 class TwoViewMethod(OnlineBackboneEval):
-    """Base class. Batch: {'views': {'global': [B, 2, H, W, 3]}} (two augmented views per image)."""
+    """The shared two-view algorithm (not a registered method). Batch: {'views': {'global':
+    [B, 2, H, W, 3]}} (two augmented views per image)."""
 
     target: str  # one of TARGETS
     has_predictor: bool

@@ -150,7 +150,7 @@ def resnet(depth: int, *, cifar_stem: bool = False, zero_init_residual: bool = T
         raise UserError(f"unknown ResNet depth {depth} (config.model.depth); choose one of {sorted(RESNET_DEPTHS)}")
     if conv_init not in CONV_INITS:
         raise UserError(f"unknown ResNet conv init {conv_init!r} (config.model.conv_init); "
-                         f"choose one of {sorted(CONV_INITS)}")
+                        f"choose one of {sorted(CONV_INITS)}")
     stage_sizes, bottleneck = RESNET_DEPTHS[depth]
     return ResNet(stage_sizes, bottleneck, cifar_stem=cifar_stem, zero_init_residual=zero_init_residual, width=width,
                   dtype=dtype, remat=remat, conv_init=conv_init)

@@ -382,7 +382,7 @@ class VisionTransformer(nn.Module):
                                         grid)
         else:
             raise UserError(f"unknown pos_embed {self.pos_embed!r} (config.model.pos_embed); use 'learned', "
-                             f"'sincos' or 'none'")
+                            f"'sincos' or 'none'")
         pos = pos.astype(x.dtype)  # [1, 1 + N, D], the [CLS] slot first
         x = x + pos[:, 1:]
         kv_mask = None
