@@ -19,7 +19,7 @@ import pytest
 from conftest import REPO
 from ssl_jax.accumulate import accumulated_value_and_grad, split_micro_batches
 from ssl_jax.batch import example_batch
-from ssl_jax.methods import METHODS
+from ssl_jax.methods import METHODS, swav
 from ssl_jax.methods.base import LossOutput
 
 MOMENTUM = 0.9
@@ -83,8 +83,9 @@ def test_swav_queue_receives_every_micro_batch():
 
     embeddings, stats = [], []
     for index, micro in enumerate(jax.tree.map(lambda x: split_micro_batches(x, 2), batch)["views"]["global"]):
-        z, new_stats = method.embed(variables.params, variables.model_state, [micro], jax.random.fold_in(rng, index))
-        embeddings.append(np.asarray(z[:, jnp.asarray(method.crops_for_assign)], np.float64))  # [b, A, D]
+        z, new_stats = swav.embed(method.network, variables.params, variables.model_state, [micro],
+                                  jax.random.fold_in(rng, index))
+        embeddings.append(np.asarray(z[:, jnp.asarray(method.settings.crops_for_assign)], np.float64))  # [b, A, D]
         stats.append(new_stats)
     queue = np.asarray(old_queue, np.float64).copy()
     for z in embeddings:  # main_swav.py, per crop i: queue[i, bs:] = queue[i, :-bs]; queue[i, :bs] = embedding
