@@ -181,10 +181,9 @@ def evaluate_frozen(frozen, evals=("knn",), protocol=None, printer=print) -> dic
         logger.close()
     printer(format_table(rows))
     if jax.process_index() == 0:
-        path = paths.resolve(frozen.workdir) / "checkpoints" / f"eval_{frozen.step}.json"
-        saved = paths.read_json(path) if path.exists() else {}
-        paths.write_atomically(path, json.dumps({**saved, "step": frozen.step, **results}, indent=2, sort_keys=True))
-        printer(f"wrote {path}")
+        from ssl_jax.eval_record import merge_eval_results
+
+        printer(f"wrote {merge_eval_results(paths.resolve(frozen.workdir) / 'checkpoints', frozen.step, results)}")
     return results
 
 
