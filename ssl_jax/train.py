@@ -1,6 +1,8 @@
 """The training loop: mesh, state, data, step, log, evaluate, checkpoint.
 
-Read top to bottom; everything method-specific is behind `ssl_jax.methods`.
+`train_and_evaluate` reads top to bottom: set-up, restore, compile, loop (step, log,
+checkpoint, evaluate); its bookkeeping (call sizes, timing, metric averaging) is in
+`ssl_jax.loop_helpers`, and everything method-specific is behind `ssl_jax.methods`.
 Restarting with the same workdir resumes from the latest checkpoint and, since
 batches are a pure function of (seed, step), continues the very same run.
 Reliability (README, "Reliability"): SIGTERM stops after the current step with a
@@ -237,11 +239,7 @@ def train_and_evaluate(config, workdir: str, *, allow_config_change: bool = Fals
                     results = evaluate(config, run, state, logger, step)
             # Asked for each step of the call: in a multi-process run the agreed stop step may be any of them.
             if not is_last and any([sigterm.requested(s) for s in range(step - n + 1, step + 1)]):
-                if last_saved != step:
-                    checkpointer.save(step, state, force=True)
-                checkpointer.wait()
-                log_line(f"SIGTERM: stopped after step {step} of {run.total_steps} with a checkpoint in "
-                         f"{checkpointer.directory}/{step}; run the same command to resume from it")
+                save_before_stopping(checkpointer, state, step, run.total_steps, saved=last_saved == step)
                 return {**last_scalars, **results, "preempted_at": step}
         return {**last_scalars, **results}
 
@@ -256,6 +254,16 @@ def open_checkpointer(config, workdir: str):
     finally:
         checkpointer.wait()
         checkpointer.close()
+
+
+def save_before_stopping(checkpointer: Checkpointer, state: TrainState, step: int, total_steps: int,
+                         saved: bool) -> None:
+    """On SIGTERM: the state of `step` saved (unless it just was) and on disk before the run returns."""
+    if not saved:
+        checkpointer.save(step, state, force=True)
+    checkpointer.wait()
+    log_line(f"SIGTERM: stopped after step {step} of {total_steps} with a checkpoint in "
+             f"{checkpointer.directory}/{step}; run the same command to resume from it")
 
 
 def record_start(config, workdir: str, run: Run, start_step: int, changes: dict, knn_off: str | None) -> None:
