@@ -98,3 +98,15 @@ def test_eval_results_of_both_entry_points_merge(tmp_path):
     path = merge_eval_results(tmp_path, 6, {"knn_top1@20": 0.3})
     assert json.loads(path.read_text()) == {"step": 6, "knn_top1@20": 0.3, "linear_dino_top1": 0.5}
     assert path == tmp_path / "eval_6.json"
+
+
+def test_train_and_evaluate_validates_the_config_before_touching_the_workdir(tmp_path):
+    """A library caller's bad config is one UserError naming the field, and no workdir is created."""
+    from conftest import make_smoke_config
+
+    from ssl_jax import train
+    from ssl_jax.errors import UserError
+
+    with pytest.raises(UserError, match=r"config\.batch_size=0"):
+        train.train_and_evaluate(make_smoke_config(batch_size=0), str(tmp_path / "run"))
+    assert not (tmp_path / "run").exists()
