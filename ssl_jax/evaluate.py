@@ -30,7 +30,6 @@ WORKDIR/eval_cache/<step>/ (`ssl_jax/eval/cache.py`).
 """
 from __future__ import annotations
 
-import json
 import sys
 import time
 
@@ -239,9 +238,9 @@ def evaluate_frozen(frozen, evals=("knn",), protocol=None, printer=print, suffix
         logger.close()
     printer(format_table(rows))
     if jax.process_index() == 0:
-        path = paths.resolve(frozen.workdir) / "checkpoints" / f"eval_{frozen.step}{suffix}.json"
-        saved = paths.read_json(path) if path.exists() else {}
-        paths.write_atomically(path, json.dumps({**saved, "step": frozen.step, **results}, indent=2, sort_keys=True))
+        from ssl_jax.eval_record import merge_eval_results
+
+        path = merge_eval_results(paths.resolve(frozen.workdir) / "checkpoints", frozen.step, results, suffix)
         printer(f"wrote {path}")
     return results
 

@@ -1,7 +1,8 @@
 """Command line: python -m ssl_jax.main --config=configs/dino_small.py[:preset] --workdir=DIR
 
   --mode=train (default) trains, resuming from WORKDIR/checkpoints if present.
-  --mode=eval runs the kNN evaluation on the latest (or --step) checkpoint.
+  --mode=eval runs the kNN evaluation on the latest (or --step) checkpoint and merges it into
+    WORKDIR/checkpoints/eval_<step>.json (as `python -m ssl_jax.evaluate` does).
 Override any config field with --config.path.to.field=value; unknown fields, and values
 of the wrong type or tuple length, are errors.
   --allow_config_change resumes although the config differs from WORKDIR/config.json.

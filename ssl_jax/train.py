@@ -1,6 +1,8 @@
 """The training loop: mesh, state, data, step, log, evaluate, checkpoint.
 
-Read top to bottom; everything method-specific is behind `ssl_jax.methods`.
+`train_and_evaluate` reads top to bottom: set-up, restore, compile, loop (step, log,
+checkpoint, evaluate); its bookkeeping (call sizes, timing, metric averaging) is in
+`ssl_jax.loop_helpers`, and everything method-specific is behind `ssl_jax.methods`.
 Restarting with the same workdir resumes from the latest checkpoint and, since
 batches are a pure function of (seed, step), continues the very same run.
 Reliability (README, "Reliability"): SIGTERM stops after the current step with a
@@ -10,7 +12,7 @@ on the step it happens (`nonfinite`), and a collapsing teacher is reported (`col
 """
 from __future__ import annotations
 
-import json
+import contextlib
 import os
 import time
 from typing import NamedTuple
@@ -18,12 +20,14 @@ from typing import NamedTuple
 import jax
 import numpy as np
 
-from ssl_jax import partition, paths, run_config, sharding
-from ssl_jax.batch import example_batch
+from ssl_jax import config_check, partition, paths, run_config, sharding
+from ssl_jax.batch import batch_fields, example_batch, view_shapes
 from ssl_jax.checkpoint import Checkpointer
 from ssl_jax.collapse import CollapseMonitor
 from ssl_jax.errors import UserError
+from ssl_jax.eval_record import merge_eval_results
 from ssl_jax.logger import MetricLogger, log_line, progress_line
+from ssl_jax.loop_helpers import IntervalTimer, MetricAverager, call_size, call_sizes, next_global_batch
 from ssl_jax.methods import build_method
 from ssl_jax.nonfinite import NonFiniteGuard
 from ssl_jax.optim import build_optimizer, build_schedules
@@ -191,43 +195,86 @@ def train_and_evaluate(config, workdir: str, *, allow_config_change: bool = Fals
                        restore_fallback: bool = False) -> dict:
     """Trains config.num_epochs epochs (resuming from workdir), evaluating on the way.
 
-    Nothing in the workdir is written before the config, the checkpoint and the
-    dataset have been checked. Returns the last logged training metrics and the last
-    evaluation results (plus `preempted_at` when SIGTERM stopped the run early).
+    Nothing in the workdir is written before the config, the checkpoint and the dataset have
+    been checked. Returns the last logged training metrics and the last evaluation results
+    (plus `preempted_at` when SIGTERM stopped the run early).
     """
+    # Set-up: the config is checked before anything is built.
+    config_check.validate(config)
+    per_call = check_steps_per_call(config)
     nonfinite = NonFiniteGuard(config.nonfinite, log_line)
     prepare_workdir(workdir)
     sharding.maybe_initialize_distributed(config)
-    with SigtermWatcher() as sigterm:  # from here on SIGTERM stops the run cleanly
-        return _train(config, workdir, allow_config_change, restore_fallback, nonfinite, sigterm)
+    with SigtermWatcher() as sigterm, contextlib.ExitStack() as finish:  # SIGTERM now stops the run cleanly
+        run = setup(config)
+        checkpointer = finish.enter_context(open_checkpointer(config, workdir))
+        # Restore: the newest checkpoint (of the same config) or a fresh state; then the data from its step.
+        latest = checkpointer.latest_step()
+        changes = {} if latest is None else run_config.check_resume(config, workdir, latest, allow_config_change)
+        state = restore_or_create(config, run, checkpointer, fallback=restore_fallback)
+        start_step = int(state.step)
+        from ssl_jax.data import pipeline  # tensorflow: after the checks above, which need none
+
+        batches = pipeline.train_batches(config, start_step, run.steps_per_epoch, run.local_batch)
+        knn_off = pipeline.knn_off_reason(config)  # fails now on a bad eval dataset, not after training
+        record_start(config, workdir, run, start_step, changes, knn_off)
+        if sigterm.received and jax.process_count() == 1:
+            log_line(f"SIGTERM before the first step: stopped at step {start_step}, nothing new to save")
+            return {"preempted_at": start_step}
+        # Compile every call size the run uses, before the clock of the first interval starts.
+        compiled = compile_steps(config, run, state, call_sizes(start_step, run.total_steps, per_call))
+        logger = finish.enter_context(contextlib.closing(MetricLogger(workdir)))
+        collapse = CollapseMonitor(config.collapse.patience, config.collapse.tolerance, log_line)
+        timer, averager = IntervalTimer(), MetricAverager(nonfinite)
+        step, last_saved, last_scalars, results = start_step, start_step, {}, {}
+        # Loop: step, log, checkpoint, evaluate; SIGTERM stops it after the call, with a checkpoint.
+        while step < run.total_steps:
+            n = call_size(step, run.total_steps, per_call)
+            state, metrics = compiled[n](state, next_global_batch(batches, n, run.mesh))
+            averager.add(step + 1, metrics, n)
+            timer.count(n)
+            step += n
+            is_last = step == run.total_steps
+            if (step % config.log_every_steps == 0 or is_last) and averager.per_step:
+                last_scalars = log_interval(config, run, step, averager, timer, logger)
+                collapse.update(step, last_scalars)
+            if is_last or checkpointer.should_save(step):
+                checkpointer.save(step, state, force=is_last)
+                last_saved = step
+            if not knn_off and (is_last or (config.eval.every_steps and step % config.eval.every_steps == 0)):
+                with timer.paused():  # evaluation time is not training time
+                    results = evaluate(config, run, state, logger, step)
+            # Asked for each step of the call: in a multi-process run the agreed stop step may be any of them.
+            if not is_last and any([sigterm.requested(s) for s in range(step - n + 1, step + 1)]):
+                save_before_stopping(checkpointer, state, step, run.total_steps, saved=last_saved == step)
+                return {**last_scalars, **results, "preempted_at": step}
+        return {**last_scalars, **results}
 
 
-def _train(config, workdir: str, allow_config_change: bool, restore_fallback: bool, nonfinite: NonFiniteGuard,
-           sigterm: SigtermWatcher) -> dict:
-    """train_and_evaluate's body: set-up, then the loop; the checkpointer is closed however it ends."""
-    run = setup(config)
+@contextlib.contextmanager
+def open_checkpointer(config, workdir: str):
+    """The run's Checkpointer; however the run ends, a started save completes and the manager is closed."""
     checkpointer = Checkpointer(workdir, config.checkpoint.every_steps, config.checkpoint.max_to_keep,
                                 config.checkpoint.get("keep_period") or None)
     try:
-        return _checked_loop(config, workdir, run, checkpointer, allow_config_change, restore_fallback,
-                             nonfinite, sigterm)
+        yield checkpointer
     finally:
-        checkpointer.wait()  # a started save completes even when the run stops on an error
+        checkpointer.wait()
         checkpointer.close()
 
 
-def _checked_loop(config, workdir: str, run: Run, checkpointer: Checkpointer, allow_config_change: bool,
-                  restore_fallback: bool, nonfinite: NonFiniteGuard, sigterm: SigtermWatcher) -> dict:
-    """Checks config, checkpoint and data, records the config, then trains."""
-    per_call = check_steps_per_call(config)
-    latest = checkpointer.latest_step()
-    changes = {} if latest is None else run_config.check_resume(config, workdir, latest, allow_config_change)
-    state = restore_or_create(config, run, checkpointer, fallback=restore_fallback)
-    start_step = int(state.step)
-    from ssl_jax.data import pipeline  # tensorflow: after the checks above, which need none
+def save_before_stopping(checkpointer: Checkpointer, state: TrainState, step: int, total_steps: int,
+                         saved: bool) -> None:
+    """On SIGTERM: the state of `step` saved (unless it just was) and on disk before the run returns."""
+    if not saved:
+        checkpointer.save(step, state, force=True)
+    checkpointer.wait()
+    log_line(f"SIGTERM: stopped after step {step} of {total_steps} with a checkpoint in "
+             f"{checkpointer.directory}/{step}; run the same command to resume from it")
 
-    batches = pipeline.train_batches(config, start_step, run.steps_per_epoch, run.local_batch)
-    knn_off = pipeline.knn_off_reason(config)  # fails now on a bad eval dataset, not after training
+
+def record_start(config, workdir: str, run: Run, start_step: int, changes: dict, knn_off: str | None) -> None:
+    """Saves the config (process 0) and prints what the run will do."""
     if jax.process_index() == 0:
         run_config.save(config, workdir, start_step, changes)
     if changes:
@@ -240,91 +287,43 @@ def _checked_loop(config, workdir: str, run: Run, checkpointer: Checkpointer, al
     if knn_off:
         log_line(f"kNN evaluation is off: {knn_off}")
 
-    if sigterm.received and jax.process_count() == 1:
-        log_line(f"SIGTERM before the first step: stopped at step {start_step}, nothing new to save")
-        return {"preempted_at": start_step}
-    logger = MetricLogger(workdir)
-    collapse = CollapseMonitor(config.collapse.patience, config.collapse.tolerance, log_line)
-    calls = {1: jit_step(config, run)}  # steps per call -> jitted (then compiled) function
-    if per_call > 1:
-        calls[per_call] = jit_step(config, run, per_call)
-    pending, last_scalars, results = [], {}, {}
-    train_seconds, interval_start, interval_steps, skipped = 0.0, None, 0, 0
-    last_saved = start_step
-    try:
-        step = start_step
-        while step < run.total_steps:
-            # Whole calls from a multiple of steps_per_call; single steps for the rest of the run
-            # (and up to the next multiple when resumed elsewhere), so that every log, checkpoint
-            # and eval step ends a call.
-            n = per_call if step % per_call == 0 and run.total_steps - step >= per_call else 1
-            local = [next(batches) for _ in range(n)]
-            batch = (sharding.to_global_batch(local[0], run.mesh) if n == 1
-                     else sharding.to_global_batches(local, run.mesh))
-            if not isinstance(calls[n], jax.stages.Compiled):
-                compile_start = time.time()
-                calls[n] = calls[n].lower(state, batch).compile()
-                compile_seconds = time.time() - compile_start
-                # (of a scan too: XLA's cost analysis counts a loop's body once)
-                per = f"{n} steps per call, " if n > 1 else ""
-                log_line(f"compiled train step in {compile_seconds:.1f}s "
-                         f"({per}{step_flops(calls[n]) / 1e9:.1f} GFLOP per step by XLA's cost analysis)")
-                # compile time is not training time
-                interval_start = time.time() if interval_start is None else interval_start + compile_seconds
-            state, metrics = calls[n](state, batch)
-            # One host sync per call; a NaN is reported on the step where it happened.
-            host = {k: np.reshape(v, (n,)) for k, v in jax.device_get(metrics).items()}
-            for i in range(n):
-                scalars = {k: float(v[i]) for k, v in host.items()}
-                if nonfinite.skipped(step + i + 1, scalars):
-                    skipped += 1
-                else:
-                    pending.append(scalars)
-            interval_steps += n
-            done = step = step + n
-            if (done % config.log_every_steps == 0 or done == run.total_steps) and pending:
-                scalars = mean_metrics(pending)
-                del scalars["nonfinite"]  # 0 for every averaged step; skipped ones are counted instead
-                nonfinite.check_logged(done, scalars)
-                seconds = time.time() - interval_start
-                train_seconds += seconds
-                scalars.update(step_time=seconds / interval_steps, epoch=done / run.steps_per_epoch,
-                               images_per_sec=interval_steps * config.batch_size / seconds,
-                               train_seconds=train_seconds, skipped_steps=skipped)
-                logger.write(done, scalars)
-                log_line(progress_line(done, run.total_steps, scalars,
-                                       (run.total_steps - done) * scalars["step_time"]))
-                collapse.update(done, scalars)
-                pending, last_scalars, interval_steps, skipped = [], scalars, 0, 0
-                interval_start = time.time()
-            is_last = done == run.total_steps
-            if is_last or checkpointer.should_save(done):
-                checkpointer.save(done, state, force=is_last)
-                last_saved = done
-            every = config.eval.every_steps
-            if not knn_off and (is_last or (every and done % every == 0)):
-                results = evaluate(config, run, state, logger, done)
-                interval_start = time.time()  # evaluation time is not training time
-            # Asked for each step of the call: in a multi-process run the agreed stop step may be any of them.
-            if not is_last and any([sigterm.requested(s) for s in range(done - n + 1, done + 1)]):
-                if last_saved != done:
-                    checkpointer.save(done, state, force=True)
-                checkpointer.wait()
-                log_line(f"SIGTERM: stopped after step {done} of {run.total_steps} with a checkpoint in "
-                         f"{checkpointer.directory}/{done}; run the same command to resume from it")
-                return {**last_scalars, **results, "preempted_at": done}
-    finally:
-        logger.close()
-    return {**last_scalars, **results}
+
+def abstract_batch(config, steps_per_call: int = 1) -> dict:
+    """The global batch the step is compiled for, as ShapeDtypeStructs (`ssl_jax.batch`'s layout):
+    [B, ...], or [steps_per_call, B, ...] when stacked."""
+    lead, size = ((steps_per_call,) if steps_per_call > 1 else ()), config.batch_size
+    views = {k: jax.ShapeDtypeStruct(lead + s, np.float32) for k, s in view_shapes(config.augment, size).items()}
+    return {"views": views, **{f: jax.ShapeDtypeStruct(lead + (size,), np.int32) for f in batch_fields(config.dataset)}}
 
 
-def mean_metrics(per_step: list[dict]) -> dict[str, float]:
-    """Averages a list of per-step scalar metric dicts into floats."""
-    return {name: float(np.mean([scalars[name] for scalars in per_step])) for name in per_step[0]}
+def compile_steps(config, run: Run, state: TrainState, sizes) -> dict:
+    """{steps per call: the compiled train step} for each of `sizes`, each logged with its compile
+    time and FLOPs (of a scan too: XLA's cost analysis counts a loop's body once, so per step)."""
+    compiled = {}
+    for n in sorted(sizes, reverse=True):
+        start = time.time()
+        compiled[n] = jit_step(config, run, n).lower(state, abstract_batch(config, n)).compile()
+        per = f"{n} steps per call, " if n > 1 else ""
+        log_line(f"compiled train step in {time.time() - start:.1f}s "
+                 f"({per}{step_flops(compiled[n]) / 1e9:.1f} GFLOP per step by XLA's cost analysis)")
+    return compiled
+
+
+def log_interval(config, run: Run, step: int, averager: MetricAverager, timer: IntervalTimer,
+                 logger: MetricLogger) -> dict:
+    """Writes and prints the mean metrics of the interval ending at `step`, with its speed; returns them."""
+    scalars, skipped = averager.pop_mean(step)
+    seconds, steps = timer.lap()
+    scalars.update(step_time=seconds / steps, epoch=step / run.steps_per_epoch,
+                   images_per_sec=steps * config.batch_size / seconds, train_seconds=timer.total,
+                   skipped_steps=skipped)
+    logger.write(step, scalars)
+    log_line(progress_line(step, run.total_steps, scalars, (run.total_steps - step) * scalars["step_time"]))
+    return scalars
 
 
 def evaluate_checkpoint(config, workdir: str, step: int | None = None) -> dict:
-    """kNN of a saved checkpoint (latest by default); writes eval_<step>.json next to it."""
+    """kNN of a saved checkpoint (latest by default); merges it into eval_<step>.json next to it."""
     sharding.maybe_initialize_distributed(config)
     from ssl_jax.data import pipeline  # imports tensorflow
 
@@ -341,6 +340,5 @@ def evaluate_checkpoint(config, workdir: str, step: int | None = None) -> dict:
     results = evaluate(config, run, state, logger, step)
     logger.close()
     if jax.process_index() == 0:
-        paths.write_atomically(checkpointer.directory / f"eval_{step}.json",
-                               json.dumps({"step": step, **results}, indent=2))
+        merge_eval_results(checkpointer.directory, step, results)
     return results
