@@ -89,7 +89,9 @@ def parse_flags(argv: list[str]) -> list[str]:
             cause = cause.__cause__ or cause.__context__
         if innermost is not None:
             sys.exit(f"error: {innermost}")
-        return app.parse_flags_with_usage(argv)  # absl's usage message for any other flag error
+        # absl's usage message for any other flag error (app.parse_flags_with_usage's words; calling
+        # it would parse the flags a second time)
+        sys.exit(f"FATAL Flags parsing error: {e}\nPass --helpshort or --helpfull to see help on flags.")
     except (KeyError, AttributeError) as e:
         text = str(e)
         suggestion = re.search(r'Did you mean "([^"]+)" instead of "([^"]+)"', text)
