@@ -46,9 +46,8 @@ MUTATIONS = (
              'metrics["teacher_momentum"] = schedules.teacher_momentum(state.step + 1)',
              ("tests/test_step.py::-k ema or schedule",)),
     Mutation("resume_fresh_rng", "ssl_jax/train.py",
-             "return create_state(config, run) if restored is None else restored",
-             "return create_state(config, run) if restored is None else "
-             "restored.replace(rng=create_state(config, run).rng)",
+             "    if restored is not None:\n        return restored\n",
+             "    if restored is not None:\n        return restored.replace(rng=create_state(config, run).rng)\n",
              ("tests/test_train.py::-k resume",)),
     Mutation("byol_predictor_skipped", "ssl_jax/methods/byol.py", "has_predictor = True", "has_predictor = False",
              ("tests/test_contrastive.py::-k byol and not smoke", METHOD_REFS)),
