@@ -10,6 +10,8 @@ step stays a function of (seed, step). One lambda and one box per batch (timm's 
 """
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 
@@ -70,7 +72,7 @@ def mixup_cutmix(rng: jax.Array, images: jax.Array, targets: jax.Array, *, mixup
 
 
 def random_erasing(rng: jax.Array, images: jax.Array, prob: float, scale: tuple[float, float] = (0.02, 1 / 3),
-                   log_ratio: tuple[float, float] = (jnp.log(0.3), jnp.log(1 / 0.3)), attempts: int = 10) -> jax.Array:
+                   log_ratio: tuple[float, float] = (math.log(0.3), math.log(1 / 0.3)), attempts: int = 10) -> jax.Array:
     """timm's `RandomErasing(probability, mode='pixel', max_count=1)` per image of [B, H, W, C]:
     with probability `prob`, the first of `attempts` boxes (area fraction ~ U(scale), aspect
     exp(U(log_ratio)), h = round(sqrt(area aspect)), w = round(sqrt(area / aspect))) that fits

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -190,3 +191,21 @@ def test_two_process_simclr_equals_one_process(tfds_data_dir, tmp_path):
     two = _train_losses(tmp_path)
     assert sorted(two) == list(range(1, 7))
     _assert_losses_equal(two, losses, range(1, 7))
+
+
+def test_imports_and_config_check_leave_the_backend_uninitialised():
+    """jax.distributed.initialize must run before anything touches the XLA backend: importing the
+    entry points and validating every config may not (a module-level jnp call once did)."""
+    code = (
+        "import glob, importlib, os\n"
+        "from jax._src import xla_bridge\n"
+        "import ssl_jax.main, ssl_jax.train, ssl_jax.evaluate, ssl_jax.api, ssl_jax.export\n"
+        "from ssl_jax import config_check\n"
+        "for path in sorted(glob.glob('configs/*.py')):\n"
+        "    name = os.path.basename(path)[:-3]\n"
+        "    module = importlib.import_module(f'configs.{name}')\n"
+        "    if name != 'eval_protocols':\n"
+        "        config_check.validate(module.get_config('smoke'))\n"
+        "assert not xla_bridge._backends, 'the XLA backend was initialised'\n")
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
