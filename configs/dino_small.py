@@ -118,6 +118,9 @@ def cifar10_config() -> ml_collections.ConfigDict:
     # (as the reference does) collapsed the teacher to uniform within 150 steps, at a
     # 7.5e-4 lr and again at 2.4e-4 (loss 5.7 -> 7.7, teacher entropy 4.2 -> 7.4, log K =
     # 8.3); training it from step 0 never left the plateau (loss 8.05 after 300 steps).
+    # Re-measured with the reference head init (torch's default for the prototypes,
+    # docs/RESULTS.md): the same collapse (loss 5.76 at step 400 -> 7.69 at step 550,
+    # teacher entropy 4.29 -> 7.37), so the freeze stays (docs/FIDELITY.md, dino_small).
     c.optim.freeze_epochs = c.num_epochs
     c.optim.teacher_momentum = 0.99  # a teacher averaging ~100 steps, not ~250: it must move within the hour.
 
