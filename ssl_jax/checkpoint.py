@@ -22,6 +22,7 @@ import orbax.checkpoint as ocp
 
 from ssl_jax import paths
 from ssl_jax.errors import UserError
+from ssl_jax.tree_paths import path_parts
 
 MAX_SHOWN = 3  # mismatching arrays named in an error
 
@@ -38,14 +39,9 @@ class CheckpointError(UserError):
         self.corrupt = corrupt
 
 
-def _path_names(path) -> tuple[str, ...]:
-    """A jax key path as plain names, so dataclass attributes, dict keys and tuple indices compare."""
-    return tuple(str(getattr(k, "name", getattr(k, "key", getattr(k, "idx", k)))) for k in path)
-
-
 def _leaf_shapes(tree) -> dict[tuple[str, ...], tuple | None]:
     """{path: shape} of the array leaves; None for PRNG keys, which are stored as raw key data."""
-    return {_path_names(path): None if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key) else tuple(leaf.shape)
+    return {path_parts(path): None if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key) else tuple(leaf.shape)
             for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
