@@ -19,6 +19,7 @@ from typing import Callable
 
 import jax
 import orbax.checkpoint as ocp
+from etils import epath
 
 from ssl_jax import paths
 from ssl_jax.errors import UserError
@@ -51,12 +52,17 @@ def _short(error: Exception) -> str:
     return f"{type(error).__name__}: {text.splitlines()[0][:300] if text else ''}"
 
 
+def checkpoint_dir(workdir: str) -> epath.Path:
+    """WORKDIR/checkpoints: the run's checkpoints and their eval_<step>.json."""
+    return paths.resolve(workdir) / "checkpoints"
+
+
 class Checkpointer:
     """Saves every `every_steps` steps (and when forced), keeps the last `max_to_keep`."""
 
     def __init__(self, workdir: str, every_steps: int, max_to_keep: int, keep_period: int | None = None):
         self.workdir = paths.resolve(workdir)
-        self.directory = self.workdir / "checkpoints"
+        self.directory = checkpoint_dir(workdir)
         options = ocp.CheckpointManagerOptions(save_interval_steps=every_steps, max_to_keep=max_to_keep,
                                                keep_period=keep_period, create=True,
                                                cleanup_tmp_directories=True)
