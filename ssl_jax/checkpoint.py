@@ -22,7 +22,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 from ssl_jax import paths
-from ssl_jax.errors import UserError
+from ssl_jax.errors import UserError, one_line
 from ssl_jax.tree_paths import path_parts
 
 MAX_SHOWN = 3  # mismatching arrays named in an error
@@ -47,9 +47,8 @@ def _leaf_shapes(tree) -> dict[tuple[str, ...], tuple | None]:
 
 
 def _short(error: Exception) -> str:
-    """The first line of an exception, without TensorStore's multi-kilobyte spec dump."""
-    text = str(error).split(" See full TensorStore details")[0].strip()
-    return f"{type(error).__name__}: {text.splitlines()[0][:300] if text else ''}"
+    """`errors.one_line` of an exception, without TensorStore's multi-kilobyte spec dump."""
+    return one_line(error, 300).split(" See full TensorStore details")[0]
 
 
 def checkpoint_dir(workdir: str) -> epath.Path:

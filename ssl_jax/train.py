@@ -24,7 +24,7 @@ from ssl_jax import config_check, partition, paths, run_config, sharding
 from ssl_jax.batch import batch_fields, example_batch, view_shapes
 from ssl_jax.checkpoint import Checkpointer, checkpoint_dir
 from ssl_jax.collapse import CollapseMonitor
-from ssl_jax.errors import UserError
+from ssl_jax.errors import UserError, one_line
 from ssl_jax.eval_record import merge_eval_results
 from ssl_jax.logger import MetricLogger, log_line, progress_line
 from ssl_jax.loop_helpers import IntervalTimer, MetricAverager, call_size, call_sizes, next_global_batch
@@ -182,7 +182,7 @@ def prepare_workdir(workdir: str) -> None:
         probe.write_text("")
         probe.unlink()
     except paths.filesystem_errors() as e:  # anything else is a bug and keeps its traceback
-        reason = getattr(e, "strerror", None) or f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+        reason = getattr(e, "strerror", None) or one_line(e)
         raise UserError(f"cannot write to --workdir={workdir} ({reason}); pass a directory (or gs:// URL) "
                         f"you can create and write to") from None
 

@@ -156,3 +156,11 @@ def test_restore_saved_names_a_workdir_without_checkpoints(tmp_path):
 
     with pytest.raises(UserError, match=rf"no checkpoint in {tmp_path}/checkpoints; train first"):
         train.restore_saved(make_smoke_config(), None, str(tmp_path))
+
+
+def test_one_line_names_the_type_and_the_first_line_even_of_an_empty_message():
+    from ssl_jax.errors import one_line
+
+    assert one_line(OSError("disk full\nsecond line")) == "OSError: disk full"
+    assert one_line(KeyError()) == "KeyError: "
+    assert one_line(ValueError("x" * 500), limit=7) == "ValueError: xxxxxxx"
