@@ -19,9 +19,11 @@ from typing import Callable
 
 import jax
 import orbax.checkpoint as ocp
+from etils import epath
 
 from ssl_jax import paths
-from ssl_jax.errors import UserError
+from ssl_jax.errors import UserError, one_line
+from ssl_jax.tree_paths import path_parts
 
 MAX_SHOWN = 3  # mismatching arrays named in an error
 
@@ -38,21 +40,20 @@ class CheckpointError(UserError):
         self.corrupt = corrupt
 
 
-def _path_names(path) -> tuple[str, ...]:
-    """A jax key path as plain names, so dataclass attributes, dict keys and tuple indices compare."""
-    return tuple(str(getattr(k, "name", getattr(k, "key", getattr(k, "idx", k)))) for k in path)
-
-
 def _leaf_shapes(tree) -> dict[tuple[str, ...], tuple | None]:
     """{path: shape} of the array leaves; None for PRNG keys, which are stored as raw key data."""
-    return {_path_names(path): None if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key) else tuple(leaf.shape)
+    return {path_parts(path): None if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key) else tuple(leaf.shape)
             for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
 def _short(error: Exception) -> str:
-    """The first line of an exception, without TensorStore's multi-kilobyte spec dump."""
-    text = str(error).split(" See full TensorStore details")[0].strip()
-    return f"{type(error).__name__}: {text.splitlines()[0][:300] if text else ''}"
+    """`errors.one_line` of an exception, without TensorStore's multi-kilobyte spec dump."""
+    return one_line(error, 300).split(" See full TensorStore details")[0]
+
+
+def checkpoint_dir(workdir: str) -> epath.Path:
+    """WORKDIR/checkpoints: the run's checkpoints and their eval_<step>.json."""
+    return paths.resolve(workdir) / "checkpoints"
 
 
 class Checkpointer:
@@ -60,7 +61,7 @@ class Checkpointer:
 
     def __init__(self, workdir: str, every_steps: int, max_to_keep: int, keep_period: int | None = None):
         self.workdir = paths.resolve(workdir)
-        self.directory = self.workdir / "checkpoints"
+        self.directory = checkpoint_dir(workdir)
         options = ocp.CheckpointManagerOptions(save_interval_steps=every_steps, max_to_keep=max_to_keep,
                                                keep_period=keep_period, create=True,
                                                cleanup_tmp_directories=True)

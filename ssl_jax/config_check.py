@@ -65,14 +65,11 @@ def clip_unit(value):
 
 def check_numbers(config) -> None:
     """Positive sizes, counts >= 0, probabilities in [0, 1], crop scales 0 < min <= max <= 1."""
-    for path in POSITIVE:
-        value = lookup(config, path)
-        if value is not _MISSING and value < 1:
-            fail(path, value, "must be at least 1", 1)
-    for path in NON_NEGATIVE:
-        value = lookup(config, path)
-        if value is not _MISSING and value < 0:
-            fail(path, value, "must be >= 0", 0)
+    for names, least, requirement in ((POSITIVE, 1, "must be at least 1"), (NON_NEGATIVE, 0, "must be >= 0")):
+        for path in names:
+            value = lookup(config, path)
+            if value is not _MISSING and value < least:
+                fail(path, value, requirement, least)
     for path in PROBABILITIES:  # a number, or a tuple of them (per crop)
         value = lookup(config, path)
         if value is _MISSING or value is None:

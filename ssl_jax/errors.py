@@ -11,3 +11,9 @@ from __future__ import annotations
 
 class UserError(ValueError):
     """A bad input, config, workdir or checkpoint, explained in one line."""
+
+
+def one_line(error: BaseException, limit: int = 200) -> str:
+    """'Type: first line of the message' (cut at `limit` characters): a caught exception named inside a UserError."""
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0][:limit] if lines else ''}"

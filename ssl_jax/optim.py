@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import optax
 
 from ssl_jax.errors import UserError
+from ssl_jax.tree_paths import path_name
 
 Schedule = Callable[[jax.Array], jax.Array]
 
@@ -170,11 +171,6 @@ def lr_multipliers(params: Any, layer_decay: float = 1.0, patterns: tuple = (), 
         return value
 
     return jax.tree_util.tree_map_with_path(multiplier, params)
-
-
-def path_name(path) -> str:
-    """A tree path as the '/'-joined parameter name the path regexes match."""
-    return "/".join(str(getattr(k, "key", k)) for k in path)
 
 
 def scale_per_parameter(multipliers: Any) -> optax.GradientTransformation:

@@ -20,6 +20,8 @@ from typing import Any
 import jax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from ssl_jax.tree_paths import path_name
+
 PyTree = Any
 
 FSDP_AXIS = "fsdp"
@@ -32,11 +34,6 @@ DEFAULT_RULES = (
     (r"/kernel$", (FSDP_AXIS, None)),  # Dense [in, out]: in
     (r"(pos_embed|cls_token)$", (None, None, FSDP_AXIS)),  # ViT [1, N, D]: D
 )
-
-
-def path_name(path) -> str:
-    """A jax key path as 'a/b/0/c' (dict keys, dataclass fields and tuple indices alike)."""
-    return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
 
 
 def leaf_spec(name: str, shape: tuple[int, ...], mesh: Mesh, rules) -> P:

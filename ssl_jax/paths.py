@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 
 from etils import epath
+
+from ssl_jax.errors import UserError
 
 
 def is_url(path) -> bool:
@@ -20,7 +23,23 @@ def is_url(path) -> bool:
 
 def resolve(path) -> epath.Path:
     """`path` as an epath.Path: a URL as given, a local path made absolute."""
-    return epath.Path(path if is_url(path) else os.path.abspath(os.fspath(path)))
+    if not is_url(path):
+        return epath.Path(os.path.abspath(os.fspath(path)))
+    try:
+        return epath.Path(path)
+    except KeyError:  # epath's registry of URL schemes has no entry for this one
+        raise UserError(f"{os.fspath(path)}: unknown filesystem {os.fspath(path).split('://')[0]}://; "
+                        f"pass a local path or a gs://, s3://, az:// or hf:// URL") from None
+
+
+def filesystem_errors() -> tuple[type[Exception], ...]:
+    """What creating or writing a path that cannot be written raises: OSError locally (and where epath
+    translates its backend's errors), tf.errors.OpError from gfile (epath's backend for URLs when
+    tensorflow is installed: no credentials, no access, a scheme tensorflow lacks), ImportError from
+    fsspec (gcsfs or s3fs not installed), NotImplementedError (an operation a backend lacks)."""
+    errors = (OSError, ImportError, NotImplementedError)
+    tf = sys.modules.get("tensorflow")  # gfile imported it if it ran; never imported here
+    return errors + (tf.errors.OpError,) if tf else errors
 
 
 def write_atomically(path, text: str) -> None:

@@ -22,9 +22,9 @@ import numpy as np
 
 from ssl_jax import config_check, partition, paths, run_config, sharding
 from ssl_jax.batch import batch_fields, example_batch, view_shapes
-from ssl_jax.checkpoint import Checkpointer
+from ssl_jax.checkpoint import Checkpointer, checkpoint_dir
 from ssl_jax.collapse import CollapseMonitor
-from ssl_jax.errors import UserError
+from ssl_jax.errors import UserError, one_line
 from ssl_jax.eval_record import merge_eval_results
 from ssl_jax.logger import MetricLogger, log_line, progress_line
 from ssl_jax.loop_helpers import IntervalTimer, MetricAverager, call_size, call_sizes, next_global_batch
@@ -156,16 +156,33 @@ def restore_or_create(config, run: Run, checkpointer: Checkpointer, step: int | 
     return state
 
 
+def restore_saved(config, run: Run, workdir: str, step: int | None = None) -> tuple[TrainState, int]:
+    """The state saved at `step` (default: the latest) in WORKDIR/checkpoints, and that step; one
+    clear line when the run has no checkpoint."""
+    with open_checkpointer(config, workdir) as checkpointer:
+        step = checkpointer.latest_step() if step is None else step
+        if step is None:
+            raise UserError(f"no checkpoint in {checkpointer.directory}; train first or pass the right --workdir")
+        return restore_or_create(config, run, checkpointer, step), step
+
+
+def gathered(state: TrainState, mesh) -> TrainState:
+    """`state` whole on every device: a parameter-sharded (FSDP) state all-gathered for the evaluations."""
+    if len(mesh.axis_names) == 1:
+        return state
+    return jax.jit(lambda s: s, out_shardings=replicated(mesh))(state)
+
+
 def prepare_workdir(workdir: str) -> None:
     """Creates the workdir (local or a URL, `ssl_jax.paths`) and checks that it is writable, before any work."""
+    directory = paths.resolve(workdir)
     try:
-        directory = paths.resolve(workdir)
         directory.mkdir(parents=True, exist_ok=True)
         probe = directory / f".write_test-{os.getpid()}"
         probe.write_text("")
         probe.unlink()
-    except Exception as e:  # OSError locally; tf.errors / NotImplementedError for URLs
-        reason = getattr(e, "strerror", None) or f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+    except paths.filesystem_errors() as e:  # anything else is a bug and keeps its traceback
+        reason = getattr(e, "strerror", None) or one_line(e)
         raise UserError(f"cannot write to --workdir={workdir} ({reason}); pass a directory (or gs:// URL) "
                         f"you can create and write to") from None
 
@@ -182,9 +199,7 @@ def evaluate(config, run: Run, state: TrainState, logger: MetricLogger, step: in
     from ssl_jax.eval.knn_eval import evaluate_knn  # imports tensorflow
 
     start = time.time()
-    if len(run.mesh.axis_names) > 1:  # a parameter-sharded (FSDP) state is gathered for the feature pass
-        state = jax.jit(lambda s: s, out_shardings=replicated(run.mesh))(state)
-    results = evaluate_knn(config, run.method, state, run.mesh)
+    results = evaluate_knn(config, run.method, gathered(state, run.mesh), run.mesh)
     logger.write(step, results, prefix="eval")
     log_line(f"eval step {step}: " + " ".join(f"{k}={100 * v:.2f}%" for k, v in results.items())
              + f" ({time.time() - start:.0f}s)")
@@ -331,14 +346,10 @@ def evaluate_checkpoint(config, workdir: str, step: int | None = None) -> dict:
     if knn_off:
         raise UserError(f"nothing to evaluate: {knn_off}")
     run = setup(config)
-    checkpointer = Checkpointer(workdir, config.checkpoint.every_steps, config.checkpoint.max_to_keep)
-    step = checkpointer.latest_step() if step is None else step
-    if step is None:
-        raise UserError(f"no checkpoint in {checkpointer.directory}; train first or pass the right --workdir")
-    state = restore_or_create(config, run, checkpointer, step)
+    state, step = restore_saved(config, run, workdir, step)
     logger = MetricLogger(workdir)
     results = evaluate(config, run, state, logger, step)
     logger.close()
     if jax.process_index() == 0:
-        merge_eval_results(checkpointer.directory, step, results)
+        merge_eval_results(checkpoint_dir(workdir), step, results)
     return results

@@ -22,6 +22,7 @@ from ssl_jax import losses, sharding, train
 from ssl_jax.batch import example_batch
 from ssl_jax.optim import build_optimizer, build_schedules, lr_multipliers
 from ssl_jax.step import batch_sharding, replicated
+from ssl_jax.tree_paths import path_name
 
 CONFIGS = {"ibot": "ibot_small", "dinov2": "dinov2_small"}
 
@@ -342,7 +343,7 @@ def test_layer_decay_multipliers_match_get_vit_lr_decay_rate():
     got = lr_multipliers(params, 0.9, (("backbone/patch_embed/", 0.2),))
     checked = set()
     for path, value in jax.tree_util.tree_flatten_with_path(got)[0]:
-        module, name = _torch_name("/".join(k.key for k in path))
+        module, name = _torch_name(path_name(path))
         n_blocks = 3 if module == "backbone" else 0
         want = get_vit_lr_decay_rate(name, 0.9, num_layers=n_blocks, force_is_backbone=n_blocks > 0)
         want *= 0.2 if "patch_embed" in name else 1.0

@@ -110,3 +110,57 @@ def test_train_and_evaluate_validates_the_config_before_touching_the_workdir(tmp
     with pytest.raises(UserError, match=r"config\.batch_size=0"):
         train.train_and_evaluate(make_smoke_config(batch_size=0), str(tmp_path / "run"))
     assert not (tmp_path / "run").exists()
+
+
+def _unwritable(error):
+    """A filesystem method that raises `error`, as the os/epath call on an unwritable path does."""
+    def method(self, *args, **kwargs):
+        raise error
+    return method
+
+
+def test_unwritable_workdir_is_one_line_and_a_bug_keeps_its_traceback(tmp_path, monkeypatch):
+    """prepare_workdir turns what a filesystem raises for an unwritable --workdir (a file in the way,
+    a permission, gfile's error for a scheme it lacks, an unknown scheme) into one UserError naming
+    it; any other exception from the same calls is a bug and propagates unchanged."""
+    from etils import epath
+
+    from ssl_jax import paths, train
+    from ssl_jax.errors import UserError
+
+    (tmp_path / "file").write_text("a file, not a directory")
+    with pytest.raises(UserError, match=r"cannot write to --workdir=\S+/file/run \(Not a directory\)"):
+        train.prepare_workdir(str(tmp_path / "file" / "run"))
+    with pytest.raises(UserError, match=r"cannot write to --workdir=hf://owner/run \(\w+Error: "):
+        train.prepare_workdir("hf://owner/run")  # tensorflow's gfile: UnimplementedError (fsspec: ImportError)
+    with pytest.raises(UserError, match=r"unknown filesystem foo://"):
+        train.prepare_workdir("foo://bucket/run")
+
+    local = type(paths.resolve(tmp_path))
+    assert issubclass(local, epath.Path)
+    monkeypatch.setattr(local, "mkdir", _unwritable(PermissionError(13, "Permission denied")))
+    with pytest.raises(UserError, match=r"cannot write to --workdir=\S+ \(Permission denied\); pass a directory"):
+        train.prepare_workdir(str(tmp_path / "run"))
+    monkeypatch.setattr(local, "mkdir", _unwritable(TypeError("a bug in the probe")))
+    with pytest.raises(TypeError, match="a bug in the probe"):
+        train.prepare_workdir(str(tmp_path / "run"))
+
+
+def test_restore_saved_names_a_workdir_without_checkpoints(tmp_path):
+    """--mode=eval and the frozen evaluations on a run that saved nothing: one line naming where it looked
+    (before anything is built: no Run is needed to find that out)."""
+    from conftest import make_smoke_config
+
+    from ssl_jax import train
+    from ssl_jax.errors import UserError
+
+    with pytest.raises(UserError, match=rf"no checkpoint in {tmp_path}/checkpoints; train first"):
+        train.restore_saved(make_smoke_config(), None, str(tmp_path))
+
+
+def test_one_line_names_the_type_and_the_first_line_even_of_an_empty_message():
+    from ssl_jax.errors import one_line
+
+    assert one_line(OSError("disk full\nsecond line")) == "OSError: disk full"
+    assert one_line(KeyError()) == "KeyError: "
+    assert one_line(ValueError("x" * 500), limit=7) == "ValueError: xxxxxxx"

@@ -17,6 +17,7 @@ import pytest
 
 from conftest import REPO
 from ssl_jax import batch_augment, optim
+from ssl_jax.tree_paths import path_name
 
 
 def load_config(name: str, preset: str):
@@ -111,7 +112,7 @@ def decayed_leaves(config_name):
     tx = optim.build_optimizer(load_config(config_name, "").optim, schedules, params, steps_per_epoch=3)
     updates, _ = tx.update(jax.tree.map(jnp.zeros_like, params), tx.init(params), params)
     moved = jax.tree_util.tree_map_with_path(lambda p, u: bool(np.any(np.asarray(u) != 0)), updates)
-    return {optim.path_name(p): v for p, v in jax.tree_util.tree_flatten_with_path(moved)[0]}
+    return {path_name(p): v for p, v in jax.tree_util.tree_flatten_with_path(moved)[0]}
 
 
 def test_weight_decay_exclusions_follow_each_reference():

@@ -10,6 +10,7 @@ and torch.optim.AdamW's update rule, all in float64 numpy.
 from __future__ import annotations
 
 
+import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -23,6 +24,7 @@ from ssl_jax import optim
 from ssl_jax.models.heads import DINOHead
 from ssl_jax.models.vit import VisionTransformer
 from ssl_jax.state import ema_update
+from ssl_jax.tree_paths import path_name, path_parts
 
 
 # ----------------------------------------------------------------------------- numpy references
@@ -174,7 +176,7 @@ def test_decay_mask_excludes_one_dimensional_params_like_get_params_groups():
     params = {"backbone": backbone, "head": head}
     mask = optim.decay_mask(params)
 
-    flat = {"/".join(str(k.key) for k in path): (leaf, m) for (path, leaf), m in zip(
+    flat = {path_name(path): (leaf, m) for (path, leaf), m in zip(
         jax.tree_util.tree_flatten_with_path(params)[0], jax.tree.leaves(mask))}
     for name, (leaf, decayed) in flat.items():
         # get_params_groups: not regularised when the name ends with .bias or the tensor is 1-D.
@@ -186,6 +188,23 @@ def test_decay_mask_excludes_one_dimensional_params_like_get_params_groups():
     assert not flat["backbone/patch_embed/bias"][1]
     assert not flat["backbone/norm/scale"][1] and not flat["backbone/blocks_0/norm1/bias"][1]
     assert flat["backbone/blocks_0/attn/qkv/kernel"][1] and not flat["backbone/blocks_0/attn/qkv/bias"][1]
+
+
+@flax.struct.dataclass
+class _EmaPair:
+    step: int
+    params: list
+
+
+def test_path_names_read_dict_keys_fields_and_indices_alike():
+    """The names parameter regexes and FSDP rules match: a TrainState-like tree of a dataclass,
+    an optax namedtuple state, a tuple and dicts (one key holding a '/')."""
+    tree = {"opt_state": (optax.ScaleByAdamState(count=0, mu={"head": {"a/b": 1}}, nu={}),),
+            "state": optax.EmptyState(), "ema": _EmaPair(step=2, params=[3])}
+    names = [(path_name(p), path_parts(p)) for p, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
+    assert names == [("ema/step", ("ema", "step")), ("ema/params/0", ("ema", "params", "0")),
+                     ("opt_state/0/count", ("opt_state", "0", "count")),
+                     ("opt_state/0/mu/head/a/b", ("opt_state", "0", "mu", "head", "a/b"))]
 
 
 # ----------------------------------------------------------------------------- build_optimizer
@@ -211,10 +230,6 @@ def _tiny_params(rng: np.random.RandomState) -> dict:
             "mlp": {"mlp_0": {"kernel": rng.randn(4, 4).astype(np.float32), "bias": rng.randn(4).astype(np.float32)}},
         },
     }
-
-
-def _path(path) -> str:
-    return "/".join(str(k.key) for k in path)
 
 
 class NumpyAdamW:
@@ -314,7 +329,7 @@ def test_build_optimizer_last_layer_first_update_is_a_fresh_adamw_step(optimizer
 def test_build_optimizer_matches_numpy_torch_adamw_with_clipping_decay_mask_and_freezing(optimizer_run):
     cfg, history, grads, lr, wd = optimizer_run
     def flat(tree):
-        return {_path(k): np.asarray(v) for k, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
+        return {path_name(k): np.asarray(v) for k, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
     init = flat(history[0])
     decayed = {k: v.ndim > 1 for k, v in init.items()}  # get_params_groups (checked in its own test)
@@ -363,7 +378,7 @@ def _run_optimizer(cfg, num_steps=6, steps_per_epoch=2, epochs=3):
     history = _trajectory(optim.build_optimizer(cfg, schedules, params, steps_per_epoch), params, grads)
 
     def flat(tree):
-        return {_path(k): np.asarray(v, np.float64) for k, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
+        return {path_name(k): np.asarray(v, np.float64) for k, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
     lr = evaluate(schedules.learning_rate, num_steps)
     return [flat(p) for p in history], [flat(g) for g in grads], lr

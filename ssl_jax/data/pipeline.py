@@ -32,7 +32,7 @@ import tensorflow_datasets as tfds
 
 from ssl_jax.batch import batch_fields
 from ssl_jax.data import augment, folder
-from ssl_jax.errors import UserError
+from ssl_jax.errors import UserError, one_line
 
 # Keep TensorFlow off any accelerator: it only feeds the host.
 tf.config.set_visible_devices([], "GPU")
@@ -77,7 +77,7 @@ def get_builder(dataset_cfg):
         builder.download_and_prepare()
     except Exception as e:  # network errors, manual-download datasets, ...
         raise UserError(f"dataset {dataset_cfg.name!r} is not prepared in {where} and could not be "
-                        f"downloaded ({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}). "
+                        f"downloaded ({one_line(e)}). "
                         f"{fix}.") from None
     return builder
 
@@ -145,7 +145,7 @@ def _bad_batch_message(step: int, bad: list[str], error: Exception) -> str:
         what = (f"cannot decode {len(bad)} image(s) of the batch of step {step}: {', '.join(bad[:5])}"
                 f"{' ...' if len(bad) > 5 else ''}; delete or replace them (JPEG/PNG/GIF/BMP)")
     else:
-        what = f"reading the batch of step {step} failed ({type(error).__name__}: {str(error).splitlines()[0][:200]})"
+        what = f"reading the batch of step {step} failed ({one_line(error)})"
     return f"{what}, then run the same command again (checkpoints are untouched)"
 
 
