@@ -248,7 +248,7 @@ def solarize_add_level(magnitude, negate):
 
 
 def enhance_increasing_level(magnitude, negate):
-    return tf.maximum(0.1, 1.0 + _signed(magnitude / MAX_LEVEL * 0.9, negate))  # [0.1, 1.9]
+    return tf.maximum(1.0 + _signed(magnitude / MAX_LEVEL * 0.9, negate), 0.1)  # [0.1, 1.9]
 
 
 def shear_level(magnitude, negate):
