@@ -231,3 +231,26 @@ def test_rand_augment_in_a_tf_data_graph_is_the_eager_result():
     kwargs = dict(num_layers=2, magnitude=9.0, magnitude_std=0.5, fill=FILL)
     ds = tf.data.Dataset.from_tensors(image).map(lambda x: ra.rand_augment(x, seed, **kwargs))
     np.testing.assert_array_equal(next(iter(ds)).numpy(), ra.rand_augment(image, seed, **kwargs).numpy())
+
+
+def test_finetuning_batches_run_rand_augment_on_the_uint8_crops(tfds_data_dir):
+    """supervised_data.augmented_batches with the protocol's RandAugment: the same crops and flips as
+    without (the seeds of both are unchanged), quantised to uint8 as PIL's crop returns them, then
+    augmented: pixels stay on the uint8 grid, and some images change."""
+    from conftest import make_smoke_config
+    from ssl_jax import sharding
+    from ssl_jax.eval.supervised_data import augmented_batches
+
+    config = make_smoke_config(**{"dataset.shuffle_buffer": 16})
+    mesh = sharding.make_mesh()
+    plain, augmented = (next(augmented_batches(config, "train[:32]", 16, (0.08, 1.0), 0, mesh, rand_augment=aa))
+                        for aa in ("", "rand-m9-mstd0.5-inc1"))
+    np.testing.assert_array_equal(plain["label"], augmented["label"])
+
+    def pixels(batch):  # [B, S, S, 3] on the 0..255 scale
+        return (np.asarray(batch["image"]) * np.array(config.augment.std) + np.array(config.augment.mean)) * 255
+
+    got, crops = pixels(augmented), np.round(pixels(plain))
+    np.testing.assert_allclose(got, np.round(got), atol=1e-3)
+    changed = np.abs(got - crops).max(axis=(1, 2, 3)) > 0.5
+    assert 0 < changed.sum() < len(changed)  # 1 - 0.75^16: some changed; p 0.25 per image of none applied

@@ -265,12 +265,14 @@ def _no_arg(magnitude, negate):
 
 def increasing_ops(fill: tuple[int, int, int]) -> dict:
     """timm's `_RAND_INCREASING_TRANSFORMS`, in order: name -> (op(image, arg), level_to_arg)."""
-    geometric = functools.partial
+    def geometric(op):
+        return functools.partial(op, fill=fill)
+
     return {
         "AutoContrast": (lambda image, _: auto_contrast(image), _no_arg),
         "Equalize": (lambda image, _: equalize(image), _no_arg),
         "Invert": (lambda image, _: invert(image), _no_arg),
-        "Rotate": (geometric(rotate, fill=fill), rotate_level),
+        "Rotate": (geometric(rotate), rotate_level),
         "PosterizeIncreasing": (posterize, posterize_increasing_level),
         "SolarizeIncreasing": (solarize, solarize_increasing_level),
         "SolarizeAdd": (solarize_add, solarize_add_level),
@@ -278,10 +280,10 @@ def increasing_ops(fill: tuple[int, int, int]) -> dict:
         "ContrastIncreasing": (contrast, enhance_increasing_level),
         "BrightnessIncreasing": (brightness, enhance_increasing_level),
         "SharpnessIncreasing": (sharpness, enhance_increasing_level),
-        "ShearX": (geometric(shear_x, fill=fill), shear_level),
-        "ShearY": (geometric(shear_y, fill=fill), shear_level),
-        "TranslateXRel": (geometric(translate_x_rel, fill=fill), translate_rel_level),
-        "TranslateYRel": (geometric(translate_y_rel, fill=fill), translate_rel_level),
+        "ShearX": (geometric(shear_x), shear_level),
+        "ShearY": (geometric(shear_y), shear_level),
+        "TranslateXRel": (geometric(translate_x_rel), translate_rel_level),
+        "TranslateYRel": (geometric(translate_y_rel), translate_rel_level),
     }
 
 
