@@ -64,9 +64,9 @@ def imagenet() -> ml_collections.ConfigDict:
     # MAE main_finetune.py with FINETUNE.md's ViT-B flags: the whole network, AdamW (0.9, 0.999),
     # blr 5e-4 x batch / 256, layer-wise lr decay 0.65, weight decay 0.05 (not on 1-D parameters,
     # cls_token, pos_embed), drop path 0.1, 100 epochs with 5 of warm-up, cosine to 1e-6 per iteration,
-    # random erasing 0.25, mixup 0.8 / cutmix 1.0 with label smoothing 0.1, global-pool head.
-    # Not reproduced: RandAugment (--aa rand-m9-mstd0.5-inc1); the crops are RandomResizedCrop
-    # (bicubic) + flip, as timm's transform before its RandAugment.
+    # RandAugment rand-m9-mstd0.5-inc1, random erasing 0.25, mixup 0.8 / cutmix 1.0 with label
+    # smoothing 0.1, global-pool head. The crops are timm's create_transform: RandomResizedCrop
+    # (bicubic) -> flip -> RandAugment (uint8) -> normalise -> random erasing.
     c.finetune = ml_collections.ConfigDict()
     c.finetune.batch_size = 1024  # 32 per GPU x accum 4 x 8 GPUs
     c.finetune.epochs = 100  # --epochs (ViT-B)
@@ -81,6 +81,9 @@ def imagenet() -> ml_collections.ConfigDict:
     c.finetune.global_pool = True  # --global_pool (default): fc_norm(mean patch token); False: [CLS] (--cls_token)
     c.finetune.init_std = 2e-5  # trunc_normal_(model.head.weight, std=2e-5)
     c.finetune.crop_scale = (0.08, 1.0)
+    # --aa rand-m9-mstd0.5-inc1 (main_finetune.py default): timm rand_augment_transform, 2 ops of the
+    # increasing set, magnitude N(9, 0.5) clipped to [0, 10], each applied with p 0.5; "" turns it off
+    c.finetune.randaugment = "rand-m9-mstd0.5-inc1"
     c.finetune.steps_per_epoch = 0  # 0: the whole train split per epoch
     c.finetune.optim = ml_collections.ConfigDict({
         "lr": 5e-4, "lr_reference_batch": 256,  # --blr 5e-4

@@ -132,7 +132,8 @@ def run_finetune(frozen, protocol) -> dict[str, float]:
                       protocol.seed)
     steps = (cfg.steps_per_epoch
              or pipeline.num_examples(pipeline.eval_dataset(config), config.eval.train_split) // cfg.batch_size)
-    batches = augmented_batches(config, config.eval.train_split, cfg.batch_size, cfg.crop_scale, protocol.seed, mesh)
+    batches = augmented_batches(config, config.eval.train_split, cfg.batch_size, cfg.crop_scale, protocol.seed, mesh,
+                                rand_augment=cfg.randaugment)
     params, losses = tuner.train(batches, steps, mesh)
     logits, labels = extract_features(config, lambda p, images: tuner.logits(p, images), params,
                                       config.eval.test_split, mesh)

@@ -139,11 +139,11 @@ LAYER0_PATTERNS = ("pos_embed", "patch_embed", "mask_token", "cls_token")
 
 
 def lr_multipliers(params: Any, layer_decay: float = 1.0, patterns: tuple = (), scope: str = "backbone/",
-                   block_pattern: str = r"blocks_(\d+)/") -> Any:
+                   block_pattern: str = r"blocks_(\d+)/", layer0: tuple = LAYER0_PATTERNS) -> Any:
     """Per-parameter learning-rate multipliers (a pytree of floats like `params`).
 
     Layer-wise decay (DINOv2's `get_vit_lr_decay_rate`, BEiT/MAE fine-tuning): a parameter
-    under `scope` gets layer id 0 if its path matches LAYER0_PATTERNS, i + 1 if it is in
+    under `scope` gets layer id 0 if its path contains a name of `layer0`, i + 1 if it is in
     block i (`block_pattern`), else L + 1 (the final norm); parameters outside `scope`
     (heads) get L + 1. Its multiplier is layer_decay ** (L + 1 - layer id), L the number
     of blocks. Then each (regex, factor) of `patterns` whose regex matches the
@@ -160,7 +160,7 @@ def lr_multipliers(params: Any, layer_decay: float = 1.0, patterns: tuple = (), 
         layer_id = num_layers + 1
         if name.startswith(scope):
             block = compiled_block.search(name)
-            if any(p in name for p in LAYER0_PATTERNS):
+            if any(p in name for p in layer0):
                 layer_id = 0
             elif block:
                 layer_id = int(block.group(1)) + 1

@@ -179,25 +179,46 @@ def test_dino_probe_features_are_normed_cls_of_the_last_blocks_and_pooled_patche
     np.testing.assert_allclose(features[:, 16:32], out["cls"], atol=1e-6)
 
 
-def test_layer_wise_lr_decay_follows_mae(tiny_vit):
+def mae_layer_id(name: str, num_layers: int) -> int:
+    """MAE util/lr_decay.py get_layer_id_for_vit, transcribed (num_layers = len(model.blocks) + 1)."""
+    if name in ["cls_token", "pos_embed"]:
+        return 0
+    elif name.startswith("patch_embed"):
+        return 0
+    elif name.startswith("blocks"):
+        return int(name.split(".")[1]) + 1
+    else:
+        return num_layers
+
+
+def test_finetune_layer_wise_lr_decay_follows_mae(tiny_vit):
+    """Every parameter's update under build_finetune_optimizer is its AdamW update at MAE's lr scale
+    layer_decay ** (num_layers - layer_id) (param_groups_lrd); registers and the mask token (absent
+    from MAE's ViT) sit with cls_token in layer 0."""
     _, params, _ = tiny_vit
-    tree = {"backbone": params, "head": {"kernel": jnp.zeros((16, 10)), "bias": jnp.zeros(10)}}
-    scales = finetune.lr_scales(tree, depth=3, layer_decay=0.5)
-    assert scales["backbone"]["cls_token"] == scales["backbone"]["patch_embed"]["kernel"] == 0.5**4
-    assert scales["backbone"]["blocks_0"]["attn"]["qkv"]["kernel"] == 0.5**3
-    assert scales["backbone"]["blocks_2"]["fc2"]["bias"] == 0.5
-    assert scales["backbone"]["norm"]["scale"] == scales["head"]["kernel"] == 1.0
+    depth = 3
+    backbone = {**params, "register_tokens": jnp.zeros((1, 2, 16)), "mask_token": jnp.zeros((1, 1, 16))}
+    tree = {"backbone": backbone, "fc_norm": {"scale": jnp.ones(16), "bias": jnp.zeros(16)},
+            "head": {"kernel": jnp.zeros((16, 10)), "bias": jnp.zeros(10)}}
     mask = finetune.decay_mask(tree)
     assert mask["head"]["kernel"] and mask["backbone"]["blocks_1"]["fc1"]["kernel"]
     assert not (mask["backbone"]["cls_token"] or mask["backbone"]["pos_embed"] or mask["head"]["bias"])
-    # a parameter's update is its AdamW update at the scaled lr
     cfg = protocol().finetune
     cfg.optim.weight_decay = 0.0
-    tx = finetune.build_finetune_optimizer(cfg, tree, 3, steps_per_epoch=10)
+    cfg.layer_decay = 0.5
+    tx = finetune.build_finetune_optimizer(cfg, tree, steps_per_epoch=10)
     grads = jax.tree.map(jnp.ones_like, tree)
     updates, _ = jax.jit(tx.update)(grads, tx.init(tree), tree)
-    ratio = updates["backbone"]["blocks_0"]["fc1"]["kernel"] / updates["head"]["kernel"][0, 0]
-    np.testing.assert_allclose(ratio, cfg.layer_decay**3, rtol=1e-6)
+    unit = updates["head"]["bias"][0]  # layer num_layers: scale 1
+    ids = {}
+    for path, update in jax.tree_util.tree_flatten_with_path(updates)[0]:
+        keys = [str(k.key) for k in path]
+        torch_name = ".".join(k.replace("blocks_", "blocks.") for k in (keys[1:] if keys[0] == "backbone" else keys))
+        layer = 0 if keys[1] in ("register_tokens", "mask_token") else mae_layer_id(torch_name, depth + 1)
+        ids[torch_name] = layer
+        np.testing.assert_allclose(update / unit, 0.5 ** (depth + 1 - layer), rtol=1e-6, err_msg=torch_name)
+    assert ids["cls_token"] == ids["patch_embed.kernel"] == 0 and ids["blocks.2.fc2.bias"] == 3
+    assert ids["norm.scale"] == ids["fc_norm.scale"] == ids["head.kernel"] == depth + 1
 
 
 def test_finetuning_a_vit_without_cls_reads_its_mean_patch_token():

@@ -5,18 +5,18 @@
              the backbone's final norm is then unused, as MAE deletes it), else Linear(ViT(x)[CLS])
     loss = soft-target cross-entropy; everything trained
 
-AdamW with layer-wise lr decay (MAE's `util/lr_decay.py`: the patch embedding, [CLS],
-registers and position embeddings are layer 0, block i is layer i+1, the final norm and
-the head are layer depth+1; a parameter of layer l trains at lr x decay^(depth+1-l)),
-weight decay on matrices except cls_token / pos_embed, stochastic depth, label smoothing,
-warm-up + cosine. Random erasing, mixup/CutMix and label smoothing run on the device
-(`ssl_jax.batch_augment`, timm's semantics); the crops are the probes' (random resized crop +
-flip): MAE's RandAugment (rand-m9-mstd0.5-inc1) is not reproduced. Slower than the probes:
-every step is a forward and backward pass of the whole network.
+AdamW with layer-wise lr decay (`optim.lr_multipliers` with MAE's `util/lr_decay.py` ids: the
+patch embedding, [CLS], registers and position embeddings are layer 0, block i is layer i+1, the
+final norm, fc_norm and the head are layer depth+1; a parameter of layer l trains at
+lr x decay^(depth+1-l)), weight decay on matrices except cls_token / pos_embed, stochastic depth,
+label smoothing, warm-up + cosine. The images are the probes' crops (random resized crop + flip)
+followed by RandAugment (`supervised_data.augmented_batches`, `protocol.finetune.randaugment`);
+random erasing, mixup/CutMix and label smoothing run on the device (`ssl_jax.batch_augment`,
+timm's semantics). Slower than the probes: every step is a forward and backward pass of the
+whole network.
 """
 from __future__ import annotations
 
-import re
 from typing import Iterator
 
 import flax.linen as nn
@@ -26,30 +26,16 @@ import optax
 
 from ssl_jax.batch_augment import mixup_cutmix, random_erasing, smoothed_one_hot, soft_cross_entropy
 from ssl_jax.models.backbones import backbone_kwargs, build_backbone
-from ssl_jax.optim import cosine_schedule
+from ssl_jax.optim import LAYER0_PATTERNS, cosine_schedule, lr_multipliers
 from ssl_jax.step import batch_sharding, replicated
 
-LAYER0 = ("cls_token", "pos_embed", "patch_embed", "mask_token", "register_tokens")
+# MAE's get_layer_id_for_vit puts cls_token, pos_embed and patch_embed in layer 0; registers join them.
+LAYER0 = LAYER0_PATTERNS + ("register_tokens",)
 NO_DECAY = ("cls_token", "pos_embed", "mask_token", "register_tokens")  # MAE: model.no_weight_decay()
-
-
-def layer_id(path: tuple[str, ...], depth: int) -> int:
-    """MAE's get_layer_id_for_vit on a parameter path ('backbone', 'blocks_3', ...)."""
-    name = path[1] if path[0] == "backbone" and len(path) > 1 else ""
-    if name in LAYER0:
-        return 0
-    match = re.fullmatch(r"blocks_(\d+)", name)
-    return int(match.group(1)) + 1 if match else depth + 1
 
 
 def _names(path) -> tuple[str, ...]:
     return tuple(str(getattr(k, "key", k)) for k in path)
-
-
-def lr_scales(params, depth: int, layer_decay: float):
-    """Per-parameter lr multipliers: layer_decay ** (depth + 1 - layer_id)."""
-    return jax.tree_util.tree_map_with_path(lambda p, _: layer_decay ** (depth + 1 - layer_id(_names(p), depth)),
-                                            params)
 
 
 def decay_mask(params):
@@ -57,7 +43,7 @@ def decay_mask(params):
     return jax.tree_util.tree_map_with_path(lambda p, x: x.ndim > 1 and _names(p)[-1] not in NO_DECAY, params)
 
 
-def build_finetune_optimizer(cfg, params, depth: int, steps_per_epoch: int) -> optax.GradientTransformation:
+def build_finetune_optimizer(cfg, params, steps_per_epoch: int) -> optax.GradientTransformation:
     """AdamW -> lr schedule -> layer-wise scale (multiplying the final update of a parameter
     is training it at a scaled lr, weight decay included, as MAE's per-group lr_scale)."""
     o = cfg.optim
@@ -65,7 +51,7 @@ def build_finetune_optimizer(cfg, params, depth: int, steps_per_epoch: int) -> o
     peak_lr = o.lr * cfg.batch_size / o.lr_reference_batch  # linear scaling rule, as MAE's blr
     # util/lr_sched.adjust_learning_rate every iteration: the warm-up reaches the peak as the cosine starts
     lr = cosine_schedule(peak_lr, o.min_lr, total, o.warmup_epochs * steps_per_epoch, warmup_style="fraction")
-    scales = lr_scales(params, depth, cfg.layer_decay)
+    scales = lr_multipliers(params, cfg.layer_decay, layer0=LAYER0)
     return optax.chain(optax.scale_by_adam(b1=o.b1, b2=o.b2, eps=o.eps),
                        optax.add_decayed_weights(o.weight_decay, mask=decay_mask(params)),
                        optax.scale_by_learning_rate(lr),
@@ -99,7 +85,6 @@ class FineTuner:
         if self.global_pool:  # MAE's fc_norm: LayerNorm(eps=1e-6), weight 1, bias 0
             self.fc_norm = nn.LayerNorm(1e-6)
             self.params["fc_norm"] = self.fc_norm.init(jax.random.key(seed), jnp.zeros((1, dim)))["params"]
-        self.depth = self.backbone.depth
         self.cfg = cfg
         self.num_classes = num_classes
         self.seed = seed
@@ -131,7 +116,7 @@ class FineTuner:
     def train(self, batches: Iterator[dict], steps_per_epoch: int, mesh) -> tuple[dict, list[float]]:
         """Trains cfg.epochs x steps_per_epoch steps on `batches` (global, sharded); returns
         (params, mean loss per epoch)."""
-        tx = build_finetune_optimizer(self.cfg, self.params, self.depth, steps_per_epoch)
+        tx = build_finetune_optimizer(self.cfg, self.params, steps_per_epoch)
 
         def step(params, opt_state, images, labels, rng):
             augment_rng, drop_rng = jax.random.split(rng)

@@ -2,8 +2,11 @@
 
 RandomResizedCrop (bicubic, the pre-training pipeline's `augment.random_resized_crop`) to
 `config.eval.crop` + horizontal flip, normalised like the eval images: the train
-transform of DINO's eval_linear.py and MAE's main_linprobe.py. Each epoch reshuffles
-with seed (seed, epoch); each image's crop is a pure function of (seed, epoch, index).
+transform of DINO's eval_linear.py and MAE's main_linprobe.py. With `rand_augment` (a timm
+string: the fine-tuning protocol's `randaugment`) the flipped crop, rounded to uint8 as PIL's
+resize returns it, goes through `ssl_jax.data.randaugment` before normalisation: timm's
+`create_transform` order for MAE's main_finetune.py. Each epoch reshuffles with seed
+(seed, epoch); each image's crop is a pure function of (seed, epoch, index).
 """
 from __future__ import annotations
 
@@ -15,12 +18,16 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from ssl_jax import sharding
-from ssl_jax.data import augment, pipeline
+from ssl_jax.data import augment, pipeline, randaugment
 
 
 def augmented_batches(config, split: str, global_batch: int, scale: tuple[float, float], seed: int,
-                      mesh) -> Iterator[dict]:
-    """Endless global batches {'image' [B, crop, crop, 3], 'label' [B]} of `split`, sharded on the mesh."""
+                      mesh, rand_augment: str = "") -> Iterator[dict]:
+    """Endless global batches {'image' [B, crop, crop, 3], 'label' [B]} of `split`, sharded on the mesh;
+    `rand_augment`: a timm RandAugment string ('' for none)."""
+    ra_spec = randaugment.parse(rand_augment) if rand_augment else None
+    # timm transforms_imagenet_train: img_mean=tuple([min(255, round(255 * x)) for x in mean]) fills geometric ops
+    fill = tuple(min(255, round(255 * x)) for x in config.augment.mean)
     dataset_cfg = pipeline.eval_dataset(config)
     local_batch = sharding.check_global_batch(global_batch, mesh, field="protocol batch_size")
     builder = pipeline.get_builder(dataset_cfg)
@@ -35,11 +42,14 @@ def augmented_batches(config, split: str, global_batch: int, scale: tuple[float,
     def prepare(epoch_and_index, ex):
         key = tf.random.experimental.stateless_fold_in(
             tf.stack([tf.constant(seed, tf.int64), tf.constant(jax.process_index(), tf.int64)]), epoch_and_index[0])
-        crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(
-            tf.random.experimental.stateless_fold_in(key, epoch_and_index[1]), 2))
+        crop_seed, flip_seed, ra_seed = tf.unstack(tf.random.experimental.stateless_split(
+            tf.random.experimental.stateless_fold_in(key, epoch_and_index[1]), 3))
         image = tf.image.convert_image_dtype(ex[dataset_cfg.image_key], tf.float32)
         image = augment.random_resized_crop(image, crop_seed, size=size, scale=tuple(scale))
         image = tf.image.stateless_random_flip_left_right(image, flip_seed)
+        if ra_spec is not None:
+            pixels = tf.cast(tf.round(image * 255.0), tf.uint8)
+            image = tf.cast(randaugment.rand_augment(pixels, ra_seed, **ra_spec, fill=fill), tf.float32) / 255.0
         return {"image": (image - mean) / std, "label": tf.cast(ex[dataset_cfg.label_key], tf.int32)}
 
     ds = tf.data.Dataset.range(np.iinfo(np.int64).max).flat_map(epoch_dataset)
