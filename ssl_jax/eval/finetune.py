@@ -28,19 +28,16 @@ from ssl_jax.batch_augment import mixup_cutmix, random_erasing, smoothed_one_hot
 from ssl_jax.models.backbones import backbone_kwargs, build_backbone
 from ssl_jax.optim import LAYER0_PATTERNS, cosine_schedule, lr_multipliers
 from ssl_jax.step import batch_sharding, replicated
+from ssl_jax.tree_paths import path_parts
 
 # MAE's get_layer_id_for_vit puts cls_token, pos_embed and patch_embed in layer 0; registers join them.
 LAYER0 = LAYER0_PATTERNS + ("register_tokens",)
 NO_DECAY = ("cls_token", "pos_embed", "mask_token", "register_tokens")  # MAE: model.no_weight_decay()
 
 
-def _names(path) -> tuple[str, ...]:
-    return tuple(str(getattr(k, "key", k)) for k in path)
-
-
 def decay_mask(params):
     """Weight decay on matrices only, and not on cls_token / pos_embed (MAE's param_groups_lrd)."""
-    return jax.tree_util.tree_map_with_path(lambda p, x: x.ndim > 1 and _names(p)[-1] not in NO_DECAY, params)
+    return jax.tree_util.tree_map_with_path(lambda p, x: x.ndim > 1 and path_parts(p)[-1] not in NO_DECAY, params)
 
 
 def build_finetune_optimizer(cfg, params, steps_per_epoch: int) -> optax.GradientTransformation:
