@@ -257,6 +257,11 @@ def test_method_config_errors_name_the_fix():
     config.augment.global_crops.number = 2
     with pytest.raises(ValueError, match="single_view_augment"):
         train.setup(config, steps_per_epoch=3)
+    for name in CONFIG_FILES:  # their encoders' outputs are [CLS] (if any) and patches only
+        config = smoke_config(name)
+        config.model.num_register_tokens = 1
+        with pytest.raises(ValueError, match="num_register_tokens=0"):
+            train.setup(config, steps_per_epoch=3)
 
 
 # ----------------------------------------------------------------------------- devices, schedules
