@@ -83,13 +83,12 @@ class Model:
             if output == "patch":
                 raise UserError(f"output='patch' needs a ViT; this model is a {self.arch}")
             return lambda v, x: self.module.apply(v, x, train=False).astype(jnp.float32)
-        has_cls = self.vit_kwargs.get("class_token", True)
-        if output == "cls" and not has_cls:
+        if output == "cls" and not self.module.class_token:
             raise UserError("this ViT has no [CLS] token (I-JEPA); use output='pooled' or 'patch'")
 
         def features(variables, x):
-            tokens = self.module.apply(variables, x, return_tokens=True).astype(jnp.float32)
-            patches = tokens[:, int(has_cls):]
+            tokens = self.module.apply(variables, x, method="tokens").astype(jnp.float32)
+            patches = tokens[:, self.module.num_prefix_tokens:]
             return {"cls": tokens[:, 0], "pooled": patches.mean(axis=1), "patch": patches}[output]
 
         return features

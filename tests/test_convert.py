@@ -111,7 +111,7 @@ def test_mocov3_checkpoint_with_12_heads_converts_to_the_same_features():
     params, kwargs = convert_vit(ckpt, num_heads=12)
     assert kwargs["num_heads"] == 12 and kwargs["embed_dim"] == 384 and kwargs["img_size"] == 32
     images = rng.randn(2, 32, 32, 3).astype(np.float32)
-    ours = np.asarray(vit(**kwargs).apply({"params": params}, images, return_tokens=True))
+    ours = np.asarray(vit(**kwargs).apply({"params": params}, images, method="tokens"))
     want = np_timm_vit(base, images.transpose(0, 3, 1, 2).astype(np.float64), num_heads=12)
     np.testing.assert_allclose(ours, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
     # The head count matters: DINO's 64-wide split (6 heads) of the same weights is another model.
@@ -194,10 +194,8 @@ def test_converted_checkpoint_matches_timm(release, tmp_path):
     params, model_kwargs = convert_vit(load_state_dict(path), num_heads=model.blocks[0].attn.num_heads)
     module = vit(**model_kwargs)
     images = rng.randn(2, size, size, 3).astype(np.float32)
-    ours = np.asarray(jax.jit(lambda p, x: module.apply({"params": p}, x, return_tokens=True))(params, images))
+    ours = np.asarray(jax.jit(lambda p, x: module.apply({"params": p}, x, method="tokens"))(params, images))
     with torch.no_grad():
-        theirs = model.forward_features(torch.from_numpy(images).permute(0, 3, 1, 2)).numpy()
-    prefix = model.num_prefix_tokens
-    theirs = np.concatenate([theirs[:, :1], theirs[:, prefix:]], axis=1)  # [CLS] + patches (registers dropped)
+        theirs = model.forward_features(torch.from_numpy(images).permute(0, 3, 1, 2)).numpy()  # [CLS], registers, ...
     assert ours.shape == theirs.shape
     np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-4 * np.abs(theirs).max())

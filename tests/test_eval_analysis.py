@@ -169,14 +169,12 @@ def test_dino_probe_features_are_normed_cls_of_the_last_blocks_and_pooled_patche
                                                   "embed_dim": 16, "depth": 3, "num_heads": 2, "drop_path_rate": 0.0}})
     features_fn = jax.jit(probe_features_fn(config, None, n_last_blocks=2, avgpool=True))
     features = features_fn((params, None), images)
-    out = jax.jit(lambda p, x: module.apply({"params": p}, x, return_all=True))(
-        params, images)
+    tokens, _ = jax.jit(lambda p, x: module.apply({"params": p}, x, method="block_outputs"))(params, images)
     norm = lambda t: nn.LayerNorm(1e-6).apply({"params": params["norm"]}, t)  # noqa: E731
-    expected = jnp.concatenate([norm(out["tokens"][1])[:, 0], norm(out["tokens"][2])[:, 0],
-                                norm(out["tokens"][2])[:, 1:].mean(1)], axis=-1)
+    expected = jnp.concatenate([norm(tokens[1])[:, 0], norm(tokens[2])[:, 0], norm(tokens[2])[:, 1:].mean(1)], axis=-1)
     assert features.shape == (2, 48)
     np.testing.assert_allclose(features, expected, atol=1e-6)
-    np.testing.assert_allclose(features[:, 16:32], out["cls"], atol=1e-6)
+    np.testing.assert_allclose(features[:, 16:32], module.apply({"params": params}, images), atol=1e-6)
 
 
 def mae_layer_id(name: str, num_layers: int) -> int:

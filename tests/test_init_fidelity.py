@@ -178,8 +178,7 @@ def test_mae_and_ijepa_sincos_put_the_column_first(scheme):
                               class_token=class_token, init_scheme=scheme)
     params = dict(model.init(jax.random.key(0), jnp.zeros((1, 16, 16, 3)))["params"])
     params["patch_embed"] = jax.tree.map(jnp.zeros_like, params["patch_embed"])
-    _, state = model.apply({"params": params}, jnp.ones((1, 16, 16, 3)), return_tokens=True,
-                           capture_intermediates=True)
+    _, state = model.apply({"params": params}, jnp.ones((1, 16, 16, 3)), method="tokens", capture_intermediates=True)
     normed = np.asarray(state["intermediates"]["blocks_0"]["norm1"]["__call__"][0])[0]
     tokens = np_mae_sincos(4, 16)
     if class_token:

@@ -168,10 +168,16 @@ DINO_SIZES = {"method.out_dim": 32, "method.head_hidden_dim": 32, "method.head_b
 STEP = 5  # epoch 2 of STEPS_PER_EPOCH = 2: inside every teacher-temperature warm-up
 
 
-def _vit_cls(backbone, params, images, **kwargs):
-    """[CLS] (or all tokens with return_tokens) of a crop group [B, V, H, W, 3] -> [V, B, ...]."""
+def _vit_cls(backbone, params, images, mask=None, tokens=False):
+    """[CLS] (or all tokens, with `tokens`; patches swapped for the mask token where mask [B V, N]
+    is True) of a crop group [B, V, H, W, 3] -> [V, B, ...]."""
     b, n = images.shape[:2]
-    out = backbone.apply({"params": params}, images.reshape((b * n,) + images.shape[2:]), **kwargs)
+    flat = images.reshape((b * n,) + images.shape[2:])
+    if tokens:
+        embedded = backbone.apply({"params": params}, flat, mask, method="embed")
+        out = backbone.apply({"params": params}, embedded, method="encode")
+    else:
+        out = backbone.apply({"params": params}, flat)
     return jnp.swapaxes(out.reshape((b, n) + out.shape[1:]), 0, 1)
 
 
@@ -228,9 +234,9 @@ def _masked_student(method, params, teacher, batch, mask):
     g = batch["views"]["global"]
     b, n = g.shape[:2]
     flat_mask = jnp.asarray(mask).reshape(b * n, -1)
-    s_tokens = _vit_cls(method.backbone, params["backbone"], g, mask=flat_mask, return_tokens=True)
+    s_tokens = _vit_cls(method.backbone, params["backbone"], g, mask=flat_mask, tokens=True)
     s_local = _vit_cls(method.backbone, params["backbone"], batch["views"]["local"])
-    t_tokens = _vit_cls(method.backbone, teacher["backbone"], g, return_tokens=True)
+    t_tokens = _vit_cls(method.backbone, teacher["backbone"], g, tokens=True)
     return (jnp.concatenate([s_tokens[:, :, 0], s_local]), s_tokens[:, :, 1:], t_tokens[:, :, 0],
             t_tokens[:, :, 1:])
 
@@ -433,7 +439,9 @@ def test_mae_masked_mse_on_normalised_patches():
     n = (32 // 8) ** 2
     m = masks.random_masks(jax.random.split(LOSS_RNG)[0], 8, n, cfg.mask_ratio)
     np.testing.assert_array_equal(np.asarray(m.mask).sum(1), n - int(n * (1 - cfg.mask_ratio)))
-    latent = method.encoder.apply({"params": v.params["backbone"]}, images, keep=m.keep, return_tokens=True)
+    visible = jnp.take_along_axis(method.encoder.apply({"params": v.params["backbone"]}, images, method="embed"),
+                                  m.keep[..., None], axis=1)  # [B, K, D]: the patch + position embeddings kept
+    latent = method.encoder.apply({"params": v.params["backbone"]}, visible, method="encode")
     pred = method.decoder.apply({"params": v.params["decoder"]}, latent, m.restore)
     mask = np.asarray(m.mask, np.float64)
     check(loss, ref.mae_loss(images, pred, mask, 8, cfg.norm_pix_loss),
@@ -460,10 +468,12 @@ def test_simmim_l1_on_masked_pixels():
     mask = masks.simmim_masks(jax.random.split(LOSS_RNG)[0], 8, 64, 16, 8, cfg.mask_ratio)
     cells = np.asarray(mask).reshape(8, 4, 2, 4, 2)[:, :, 0, :, 0]  # one flag per 16 px cell
     np.testing.assert_array_equal(cells.sum((1, 2)), int(np.ceil(cfg.mask_ratio * 16)))
-    tokens = method.encoder.apply({"params": v.params["backbone"]}, images, mask=mask, return_tokens=True)
+    tokens = method.encoder.apply({"params": v.params["backbone"]},
+                                  method.encoder.apply({"params": v.params["backbone"]}, images, mask, method="embed"),
+                                  method="encode")
     pixels = _unpatchify(method.head.apply({"params": v.params["head"]}, tokens[:, 1:]), 8)
     patch_mask = np.asarray(mask).reshape(8, 8, 8)
-    unmasked_tokens = method.encoder.apply({"params": v.params["backbone"]}, images, return_tokens=True)
+    unmasked_tokens = method.encoder.apply({"params": v.params["backbone"]}, images, method="tokens")
     check(loss, ref.simmim_loss(images, pixels, patch_mask, 8), ref.simmim_loss(images, pixels, ~patch_mask, 8),
           ref.simmim_loss(images, _unpatchify(method.head.apply({"params": v.params["head"]}, unmasked_tokens[:, 1:]),
                                               8), patch_mask, 8))
@@ -483,14 +493,15 @@ def test_ijepa_smooth_l1_on_the_ema_targets():
     assert m.targets.shape[1] == cfg.num_targets
     valid = np.asarray(m.targets_valid)
     assert np.all(valid.sum(-1) == valid.sum(-1).flat[0])  # one target size per step
-    z = method.encoder.apply({"params": v.params["backbone"]}, images, keep=m.context, keep_valid=m.context_valid,
-                             return_tokens=True)
+    context = jnp.take_along_axis(method.encoder.apply({"params": v.params["backbone"]}, images, method="embed"),
+                                  m.context[..., None], axis=1)  # [B, Kc, D]
+    z = method.encoder.apply({"params": v.params["backbone"]}, context, False, m.context_valid, method="encode")
     pred = np_(method.predictor.apply({"params": v.params["predictor"]}, z, m.context, m.context_valid, m.targets,
                                       m.targets_valid))[valid]
     targets = np.asarray(m.targets)
 
     def target_tokens(encoder_params, norm=True):
-        h = np_(method.target_encoder.apply({"params": encoder_params}, images, return_tokens=True))
+        h = np_(method.target_encoder.apply({"params": encoder_params}, images, method="tokens"))
         h = ref.layer_norm(h) if norm else h
         return np.stack([h[b][targets[b]] for b in range(8)])[valid]  # [valid tokens, D]
 
@@ -624,7 +635,7 @@ def test_sit_uncertainty_weighted_rotation_contrastive_and_reconstruction():
             x = distort(jax.random.split(corrupt_rng, 8), rotated, rotated[partner], partner != np.arange(8))
             tokens = method.network.modules["backbone"].apply({"params": params["backbone"]},
                                                               x if corrupt else jnp.asarray(rotated),
-                                                              return_tokens=True, keep_registers=True)
+                                                              method="tokens")
             pixels = _unpatchify(head("reconstruction", tokens[:, 2:]), 8)
             recon.append(np.mean(np.abs(pixels - rotated)))  # nn.L1Loss
             rot.append(ref.cross_entropy(head("rotation", tokens[:, 1]), k))

@@ -16,6 +16,7 @@ from jax.sharding import Mesh
 from conftest import REPO, run_smoke_preset, smoke_params
 from ssl_jax import losses, masks, optim, train
 from ssl_jax.batch import example_batch
+from ssl_jax.methods.mim import encode_kept
 from ssl_jax.models.mim_heads import unshuffle
 from ssl_jax.models.vit import patchify
 from ssl_jax.step import batch_sharding, replicated
@@ -58,9 +59,8 @@ def _extras(name: str, method, params, teacher, images):
         mask = masks.simmim_masks(mask_rng, images.shape[0], 32, 16, 8, 0.6)
         return {"pred": method.reconstruct(params, images, mask), "mask": mask}
     m = method._masks(mask_rng, images.shape[0])
-    h = method.target_encoder.apply({"params": teacher["backbone"]}, images, return_tokens=True)
-    z = method.encoder.apply({"params": params["backbone"]}, images, keep=m.context, keep_valid=m.context_valid,
-                             return_tokens=True)
+    h = method.target_encoder.apply({"params": teacher["backbone"]}, images, method="tokens")
+    z = encode_kept(method.encoder, params["backbone"], images, m.context, m.context_valid)
     pred = method.predictor.apply({"params": params["predictor"]}, z, m.context, m.context_valid, m.targets,
                                   m.targets_valid)
     return {"pred": pred, "h": h, "targets": m.targets, "targets_valid": m.targets_valid}
@@ -164,8 +164,7 @@ def test_mae_encoder_sees_exactly_the_visible_patches():
     method, params = run.method, variables.params
     images = batch["views"]["global"][:4, 0]
     m = masks.random_masks(jax.random.key(4), 4, method.num_patches, method.mask_ratio)
-    encode = jax.jit(lambda x: method.encoder.apply({"params": params["backbone"]}, x, keep=m.keep,
-                                                    return_tokens=True))
+    encode = jax.jit(lambda x: encode_kept(method.encoder, params["backbone"], x, m.keep))
     latent = np.asarray(encode(images))
     assert latent.shape == (4, 1 + 4, 16)  # [CLS] + 4 of 16 patches
     p = config.model.patch_size
@@ -194,7 +193,9 @@ def test_simmim_mask_token_replaces_masked_patches_and_loss_equals_numpy():
     method, params = run.method, variables.params
     images = batch["views"]["global"][:4, 0]
     mask = masks.simmim_masks(jax.random.key(1), 4, 32, 16, 8, 0.6)  # 3 of 4 16 px cells = 12 of 16 patches
-    encode = jax.jit(lambda x: method.encoder.apply({"params": params["backbone"]}, x, mask=mask, return_tokens=True))
+    variables = {"params": params["backbone"]}
+    encode = jax.jit(lambda x: method.encoder.apply(  # noqa: E731
+        variables, method.encoder.apply(variables, x, mask, method="embed"), method="encode"))
     tokens = np.asarray(encode(images))
     noisy = images.reshape(4, 4, 8, 4, 8, 3).copy()
     for n in np.flatnonzero(np.asarray(mask[0])):
@@ -234,8 +235,7 @@ def test_ijepa_padding_changes_nothing():
 
     @jax.jit
     def predict(context, targets):
-        z = method.encoder.apply({"params": params["backbone"]}, images, keep=context, keep_valid=m.context_valid,
-                                 return_tokens=True)
+        z = encode_kept(method.encoder, params["backbone"], images, context, m.context_valid)
         return method.predictor.apply({"params": params["predictor"]}, z, context, m.context_valid, targets,
                                       targets_valid)
 
@@ -257,6 +257,11 @@ def test_method_config_errors_name_the_fix():
     config.augment.global_crops.number = 2
     with pytest.raises(ValueError, match="single_view_augment"):
         train.setup(config, steps_per_epoch=3)
+    for name in CONFIG_FILES:  # their encoders' outputs are [CLS] (if any) and patches only
+        config = smoke_config(name)
+        config.model.num_register_tokens = 1
+        with pytest.raises(ValueError, match="num_register_tokens=0"):
+            train.setup(config, steps_per_epoch=3)
 
 
 # ----------------------------------------------------------------------------- devices, schedules

@@ -266,7 +266,7 @@ def test_finetune_global_pool_and_batch_augment():
     images = jax.random.normal(jax.random.key(1), (2, 32, 32, 3))
     params = backbone.init(jax.random.key(0), images)["params"]
     tuner = finetune.FineTuner(config, cfg, params, num_classes=10)
-    tokens = np.float64(backbone.apply({"params": params}, images, return_all=True)["tokens"][-1])[:, 1:].mean(1)
+    tokens = np.float64(backbone.apply({"params": params}, images, method="block_outputs")[0][-1])[:, 1:].mean(1)
     normed = (tokens - tokens.mean(-1, keepdims=True)) / np.sqrt(tokens.var(-1, keepdims=True) + 1e-6)
     head = tuner.params["head"]
     np.testing.assert_allclose(tuner.logits(tuner.params, images),
@@ -299,7 +299,7 @@ def test_mp3_finetuning_adds_learned_position_embeddings():
     flat = jnp.ones((1, size, size, 3))  # every patch the same: only positions can tell tokens apart
 
     def token_spread(module, variables):
-        tokens = np.asarray(module.apply({"params": variables}, flat, return_all=True)["tokens"][-1])
+        tokens = np.asarray(module.apply({"params": variables}, flat, method="block_outputs")[0][-1])
         return np.abs(tokens - tokens.mean(1, keepdims=True)).max()
 
     assert token_spread(backbone, params) < 1e-5

@@ -212,11 +212,10 @@ def vit_and_params():
 def vit_apply(vit_and_params):
     model, _ = vit_and_params
 
-    @functools.partial(jax.jit, static_argnames=("train", "return_all", "capture"))
-    def apply(params, images, key=None, train=False, return_all=False, capture=False):
+    @functools.partial(jax.jit, static_argnames=("train", "method", "capture"))
+    def apply(params, images, key=None, train=False, method="__call__", capture=False):
         rngs = {"drop_path": key} if key is not None else None
-        return model.apply({"params": params}, images, train=train, return_all=return_all, rngs=rngs,
-                           capture_intermediates=capture)
+        return model.apply({"params": params}, images, train, method=method, rngs=rngs, capture_intermediates=capture)
 
     return apply
 
@@ -234,22 +233,27 @@ def test_vit_forward_matches_numpy_vision_transformer(vit_and_params, vit_apply)
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
 
 
-def test_vit_return_all_shapes_and_patch_grid_order(vit_and_params, vit_apply):
-    """return_all shapes at 32 px; and changing the pixels of patch (row 1, col 2) changes only
-    patch token 1*4 + 2 of the patch embedding (row-major grid, as Conv2d + flatten(2))."""
-    _, params = vit_and_params
+def test_vit_entry_points_agree_and_patch_grid_order(vit_and_params, vit_apply):
+    """block_outputs shapes at 32 px; the pooled output is [CLS] of `tokens`, and the final norm
+    of the last block output (`intermediate_layers`); changing the pixels of patch (row 1, col 2)
+    changes only patch token 1*4 + 2 of the patch embedding (row-major grid, as Conv2d + flatten(2))."""
+    model, params = vit_and_params
     images = _images(4, 32)
-    everything, state = vit_apply(params, images, return_all=True, capture=True)
-    assert everything["cls"].shape == (VIT_BATCH, 16)
-    assert everything["tokens"].shape == (2, VIT_BATCH, 17, 16)
-    assert everything["attn"].shape == (2, VIT_BATCH, 2, 17, 17)
-    np.testing.assert_allclose(np.asarray(everything["attn"]).sum(-1), 1.0, rtol=1e-5)
-    np.testing.assert_allclose(np.asarray(everything["cls"]), np.asarray(vit_apply(params, images)), rtol=1e-5,
+    (tokens, attn), state = vit_apply(params, images, method="block_outputs", capture=True)
+    assert tokens.shape == (2, VIT_BATCH, 17, 16)
+    assert attn.shape == (2, VIT_BATCH, 2, 17, 17)
+    np.testing.assert_allclose(np.asarray(attn).sum(-1), 1.0, rtol=1e-5)
+    pooled = np.asarray(vit_apply(params, images))
+    np.testing.assert_allclose(np.asarray(vit_apply(params, images, method="tokens"))[:, 0], pooled, rtol=1e-5,
                                atol=1e-6)
+    last, = model.apply({"params": params}, images, 1, method="intermediate_layers")
+    np.testing.assert_allclose(np.asarray(last)[:, 0], pooled, rtol=1e-5, atol=1e-6)
+    normed = np_layer_norm(np.float64(tokens[-1]), jax.tree.map(np.float64, params["norm"]))
+    np.testing.assert_allclose(np.asarray(last), normed, rtol=1e-4, atol=1e-5)
 
     changed = np.asarray(images).copy()
     changed[:, 8:16, 16:24, :] += 1.0
-    _, changed_state = vit_apply(params, jnp.asarray(changed), return_all=True, capture=True)
+    _, changed_state = vit_apply(params, jnp.asarray(changed), method="block_outputs", capture=True)
     tokens = lambda st: np.asarray(st["intermediates"]["patch_embed"]["__call__"][0])  # noqa: E731
     diff = np.abs(tokens(changed_state) - tokens(state)).max(axis=(0, 2))
     assert diff.shape == (16,)
@@ -260,11 +264,11 @@ def test_vit_16px_input_uses_interpolated_pos_embed_with_the_same_params(vit_and
     """16 px: 2x2 patches; equals the numpy ViT whose pos_embed is interpolate_pos_embed(., (2, 2))."""
     _, params = vit_and_params
     images = _images(3, 16)
-    everything = vit_apply(params, images, return_all=True)
-    assert everything["cls"].shape == (VIT_BATCH, 16)
-    assert everything["tokens"].shape == (2, VIT_BATCH, 5, 16)
-    assert everything["attn"].shape == (2, VIT_BATCH, 2, 5, 5)
-    got = np.asarray(everything["cls"])
+    tokens, attn = vit_apply(params, images, method="block_outputs")
+    assert tokens.shape == (2, VIT_BATCH, 5, 16)
+    assert attn.shape == (2, VIT_BATCH, 2, 5, 5)
+    got = np.asarray(vit_apply(params, images))
+    assert got.shape == (VIT_BATCH, 16)
     small = dict(params)
     small["pos_embed"] = interpolate_pos_embed(params["pos_embed"], (2, 2))
     np.testing.assert_allclose(got, np_vit(small, images, patch_size=8, num_heads=2), rtol=1e-4, atol=1e-5)
@@ -296,7 +300,7 @@ def test_vit_cls_only_last_block_equals_the_full_computation_in_value_and_gradie
     rngs = {"drop_path": jax.random.key(3)}
 
     def cls_loss(p, full):
-        out = model.apply({"params": p}, images, train=True, return_tokens=full, rngs=rngs)
+        out = model.apply({"params": p}, images, True, method="tokens" if full else "__call__", rngs=rngs)
         cls = out[:, 0] if full else out
         return jnp.sum(jnp.sin(3.0 * cls)), cls
 

@@ -317,7 +317,7 @@ def test_sit_distortion_stages():
 
 
 def test_sit_tokens_heads_and_gradients():
-    """The rotation token is the register kept in the ViT's output (dropping it gives the plain output);
+    """The rotation token is the register, after [CLS] in the ViT's output ([CLS] is the pooled output);
     the loss is the reference's learned-uncertainty sum of its three logged terms, and every head, the
     [CLS], the register token and the task weights receive gradient."""
     config = importlib.import_module("configs.sit_vit_small").get_config("smoke")
@@ -327,10 +327,10 @@ def test_sit_tokens_heads_and_gradients():
                                                                  example_batch(config.augment, 1)).params
     backbone = method.network.modules["backbone"]
     images = jnp.asarray(np.random.RandomState(9).randn(2, 16, 16, 3), jnp.float32)
-    with_reg = backbone.apply({"params": params["backbone"]}, images, return_tokens=True, keep_registers=True)
-    plain = backbone.apply({"params": params["backbone"]}, images, return_tokens=True)
-    assert with_reg.shape[1] == plain.shape[1] + 1 == 2 + (16 // config.model.patch_size) ** 2
-    np.testing.assert_allclose(np.delete(np.asarray(with_reg), 1, axis=1), np.asarray(plain), rtol=1e-6)
+    tokens = backbone.apply({"params": params["backbone"]}, images, method="tokens")
+    assert tokens.shape[1] == 2 + (16 // config.model.patch_size) ** 2
+    pooled = backbone.apply({"params": params["backbone"]}, images)  # [CLS]
+    np.testing.assert_allclose(np.asarray(tokens[:, 0]), np.asarray(pooled), rtol=1e-5, atol=1e-6)
     batch = example_batch(config.augment, 8, jax.random.key(1))
     grad_fn = jax.jit(jax.value_and_grad(lambda p: method.loss(p, None, None, None, batch, jax.random.key(2), 0),
                                          has_aux=True))

@@ -8,7 +8,7 @@ DINO/MoCo v3 with MAE/SimMIM by
   * a Fourier analysis of the token feature maps (relative log amplitude of high
     frequencies per layer, Park & Kim 2022): masked modelling keeps high frequencies;
   * layer-to-layer representation similarity with linear CKA (Kornblith et al. 2019).
-Inputs are what `VisionTransformer(return_all=True)` returns, as numpy arrays: tokens
+Inputs are what `VisionTransformer.block_outputs` returns, as numpy arrays: tokens
 [L, B, T, D] and attention weights [L, B, H, T, T], whose first `num_prefix` tokens are
 [CLS] (and registers) and the rest the row-major h x w patch grid.
 """

@@ -18,7 +18,7 @@ import numpy as np
 from ssl_jax import paths
 from ssl_jax.analysis import figures, metrics
 from ssl_jax.analysis.reconstruction import mae_reconstructions
-from ssl_jax.eval.frozen import num_prefix_tokens, vit_module, vit_outputs
+from ssl_jax.eval.frozen import vit_module, vit_outputs
 from ssl_jax.methods.mae import MAE
 
 
@@ -44,12 +44,12 @@ def analyse(frozen, inputs: np.ndarray) -> dict[str, np.ndarray]:
     {'attention_maps' [B, heads, h, w], 'attention_distance' [L, H],
      'fourier' [L, F], 'cka' [L, L]}."""
     module = vit_module(frozen.config)
-    prefix = num_prefix_tokens(module)
-    out = jax.device_get(vit_outputs(frozen, inputs))
-    return {"attention_maps": metrics.cls_attention_maps(out["attn"][-1], prefix) if getattr(module, "class_token", True) else None,
-            "attention_distance": metrics.mean_attention_distance(out["attn"], module.patch_size, prefix),
-            "fourier": metrics.relative_log_amplitude(out["tokens"], prefix),
-            "cka": metrics.cka_matrix(out["tokens"])}
+    prefix = module.num_prefix_tokens
+    tokens, attn = jax.device_get(vit_outputs(frozen, inputs))
+    return {"attention_maps": metrics.cls_attention_maps(attn[-1], prefix) if module.class_token else None,
+            "attention_distance": metrics.mean_attention_distance(attn, module.patch_size, prefix),
+            "fourier": metrics.relative_log_amplitude(tokens, prefix),
+            "cka": metrics.cka_matrix(tokens)}
 
 
 def write_pictures(frozen, out_dir: str, count: int = 8, files=()) -> list[str]:

@@ -90,8 +90,8 @@ class FineTuner:
         """images [B, S, S, 3] -> logits [B, num_classes]."""
         rngs = {"drop_path": rng} if train else None
         if self.global_pool:  # models_vit.py forward_features: x[:, 1:].mean(1), then fc_norm
-            tokens = self.backbone.apply({"params": params["backbone"]}, images, train=train, return_all=True,
-                                         rngs=rngs)["tokens"][-1]
+            tokens = self.backbone.apply({"params": params["backbone"]}, images, train, method="block_outputs",
+                                         rngs=rngs)[0][-1]
             pooled = self.fc_norm.apply({"params": params["fc_norm"]}, tokens[:, self.num_prefix:].mean(axis=1))
         else:
             pooled = self.backbone.apply({"params": params["backbone"]}, images, train=train, rngs=rngs)

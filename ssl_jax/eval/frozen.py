@@ -63,17 +63,12 @@ def vit_module(config) -> nn.Module:
     return build_backbone(config.model, with_drop_path=False, **backbone_kwargs(config))
 
 
-def num_prefix_tokens(module: nn.Module) -> int:
-    """Tokens before the patch grid: [CLS] (when the ViT has one) and registers (if any)."""
-    return int(getattr(module, "class_token", True)) + int(getattr(module, "num_register_tokens", 0) or 0)
-
-
-def vit_outputs(frozen: Frozen, images: jax.Array) -> dict:
-    """Every block's output tokens [L, B, T, D] (before the final norm), attention weights
-    [L, B, H, T, T] and the normed [CLS] [B, D] of the frozen ViT on images [B, H, W, 3]."""
+def vit_outputs(frozen: Frozen, images: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Every block's output tokens [L, B, T, D] (before the final norm) and attention weights
+    [L, B, H, T, T] of the frozen ViT on images [B, H, W, 3] (`VisionTransformer.block_outputs`)."""
     module = vit_module(frozen.config)
     params = frozen.run.method.eval_variables(frozen.state)
-    return jax.jit(lambda p, x: module.apply({"params": p}, x, return_all=True))(params, images)
+    return jax.jit(lambda p, x: module.apply({"params": p}, x, method="block_outputs"))(params, images)
 
 
 def probe_features_fn(config, method, n_last_blocks: int = 1, avgpool: bool = False):
@@ -89,19 +84,13 @@ def probe_features_fn(config, method, n_last_blocks: int = 1, avgpool: bool = Fa
     if config.model.name != "vit":
         return lambda variables, images: method.features(variables[0], variables[1], images)
     module = vit_module(config)
-    prefix = num_prefix_tokens(module)
-    has_cls = bool(getattr(module, "class_token", True))
-    norm = nn.LayerNorm(1e-6, dtype=module.dtype)
+    prefix = module.num_prefix_tokens
 
     def features(variables, images):
-        params = variables[0]
-        out = module.apply({"params": params}, images, return_all=True)
-        if n_last_blocks > len(out["tokens"]):
-            raise ValueError(f"n_last_blocks={n_last_blocks} but the ViT has {len(out['tokens'])} blocks")
-        normed = norm.apply({"params": params["norm"]}, out["tokens"][-n_last_blocks:])  # [n, B, T, D]
-        parts = [normed[i, :, 0] if has_cls else jnp.mean(normed[i, :, prefix:], axis=1) for i in range(n_last_blocks)]
+        layers = module.apply({"params": variables[0]}, images, n_last_blocks, method="intermediate_layers")
+        parts = [x[:, 0] if module.class_token else jnp.mean(x[:, prefix:], axis=1) for x in layers]
         if avgpool:
-            parts.append(jnp.mean(normed[-1, :, prefix:], axis=1))
+            parts.append(jnp.mean(layers[-1][:, prefix:], axis=1))
         return jnp.concatenate(parts, axis=-1).astype(jnp.float32)
 
     return features

@@ -66,14 +66,14 @@ def multicrop_logits(backbone, head, params, view_groups: Sequence[jax.Array], r
 def crop_tokens(backbone, backbone_params, images: jax.Array, mask: jax.Array | None, rng: jax.Array | None,
                 train: bool) -> tuple[jax.Array, jax.Array]:
     """Crops [B, V, H, W, 3] (patches swapped for the mask token where mask [B, V, N] is True) ->
-    ([CLS] [B, V, D], patch tokens [B, V, N, D]), both after the final norm."""
+    ([CLS] [B, V, D], patch tokens [B, V, N, D]), both after the final norm (registers dropped)."""
     batch, views = images.shape[:2]
     flat_mask = None if mask is None else mask.reshape(batch * views, -1)
-    tokens = backbone.apply({"params": backbone_params}, images.reshape((batch * views,) + images.shape[2:]),
-                            train=train, rngs={"drop_path": rng} if train else None, mask=flat_mask,
-                            return_tokens=True)
+    variables = {"params": backbone_params}
+    tokens = backbone.apply(variables, images.reshape((batch * views,) + images.shape[2:]), flat_mask, method="embed")
+    tokens = backbone.apply(variables, tokens, train, method="encode", rngs={"drop_path": rng} if train else None)
     tokens = tokens.reshape((batch, views) + tokens.shape[1:])
-    return tokens[:, :, 0], tokens[:, :, 1:]
+    return tokens[:, :, 0], tokens[:, :, backbone.num_prefix_tokens:]
 
 
 def select_patches(x: jax.Array, indices: jax.Array | None) -> jax.Array:

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 from ssl_jax import losses, masks
 from ssl_jax.errors import UserError
 from ssl_jax.methods.base import LossOutput, MethodVariables
-from ssl_jax.methods.mim import check_vit, single_view
+from ssl_jax.methods.mim import check_vit, encode_kept, single_view
 from ssl_jax.models.backbones import backbone_kwargs, build_backbone, compute_dtype
 from ssl_jax.models.mim_heads import JEPAPredictor
 
@@ -67,8 +67,7 @@ class IJEPA:
         image = single_view(batch)[:1]
         backbone = self.encoder.init(enc_rng, image)["params"]
         m = self._masks(jax.random.key(0), 1)
-        z = self.encoder.apply({"params": backbone}, image, keep=m.context, keep_valid=m.context_valid,
-                               return_tokens=True)
+        z = encode_kept(self.encoder, backbone, image, m.context, m.context_valid)
         predictor = self.predictor.init(pred_rng, z, m.context, m.context_valid, m.targets, m.targets_valid)["params"]
         params = {"backbone": backbone, "predictor": predictor}
         # The target encoder starts as a copy of the context encoder (copy.deepcopy in train.py).
@@ -79,11 +78,10 @@ class IJEPA:
         images = single_view(batch)
         mask_rng, drop_rng = jax.random.split(rng)
         m = self._masks(mask_rng, images.shape[0])
-        h = self.target_encoder.apply({"params": teacher["backbone"]}, images, return_tokens=True)  # [B, N, D]
+        h = self.target_encoder.apply({"params": teacher["backbone"]}, images, method="tokens")  # [B, N, D]
         h = jax.lax.stop_gradient(layer_norm(h))
         targets = jnp.take_along_axis(h[:, None], m.targets[..., None], axis=2)  # [B, M, Kt, D]
-        z = self.encoder.apply({"params": params["backbone"]}, images, train=True, keep=m.context,
-                               keep_valid=m.context_valid, return_tokens=True, rngs={"drop_path": drop_rng})
+        z = encode_kept(self.encoder, params["backbone"], images, m.context, m.context_valid, drop_rng)  # [B, Kc, D]
         pred = self.predictor.apply({"params": params["predictor"]}, z, m.context, m.context_valid, m.targets,
                                     m.targets_valid)
         loss = losses.masked_smooth_l1(pred, targets, m.targets_valid)

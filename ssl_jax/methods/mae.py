@@ -8,7 +8,7 @@
 
 Reproduces facebookresearch/mae `models_mae.py` (`forward_encoder`, `forward_decoder`,
 `forward_loss`); hyper-parameters in `configs/mae_base.py`. The encoder is the repo's ViT
-with fixed sin-cos position embeddings run on the gathered visible tokens (`keep`), so
+with fixed sin-cos position embeddings run on the gathered visible tokens (`mim.encode_kept`), so
 its cost is ~(1 - mask_ratio) of a full pass. No teacher, no method state.
 
 The encoder (`model.init = "mae"`) and the decoder follow `initialize_weights`: xavier-uniform
@@ -21,7 +21,7 @@ import jax.numpy as jnp
 
 from ssl_jax import losses, masks
 from ssl_jax.methods.base import LossOutput, MethodVariables
-from ssl_jax.methods.mim import check_vit, single_view
+from ssl_jax.methods.mim import check_vit, encode_kept, single_view
 from ssl_jax.models.backbones import backbone_kwargs, build_backbone, compute_dtype
 from ssl_jax.models.mim_heads import MAEDecoder
 from ssl_jax.models.vit import patchify
@@ -56,7 +56,7 @@ class MAE:
         image = single_view(batch)[:1]
         backbone = self.encoder.init(enc_rng, image)["params"]
         m = masks.random_masks(jax.random.key(0), 1, self.num_patches, self.mask_ratio)
-        latent = self.encoder.apply({"params": backbone}, image, keep=m.keep, return_tokens=True)
+        latent = encode_kept(self.encoder, backbone, image, m.keep)
         decoder = self.decoder.init(dec_rng, latent, m.restore)["params"]
         return MethodVariables({"backbone": backbone, "decoder": decoder}, None, None, None)
 
@@ -65,15 +65,13 @@ class MAE:
         """Pixel predictions [B, N, p*p*3] (in the normalised-target space with norm_pix_loss)
         and the masks drawn from `rng` (also for visualising reconstructions)."""
         m = masks.random_masks(rng, images.shape[0], self.num_patches, self.mask_ratio)
-        rngs = {"drop_path": drop_path_rng} if train else None
+        drop_rng = drop_path_rng if train else None
         if self.encode_all_tokens:
             order = jnp.argsort(m.restore, axis=1)  # the shuffle: visible patches first
-            tokens = self.encoder.apply({"params": params["backbone"]}, images, train=train, keep=order,
-                                        return_tokens=True, rngs=rngs)
+            tokens = encode_kept(self.encoder, params["backbone"], images, order, rng=drop_rng)
             latent = tokens[:, :1 + m.keep.shape[1]]
         else:
-            latent = self.encoder.apply({"params": params["backbone"]}, images, train=train, keep=m.keep,
-                                        return_tokens=True, rngs=rngs)
+            latent = encode_kept(self.encoder, params["backbone"], images, m.keep, rng=drop_rng)  # [B, 1 + K, D]
         return self.decoder.apply({"params": params["decoder"]}, latent, m.restore), m
 
     def targets(self, images: jax.Array) -> jax.Array:

@@ -10,7 +10,7 @@ Strategy", ICML 2022).
 
 Then fine-tune the backbone (`python -m ssl_jax.evaluate --eval=finetune`). The context mask is
 MAE's per-sample random mask (`masks.random_masks`, static count), handed to the ViT as its
-`context` key mask; the classifier is one linear layer on the normed tokens, as in the
+`kv_mask` (keys and values); the classifier is one linear layer on the normed tokens, as in the
 lucidrains/vit-pytorch port (LayerNorm + Linear). Without position embeddings the encoder is
 permutation-equivariant: permuting the input patches permutes the output tokens, so a token's
 position can only come from its content and its context (tested).
@@ -37,9 +37,10 @@ class MP3(OnlineBackboneEval):
     def __init__(self, config, steps_per_epoch: int):
         del steps_per_epoch
         model = config.model
-        if model.name != "vit" or model.get("pos_embed") != "none" or model.get("class_token", True):
+        if (model.name != "vit" or model.get("pos_embed") != "none" or model.get("class_token", True)
+                or model.get("num_register_tokens", 0)):
             raise UserError("MP3 predicts positions, so its ViT must have none to leak: set config.model.name='vit', "
-                            "config.model.pos_embed='none' and config.model.class_token=False")
+                            "config.model.pos_embed='none', class_token=False and num_register_tokens=0")
         size = config.augment.global_crops.size
         if config.augment.global_crops.number != 1 or config.augment.local_crops.number:
             raise UserError("MP3 takes one view per image: config.augment.global_crops.number=1, local_crops.number=0")
@@ -56,8 +57,9 @@ class MP3(OnlineBackboneEval):
         """images [B, S, S, 3], context [B, N] bool (None: every token is a key) -> logits [B, N, N]."""
         backbone, head = self.network.modules["backbone"], self.network.modules["head"]
         train = rng is not None
-        tokens = backbone.apply({"params": params["backbone"]}, images, train=train, context=context,
-                                return_tokens=True, rngs={"drop_path": rng} if train else None)
+        tokens = backbone.apply({"params": params["backbone"]}, images, method="embed")  # [B, N, D], no positions
+        tokens = backbone.apply({"params": params["backbone"]}, tokens, train, context, method="encode",
+                                rngs={"drop_path": rng} if train else None)  # context: the keys and values
         return head.apply({"params": params["head"]}, tokens)
 
     def loss(self, params, teacher, method_state, model_state, batch, rng, step):

@@ -55,15 +55,17 @@ class SimMIM:
         enc_rng, head_rng = jax.random.split(rng)
         image = single_view(batch)[:1]
         backbone = self.encoder.init(enc_rng, image)["params"]
-        tokens = self.encoder.apply({"params": backbone}, image, return_tokens=True)
+        tokens = self.encoder.apply({"params": backbone}, image, method="tokens")
         head = self.head.init(head_rng, tokens[:, 1:])["params"]
         return MethodVariables({"backbone": backbone, "head": head}, None, None, None)
 
     def reconstruct(self, params, images: jax.Array, mask: jax.Array, train: bool = False,
                     drop_path_rng: jax.Array | None = None) -> jax.Array:
         """Pixel predictions [B, N, p*p*3] of the encoder run with `mask` [B, N]."""
-        tokens = self.encoder.apply({"params": params["backbone"]}, images, train=train, mask=mask,
-                                    return_tokens=True, rngs={"drop_path": drop_path_rng} if train else None)
+        variables = {"params": params["backbone"]}
+        tokens = self.encoder.apply(variables, images, mask, method="embed")  # masked patches: the mask token
+        tokens = self.encoder.apply(variables, tokens, train, method="encode",
+                                    rngs={"drop_path": drop_path_rng} if train else None)  # [B, 1 + N, D]
         return self.head.apply({"params": params["head"]}, tokens[:, 1:])  # the [CLS] output is unused
 
     def loss(self, params, teacher, method_state, model_state, batch, rng, step):

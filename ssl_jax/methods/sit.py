@@ -16,8 +16,8 @@ its own output of one ViT. Reference: Sara-Ahmed/SiT (`engine.py` train_SSL, `lo
 
 The loss weights are the reference's learned uncertainties (`LearnedLoss.calculate_weighted_loss`),
 parameters `task_weights/<task>` [1] trained with the rest (1-D: no weight decay, as timm's
-optimiser groups). The rotation token is the ViT's register token kept in its output
-(`keep_registers`), so it attends and is attended like [CLS] but has no position embedding (the
+optimiser groups). The rotation token is the ViT's one register token, read from its output
+after [CLS], so it attends and is attended like [CLS] but has no position embedding (the
 reference adds a learned one to its learned token: the same sum of two learned vectors);
 evaluation uses [CLS], the contrastive token. Shared pieces: `rotation.rotate_four`,
 `losses.nt_xent`, `losses.masked_pixel_l1` (over all patches), `vit.patchify`, `heads.MLP`.
@@ -171,7 +171,7 @@ class SiT(OnlineBackboneEval):
         """images [B, S, S, 3] -> (contrastive embedding [B, D_c], rotation logits [B, 4], pixels [B, N, p*p*3])."""
         train = rng is not None
         tokens = self.network.modules["backbone"].apply(
-            {"params": params["backbone"]}, images, train=train, return_tokens=True, keep_registers=True,
+            {"params": params["backbone"]}, images, train, method="tokens",
             rngs={"drop_path": rng} if train else None)  # [B, 2 + N, D]: [CLS], rotation token, patches
         apply = lambda name, x: self.heads[name].apply({"params": params[name]}, x)  # noqa: E731
         return (apply("contrastive", tokens[:, 0]), apply("rotation", tokens[:, 1]),

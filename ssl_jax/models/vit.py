@@ -210,12 +210,12 @@ class Attention(nn.Module):
 
     num_heads: int
     dtype: jnp.dtype = jnp.float32
-    queries: int = 0
     init_scheme: str = "dino"
     layer: int = 1
 
     @nn.compact
-    def __call__(self, x: jax.Array, kv_mask: Optional[jax.Array] = None) -> tuple[jax.Array, jax.Array]:
+    def __call__(self, x: jax.Array, kv_mask: Optional[jax.Array] = None,
+                 queries: int = 0) -> tuple[jax.Array, jax.Array]:
         batch, tokens, dim = x.shape
         if dim % self.num_heads:
             raise UserError(f"embed_dim {dim} is not a multiple of num_heads={self.num_heads} (config.model)")
@@ -227,8 +227,8 @@ class Attention(nn.Module):
         # transpose around them, 2.3x slower forward at ViT-S/16 shapes.
         qkv = qkv.reshape(batch, tokens, 3, self.num_heads, head_dim).transpose(2, 0, 3, 1, 4)
         q, k, v = qkv[0], qkv[1], qkv[2]  # [B, H, N, d]
-        if self.queries:
-            q = q[:, :, :self.queries]  # [B, H, Q, d]
+        if queries:
+            q = q[:, :, :queries]  # [B, H, Q, d]
         logits = jnp.einsum("bhqd,bhkd->bhqk", q * head_dim**-0.5, k)
         if kv_mask is not None:
             logits = jnp.where(kv_mask[:, None, None, :], logits, jnp.finfo(logits.dtype).min)
@@ -267,21 +267,20 @@ class Block(nn.Module):
     drop_path: float = 0.0
     dtype: jnp.dtype = jnp.float32
     layerscale: float = 0.0
-    queries: int = 0
     init_scheme: str = "dino"
     layer: int = 1
 
     @nn.compact
-    def __call__(self, x: jax.Array, deterministic: bool,
-                 kv_mask: Optional[jax.Array] = None) -> tuple[jax.Array, jax.Array]:
+    def __call__(self, x: jax.Array, deterministic: bool, kv_mask: Optional[jax.Array] = None,
+                 queries: int = 0) -> tuple[jax.Array, jax.Array]:
         dim = x.shape[-1]
         norm1 = nn.LayerNorm(1e-6, dtype=self.dtype, name="norm1")
-        y, attn = Attention(self.num_heads, self.dtype, self.queries, self.init_scheme, self.layer, name="attn")(
-            norm1(x), kv_mask)
+        y, attn = Attention(self.num_heads, self.dtype, self.init_scheme, self.layer, name="attn")(
+            norm1(x), kv_mask, queries)
         if self.layerscale:
             y = LayerScale(self.layerscale, name="ls1")(y)
-        if self.queries:
-            x = x[:, :self.queries]
+        if queries:
+            x = x[:, :queries]
         x = x + DropPath(self.drop_path)(y, deterministic)
         y = nn.LayerNorm(1e-6, dtype=self.dtype, name="norm2")(x)
         init = vit_init(self.init_scheme)
@@ -294,35 +293,32 @@ class Block(nn.Module):
 
 
 class VisionTransformer(nn.Module):
-    """ViT backbone. Input images [B, H, W, 3]; returns the normed [CLS] token [B, D].
+    """ViT backbone on images [B, H, W, 3] (RGB, channels last). Call a method with
+    `vit.apply(variables, ..., method="embed")`; the token flow, as in the references:
 
-    `img_size` fixes the position-embedding grid (img_size // patch_size squared);
-    other input sizes are handled by interpolating it. With `return_all=True` the
-    call returns a dict with the [CLS] output, every block's output tokens before the
-    final norm (`tokens`: [L, B, 1+N, D]) and attention weights (`attn`: [L, B, H, 1+N, 1+N]) for analyses.
+        x = vit.embed(images, mask)        # [B, N, D] patch embeddings (+ mask token) + position embeddings
+        x = x[:, keep]                     # (the caller, optional) any K of the N tokens: MAE, I-JEPA
+        z = vit.encode(x, train, kv_mask)  # [B, P + K, D]: [CLS], registers, the K tokens; blocks, final norm
+        vit(images, train)                 # [B, D]: the normed [CLS] (the mean normed patch token without [CLS])
+        vit.tokens(images, train)          # [B, P + N, D] = encode(embed(images), train)
+        vit.intermediate_layers(images, n) # DINO's get_intermediate_layers: the last n blocks' outputs, normed
+        vit.block_outputs(images, train)   # every block's output [L, B, P + N, D] (before the norm), attention
 
-    Masked-image-modelling inputs (keyword arguments of `__call__`):
-      * `mask` [B, N] bool: patch embeddings where it is True are replaced by the learned
-        `mask_token` before the position embeddings are added (SimMIM, iBOT, DINOv2); needs
-        the module built with `mask_token` = 'zeros' (iBOT/DINOv2 init) or 'trunc_normal' (SimMIM);
-      * `keep` [B, K] int: the encoder runs on these patch tokens only, gathered by index after
-        the position embeddings are added (MAE's visible tokens, I-JEPA's context), [CLS] first;
-      * `keep_valid` [B, K] bool (with `keep`): False marks padding entries of `keep`, which
-        no token attends to and pooling ignores (I-JEPA's per-image context sizes at a static K);
-      * `context` [B, N] bool: in every block only these patch tokens (and [CLS], registers)
-        serve as keys/values, while every token stays a query (MP3's masked context keys);
-      * `return_tokens=True`: returns every normed output token [B, T, D] ([CLS] first, if
-        any, then the N patches or the K kept ones), not only [CLS]; with `keep_registers=True`
-        the R register outputs stay in, after [CLS] (SiT's rotation token).
-    `class_token=False` builds a ViT without [CLS] (I-JEPA); its pooled output is then the mean
-    of the normed patch tokens.
+    P = `num_prefix_tokens`: the [CLS] token (`class_token`) and `num_register_tokens` R.
+    `img_size` fixes the position-embedding grid (img_size // patch_size squared); other input
+    sizes are handled by interpolating it. `embed`'s `mask` [B, N] bool swaps the patch
+    embeddings where it is True for the learned `mask_token` before the position embeddings are
+    added (SimMIM, iBOT, DINOv2); it needs `mask_token` = 'zeros' (iBOT/DINOv2 init) or
+    'trunc_normal' (SimMIM). `encode`'s `kv_mask` [B, K] bool: in every block only the tokens
+    where it is True (and [CLS], registers) serve as keys/values, while every token stays a query
+    (I-JEPA's padding entries, MP3's masked context keys). Without [CLS] (`class_token=False`,
+    I-JEPA, MP3) `__call__` pools the mean of the normed patch tokens.
 
     DINOv2 options: `layerscale_init` > 0 adds LayerScale to every block (see `Block`);
     `num_register_tokens` R > 0 adds R learned `register_tokens` (Darcet et al. 2024) after
-    [CLS], without position embedding; they take part in attention but are dropped from the
-    outputs (the returned tokens stay [CLS] + patches; only `return_all`'s per-block `tokens`
-    and `attn` include them, at positions 1..R); `drop_path_uniform` gives every block the
-    rate `drop_path_rate` (DINOv2's drop_path_uniform) instead of DINO's linear ramp from 0.
+    [CLS], without position embedding (SiT's rotation token is one); `drop_path_uniform` gives
+    every block the rate `drop_path_rate` (DINOv2's drop_path_uniform) instead of DINO's linear
+    ramp from 0.
 
     `init_scheme` names the reference whose initialisation every parameter follows (`VIT_INITS`).
     """
@@ -344,104 +340,129 @@ class VisionTransformer(nn.Module):
     drop_path_uniform: bool = False  # True: the same drop-path rate in every block (DINOv2)
     init_scheme: str = "dino"  # a VIT_INITS name: "dino", "dinov2", "sit", "mae", "mocov3", "ijepa", "simmim"
 
-    @nn.compact
-    def __call__(self, images: jax.Array, train: bool = False, return_all: bool = False, *,
-                 mask: Optional[jax.Array] = None, keep: Optional[jax.Array] = None,
-                 keep_valid: Optional[jax.Array] = None, context: Optional[jax.Array] = None,
-                 return_tokens: bool = False, keep_registers: bool = False):
-        batch, height, width, _ = images.shape
-        p = self.patch_size
-        if height % p or width % p:
-            raise UserError(f"image size {height}x{width} is not a multiple of patch_size={p}")
-        grid = (height // p, width // p)
-        init = vit_init(self.init_scheme)
+    @property
+    def num_prefix_tokens(self) -> int:
+        """P: the tokens before the patch tokens in `encode`'s output, [CLS] (if any) and the registers."""
+        return int(self.class_token) + self.num_register_tokens
+
+    def setup(self):
+        init, dim, p = vit_init(self.init_scheme), self.embed_dim, self.patch_size
         # Patchify then one matmul: the same map as DINO's Conv2d(k=p, stride=p), faster on CPU.
-        fan_in = p * p * images.shape[-1]
-        patch_bias = nn.initializers.zeros if init.patch_bias_zero else uniform(fan_in**-0.5)
-        x = nn.Dense(self.embed_dim, kernel_init=init.patch_kernel, bias_init=patch_bias, dtype=self.dtype,
-                     name="patch_embed")(patchify(images, p))
-
-        if self.mask_token:
-            inits = {"zeros": nn.initializers.zeros, "trunc_normal": trunc_normal}
-            if self.mask_token not in inits:
-                raise UserError(f"unknown mask_token init {self.mask_token!r}; use one of {sorted(inits)} or ''")
-            mask_token = self.param("mask_token", inits[self.mask_token], (1, 1, self.embed_dim))
-        if mask is not None:
-            if not self.mask_token:
-                raise ValueError("a mask was given to a ViT without a mask token; build it with "
-                                 "mask_token='zeros' or 'trunc_normal' (config.model.mask_token)")
-            x = jnp.where(mask[..., None], mask_token.astype(x.dtype), x)
-
-        if self.pos_embed == "sincos":
-            pos = sincos_pos_embed(grid, self.embed_dim, width_first=init.sincos_width_first)
-        elif self.pos_embed == "none":  # MP3: no position information at all (no parameter either)
-            pos = jnp.zeros((1, 1 + grid[0] * grid[1], self.embed_dim), x.dtype)
-        elif self.pos_embed == "learned":
-            num_patches = (self.img_size // p) ** 2
-            pos = interpolate_pos_embed(self.param("pos_embed", init.pos_embed, (1, 1 + num_patches, self.embed_dim)),
-                                        grid)
-        else:
+        patch_bias = nn.initializers.zeros if init.patch_bias_zero else uniform((p * p * 3) ** -0.5)
+        self.patch_embed = nn.Dense(dim, kernel_init=init.patch_kernel, bias_init=patch_bias, dtype=self.dtype)
+        # The parameters below are created in this order: each one's init rng depends on it.
+        mask_inits = {"zeros": nn.initializers.zeros, "trunc_normal": trunc_normal}
+        if self.mask_token and self.mask_token not in mask_inits:
+            raise UserError(f"unknown mask_token init {self.mask_token!r}; use one of {sorted(mask_inits)} or ''")
+        self.mask_vector = (self.param("mask_token", mask_inits[self.mask_token], (1, 1, dim))
+                            if self.mask_token else None)
+        if self.pos_embed not in ("learned", "sincos", "none"):
             raise UserError(f"unknown pos_embed {self.pos_embed!r} (config.model.pos_embed); use 'learned', "
                             f"'sincos' or 'none'")
-        pos = pos.astype(x.dtype)  # [1, 1 + N, D], the [CLS] slot first
-        x = x + pos[:, 1:]
-        kv_mask = None
-        if keep is not None:
-            x = jnp.take_along_axis(x, keep[..., None], axis=1)  # [B, K, D]
-            kv_mask = keep_valid
-        if context is not None:
-            if keep is not None:
-                raise ValueError("pass either `keep` or `context` to the ViT, not both")
-            kv_mask = context
-        if self.class_token:
-            cls_token = self.param("cls_token", init.cls_token, (1, 1, self.embed_dim))
-            cls = jnp.broadcast_to(cls_token.astype(x.dtype) + pos[:, :1], (batch, 1, self.embed_dim))
-            x = jnp.concatenate([cls, x], axis=1)
-            if kv_mask is not None:
-                kv_mask = jnp.concatenate([jnp.ones((batch, 1), bool), kv_mask], axis=1)
-        prefix, registers = int(self.class_token), self.num_register_tokens
-        if registers:
-            # Inserted after [CLS], no position embedding (DINOv2).
-            reg = self.param("register_tokens", init.register_tokens, (1, registers, self.embed_dim))
-            reg = jnp.broadcast_to(reg.astype(x.dtype), (batch, registers, self.embed_dim))
-            x = jnp.concatenate([x[:, :prefix], reg, x[:, prefix:]], axis=1)
-            if kv_mask is not None:
-                kv_mask = jnp.concatenate([kv_mask[:, :prefix], jnp.ones((batch, registers), bool),
-                                           kv_mask[:, prefix:]], axis=1)
-
+        num_patches = (self.img_size // p) ** 2
+        self.pos_table = (self.param("pos_embed", init.pos_embed, (1, 1 + num_patches, dim))
+                          if self.pos_embed == "learned" else None)
+        self.cls = self.param("cls_token", init.cls_token, (1, 1, dim)) if self.class_token else None
+        self.registers = (self.param("register_tokens", init.register_tokens, (1, self.num_register_tokens, dim))
+                          if self.num_register_tokens else None)
         if self.drop_path_uniform:
             drop_rates = [self.drop_path_rate] * self.depth
         else:
             drop_rates = np.linspace(0.0, self.drop_path_rate, self.depth).tolist()
-        norm = nn.LayerNorm(1e-6, dtype=self.dtype, name="norm")
-        block = nn.remat(Block, static_argnums=(2,)) if self.remat else Block  # (self, x, deterministic, kv_mask)
-        # Where the caller reads only [CLS], the last block computes only [CLS]'s output: its
-        # attention with one query row, its MLP on one token (DINO ViT-S/16: 1/16 of the
-        # backbone's FLOPs saved, forward and backward), with the same [CLS] output.
-        cls_only = self.class_token and not (return_all or return_tokens)
-        all_tokens, all_attn = [], []
-        for i in range(self.depth):
-            queries = 1 if cls_only and i == self.depth - 1 else 0
-            x, attn = block(self.num_heads, self.mlp_ratio, drop_rates[i], self.dtype, self.layerscale_init,
-                            queries, self.init_scheme, i + 1, name=f"blocks_{i}")(x, not train, kv_mask)
-            if return_all:
-                all_tokens.append(x)
-                all_attn.append(attn)
-        x = norm(x)
-        if registers and not keep_registers:
-            x = jnp.concatenate([x[:, :prefix], x[:, prefix + registers:]], axis=1)
-        pooled = x[:, 0] if self.class_token else masked_mean(x, keep_valid)
-        if return_all:
-            return {"cls": pooled, "tokens": jnp.stack(all_tokens), "attn": jnp.stack(all_attn)}
-        return x if return_tokens else pooled
+        # (self, x, deterministic, kv_mask, queries): the booleans and the query count are static.
+        block = nn.remat(Block, static_argnums=(2, 4)) if self.remat else Block
+        self.blocks = [block(self.num_heads, self.mlp_ratio, drop_rates[i], self.dtype, self.layerscale_init,
+                             self.init_scheme, i + 1) for i in range(self.depth)]
+        self.norm = nn.LayerNorm(1e-6, dtype=self.dtype)
 
+    def embed(self, images: jax.Array, mask: Optional[jax.Array] = None) -> jax.Array:
+        """images [B, H, W, 3] -> patch tokens [B, N, D] (row-major patch grid): the patch
+        embedding, the mask token where mask [B, N] is True, plus the position embeddings."""
+        _, height, width, channels = images.shape
+        p = self.patch_size
+        if height % p or width % p or channels != 3:
+            raise UserError(f"the ViT takes RGB images [B, H, W, 3] with H and W multiples of patch_size={p}, "
+                            f"got {images.shape}")
+        grid = (height // p, width // p)
+        x = self.patch_embed(patchify(images, p))
+        if mask is not None:
+            if self.mask_vector is None:
+                raise ValueError("a mask was given to a ViT without a mask token; build it with "
+                                 "mask_token='zeros' or 'trunc_normal' (config.model.mask_token)")
+            x = jnp.where(mask[..., None], self.mask_vector.astype(x.dtype), x)
+        if self.pos_embed == "sincos":
+            pos = sincos_pos_embed(grid, self.embed_dim, width_first=vit_init(self.init_scheme).sincos_width_first)
+        elif self.pos_embed == "learned":
+            pos = interpolate_pos_embed(self.pos_table, grid)
+        else:  # "none" (MP3): no position information at all
+            return x
+        return x + pos.astype(x.dtype)[:, 1:]  # [1, 1 + N, D]: the [CLS] slot first
 
-def masked_mean(tokens: jax.Array, valid: Optional[jax.Array]) -> jax.Array:
-    """Mean of tokens [B, T, D] over T, over the `valid` [B, T] ones only when given: [B, D]."""
-    if valid is None:
-        return tokens.mean(axis=1)
-    weights = valid.astype(tokens.dtype)[..., None]
-    return (tokens * weights).sum(axis=1) / jnp.maximum(weights.sum(axis=1), 1.0)
+    def encode(self, tokens: jax.Array, train: bool = False, kv_mask: Optional[jax.Array] = None) -> jax.Array:
+        """tokens [B, K, D] (from `embed`) -> [B, P + K, D]: [CLS] (plus its position embedding)
+        and the R registers put first, the blocks (keys/values only where kv_mask [B, K] is True,
+        when given), the final LayerNorm."""
+        x, kv_mask = self._prepend(tokens, kv_mask)
+        return self.norm(self._blocks(x, train, kv_mask)[0][-1])
+
+    def __call__(self, images: jax.Array, train: bool = False) -> jax.Array:
+        """images [B, H, W, 3] -> [B, D]: the normed [CLS] output, or without [CLS] the mean of
+        the normed patch tokens."""
+        x = self.embed(images)
+        if not self.class_token:
+            return self.encode(x, train)[:, self.num_register_tokens:].mean(axis=1)
+        # Only [CLS] is read, so the last block computes only [CLS]'s output: its attention with
+        # one query row, its MLP on one token (DINO ViT-S/16: 1/16 of the backbone's FLOPs saved,
+        # forward and backward), with the same [CLS] output.
+        outputs, _ = self._blocks(self._prepend(x)[0], train, cls_only=True)
+        return self.norm(outputs[-1])[:, 0]
+
+    def tokens(self, images: jax.Array, train: bool = False) -> jax.Array:
+        """images [B, H, W, 3] -> every normed output token [B, P + N, D]."""
+        return self.encode(self.embed(images), train)
+
+    def intermediate_layers(self, images: jax.Array, n: int = 1) -> list[jax.Array]:
+        """DINO's `get_intermediate_layers`: the outputs of the last n blocks, each through the
+        final LayerNorm, n arrays [B, P + N, D] (evaluation mode)."""
+        if not 1 <= n <= self.depth:
+            raise UserError(f"n={n} intermediate layers of a ViT with {self.depth} blocks")
+        outputs, _ = self._blocks(self._prepend(self.embed(images))[0], train=False)
+        return [self.norm(x) for x in outputs[-n:]]
+
+    def block_outputs(self, images: jax.Array, train: bool = False) -> tuple[jax.Array, jax.Array]:
+        """images [B, H, W, 3] -> (every block's output tokens [L, B, P + N, D] before the final
+        norm, every block's attention weights [L, B, H, P + N, P + N]), for analyses."""
+        outputs, attention = self._blocks(self._prepend(self.embed(images))[0], train)
+        return jnp.stack(outputs), jnp.stack(attention)
+
+    def _prepend(self, tokens: jax.Array, kv_mask: Optional[jax.Array] = None):
+        """tokens [B, K, D] -> ([B, P + K, D] with [CLS] (+ its position embedding) and the registers
+        first (DINOv2: no position embedding), kv_mask [B, P + K] or None)."""
+        batch, dim = tokens.shape[0], self.embed_dim
+        prefix = []
+        if self.class_token:
+            cls = self.cls.astype(tokens.dtype)
+            if self.pos_table is not None:  # fixed or no position embeddings have zeros at [CLS]
+                cls = cls + self.pos_table[:, :1].astype(tokens.dtype)
+            prefix.append(jnp.broadcast_to(cls, (batch, 1, dim)))
+        if self.registers is not None:
+            prefix.append(jnp.broadcast_to(self.registers.astype(tokens.dtype), (batch, self.num_register_tokens, dim)))
+        if not prefix:
+            return tokens, kv_mask
+        if kv_mask is not None:
+            kv_mask = jnp.concatenate([jnp.ones((batch, self.num_prefix_tokens), bool), kv_mask], axis=1)
+        return jnp.concatenate(prefix + [tokens], axis=1), kv_mask
+
+    def _blocks(self, x: jax.Array, train: bool, kv_mask: Optional[jax.Array] = None,
+                cls_only: bool = False) -> tuple[list[jax.Array], list[jax.Array]]:
+        """The blocks on x [B, T, D] -> (each block's output, each block's attention weights);
+        with `cls_only` the last block computes the first token's output alone, [B, 1, D]."""
+        outputs, attention = [], []
+        for i, block in enumerate(self.blocks):
+            x, attn = block(x, not train, kv_mask, 1 if cls_only and i == self.depth - 1 else 0)
+            outputs.append(x)
+            attention.append(attn)
+        return outputs, attention
 
 
 def vit(size: str, *, img_size: int, patch_size: int, drop_path_rate: float = 0.0,
