@@ -11,7 +11,6 @@ import jax.numpy as jnp
 import ml_collections
 
 from ssl_jax import paths, train
-from ssl_jax.checkpoint import Checkpointer
 from ssl_jax.errors import UserError
 from ssl_jax.models.backbones import backbone_kwargs, build_backbone
 from ssl_jax.run_config import CONFIG_FILE
@@ -46,14 +45,8 @@ def restore(workdir: str, step: int | None = None, config=None) -> Frozen:
     run's own config (or `config`)."""
     config = load_config(workdir) if config is None else config
     run = train.setup(config)
-    checkpointer = Checkpointer(workdir, config.checkpoint.every_steps, config.checkpoint.max_to_keep)
-    step = checkpointer.latest_step() if step is None else step
-    if step is None:
-        raise UserError(f"no checkpoint in {checkpointer.directory}; train first or pass the right --workdir")
-    state = train.restore_or_create(config, run, checkpointer, step)
-    if len(run.mesh.axis_names) > 1:  # an FSDP-sharded state is gathered for evaluation
-        state = jax.jit(lambda s: s, out_shardings=train.replicated(run.mesh))(state)
-    return Frozen(config, run, state, step, str(paths.resolve(workdir)))
+    state, step = train.restore_saved(config, run, workdir, step)
+    return Frozen(config, run, train.gathered(state, run.mesh), step, str(paths.resolve(workdir)))
 
 
 def vit_module(config) -> nn.Module:
