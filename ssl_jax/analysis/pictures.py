@@ -40,12 +40,16 @@ def load_images(config, count: int = 8, files=()) -> tuple[np.ndarray, np.ndarra
 
 
 def analyse(frozen, inputs: np.ndarray) -> dict[str, np.ndarray]:
-    """The three analyses and the attention maps of the frozen ViT on inputs [B, H, W, 3]:
-    {'attention_maps' [B, heads, h, w], 'attention_distance' [L, H],
-     'fourier' [L, F], 'cka' [L, L]}."""
-    module = vit_module(frozen.config)
+    """The three analyses and the attention maps of the frozen ViT on inputs [B, H, W, 3]
+    (`analyse_outputs`)."""
+    return analyse_outputs(vit_module(frozen.config), jax.device_get(vit_outputs(frozen, inputs)))
+
+
+def analyse_outputs(module, out: dict) -> dict[str, np.ndarray]:
+    """The three analyses and the attention maps from ViT `module`'s `return_all` outputs `out`
+    (tokens [L, B, T, D], attn [L, B, H, T, T]; `ssl_jax.load(...).blocks(images)` gives them too):
+    {'attention_maps' [B, heads, h, w], 'attention_distance' [L, H], 'fourier' [L, F], 'cka' [L, L]}."""
     prefix = num_prefix_tokens(module)
-    out = jax.device_get(vit_outputs(frozen, inputs))
     return {"attention_maps": metrics.cls_attention_maps(out["attn"][-1], prefix) if getattr(module, "class_token", True) else None,
             "attention_distance": metrics.mean_attention_distance(out["attn"], module.patch_size, prefix),
             "fourier": metrics.relative_log_amplitude(out["tokens"], prefix),
