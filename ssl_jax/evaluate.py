@@ -213,6 +213,9 @@ def use_folder(config, directory: str):
     found = [s for s in ("train",) + FOLDER_TEST_SPLITS if tf.io.gfile.isdir(f"{directory}/{s}")]
     if "train" in found and len(found) > 1:
         root, train, test = directory, "train", found[1]
+    elif found and "train" not in found:
+        raise UserError(f"--dataset={directory} has {found[0]}/ but no train/: put the images to fit on (the kNN "
+                        f"memory bank, the probe's training set) in {directory}/train/<class>/")
     else:  # one folder of class sub-folders: split by the rule above
         root, name = (directory, "train") if "train" in found else posixpath.split(directory)
         keep = 100 - HELD_OUT_PERCENT

@@ -148,6 +148,9 @@ def test_a_folder_without_class_folders_is_one_line_naming_the_fix(tmp_path):
     message = str(error.value)
     assert "\n" not in message and "are not in class sub-folders" in message
     assert "<split>/<class>/*.jpg" in message
+    write_cifar_folder(tmp_path / "no_train", "test", 4, "val")
+    with pytest.raises(UserError, match=r"no_train has val/ but no train/: put the images to fit on"):
+        use_dataset(make_smoke_config(), str(tmp_path / "no_train"))
 
 
 @pytest.mark.parametrize("notebook", NOTEBOOKS)
