@@ -11,8 +11,9 @@ of any sizes, or a list of image file paths. Each image goes through the model's
 preprocessing: the shorter side resized to `resize` (bicubic, antialiased: PIL's / torchvision's
 `Resize`), the centre `crop` x `crop`, normalised by the mean / std. A run uses its config's
 (`eval.resize`, `eval.crop`, `augment.mean` / `std`: DINO's eval_knn.py at ImageNet size, the
-image as it is for CIFAR-10); an official file uses ImageNet's Resize(256) + CenterCrop(224)
-(`image_size` changes the crop, the resize keeping 256/224 of it). Outputs: "cls" (the
+image as it is for CIFAR-10); a file written by `ssl_jax.export` the preprocessing it records;
+an official file ImageNet's Resize(256) + CenterCrop(224) (`image_size` changes the crop, the
+resize keeping 256/224 of it, and overrides what an exported file records). Outputs: "cls" (the
 normed [CLS], what kNN evaluates), "pooled" (mean of the normed patch tokens; a ResNet's
 pooled features), "patch" ([B, N, D], ViT only). Batches of `batch_size` run jitted.
 """
@@ -27,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ssl_jax.errors import UserError
+from ssl_jax.export import METADATA_KEY, PREPROCESS_KEY
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -77,6 +79,16 @@ class Model:
         parts = [np.asarray(self._fns[output](self.variables, self.prepare(images[i:i + batch_size])))
                  for i in range(0, len(images), batch_size)]
         return np.concatenate(parts)
+
+    def blocks(self, images) -> tuple[np.ndarray, np.ndarray]:
+        """A ViT's every block on `images` (preprocessed here, one batch): tokens [L, B, T, D]
+        (before the final norm) and attention [L, B, H, T, T] (`VisionTransformer.block_outputs`),
+        what `ssl_jax.analysis.pictures.analyse_outputs` reads."""
+        if self.vit_kwargs is None:
+            raise UserError(f"blocks() needs a ViT; this model is a {self.arch}")
+        if "blocks" not in self._fns:
+            self._fns["blocks"] = jax.jit(lambda v, x: self.module.apply(v, x, method="block_outputs"))
+        return jax.device_get(self._fns["blocks"](self.variables, self.prepare(images)))
 
     def _features_fn(self, output: str):
         if self.vit_kwargs is None:
@@ -160,7 +172,7 @@ def load_run(path: str) -> Model:
                  vit_kwargs_of(module) if is_vit else None)
 
 
-def load_weights(path: str, arch: str | None, image_size: int) -> Model:
+def load_weights(path: str, arch: str | None, image_size: int | None) -> Model:
     """A Model of an official (or exported) weights file (`ssl_jax.convert`)."""
     from ssl_jax.convert.pytorch import convert_state_dict, load_state_dict, model_kwargs, unflatten
     from ssl_jax.models.resnet import RESNET_DEPTHS, resnet
@@ -170,9 +182,15 @@ def load_weights(path: str, arch: str | None, image_size: int) -> Model:
     backbone = lambda flat: unflatten({k[len("backbone/"):]: v for k, v in flat.items()  # noqa: E731
                                        if k.startswith("backbone/") and k != "backbone/mask_token"})
     params = backbone(converted.params)
-    preprocess = Preprocess(round(image_size * 256 / 224), image_size, IMAGENET_MEAN, IMAGENET_STD)
+    metadata = exported_metadata(path)
+    if image_size is None and PREPROCESS_KEY in metadata:
+        saved = metadata[PREPROCESS_KEY]
+        preprocess = Preprocess(saved["resize"], saved["crop"], tuple(saved["mean"]), tuple(saved["std"]))
+    else:
+        image_size = image_size or 224
+        preprocess = Preprocess(round(image_size * 256 / 224), image_size, IMAGENET_MEAN, IMAGENET_STD)
     if "patch_embed" in params:
-        kwargs = exported_vit_kwargs(path)
+        kwargs = metadata.get(METADATA_KEY)
         if kwargs is None:
             if arch not in ARCHS:
                 raise UserError(f"{path}: pass arch= (one of {', '.join(ARCHS)}): a ViT's head count is not in "
@@ -186,28 +204,28 @@ def load_weights(path: str, arch: str | None, image_size: int) -> Model:
     depth = next((d for d, spec in RESNET_DEPTHS.items() if spec == (stages, bottleneck)), None)
     if depth is None:
         raise UserError(f"{path}: a ResNet with stages {stages} is none of ResNet-{sorted(RESNET_DEPTHS)}")
-    width = params["conv1"]["kernel"].shape[-1]
-    return Model(resnet(depth, width=width), {"params": params, "batch_stats": backbone(converted.model_state)},
-                 preprocess, f"resnet{depth}", None)
+    stem, _, _, width = params["conv1"]["kernel"].shape  # [k, k, 3, width]: 7 (ImageNet) or 3 (CIFAR stem)
+    return Model(resnet(depth, width=width, cifar_stem=stem == 3),
+                 {"params": params, "batch_stats": backbone(converted.model_state)}, preprocess, f"resnet{depth}", None)
 
 
-def exported_vit_kwargs(path: str) -> dict | None:
-    """The ViT arguments `ssl_jax.export` stored in a .safetensors file's metadata, else None."""
+def exported_metadata(path: str) -> dict:
+    """The JSON entries `ssl_jax.export` stored in a .safetensors file's metadata (the ViT's
+    arguments, the preprocessing); {} for other files."""
     if not str(path).endswith(".safetensors"):
-        return None
+        return {}
     from safetensors import safe_open
-
-    from ssl_jax.export import METADATA_KEY
 
     with safe_open(str(path), "np") as f:
         metadata = f.metadata() or {}
-    return json.loads(metadata[METADATA_KEY]) if METADATA_KEY in metadata else None
+    return {key: json.loads(metadata[key]) for key in (METADATA_KEY, PREPROCESS_KEY) if key in metadata}
 
 
-def load(path, arch: str | None = None, image_size: int = 224) -> Model:
+def load(path, arch: str | None = None, image_size: int | None = None) -> Model:
     """A frozen backbone from an ssl_jax workdir / checkpoint step, or a weights file (.pth needs
     torch, .safetensors does not); `arch` names an official ViT's architecture (ARCHS), and
-    `image_size` the crop of a weights file's preprocessing."""
+    `image_size` the crop of a weights file's preprocessing (default: the one an exported file
+    records, else 224)."""
     from ssl_jax.init_from import CHECKPOINT_SUFFIXES, workdir_and_step
 
     path = os.fspath(path)

@@ -10,9 +10,11 @@ python -m ssl_jax.evaluate --checkpoint=<workdir | WORKDIR/checkpoints/<step> | 
                   configs/dino_small.py); its method's features are evaluated, every backbone
                   array must load from the file
     --step        the checkpoint step (default: the latest)
-    --dataset     a tfds dataset to evaluate on instead of the run's (its number of classes and
-                  test split, 'test' or else 'validation', come from tfds' metadata; results go
-                  to eval_<step>_<dataset>.json)
+    --dataset     a dataset to evaluate on instead of the run's: a labelled image folder
+                  (DIR/train/<class>/... and DIR/test/<class>/... (or val/), or one folder of
+                  <class>/ sub-folders split 80 / 20 within each class: `use_folder`), or a
+                  tfds name (its classes and test split, 'test' or else 'validation', from
+                  tfds' metadata); results go to eval_<step>_<folder's or dataset's name>.json
     --eval        comma-separated: knn, linear_dino, linear_mae, finetune (`linear` = both probes),
                   classifier (a semi-supervised run's own class prototypes: Suave, Daino)
     --protocol    configs/eval_protocols.py[:cifar10|:smoke] (default: ':cifar10' for CIFAR-10,
@@ -30,6 +32,8 @@ WORKDIR/eval_cache/<step>/ (`ssl_jax/eval/cache.py`).
 """
 from __future__ import annotations
 
+import os
+import posixpath
 import sys
 import time
 
@@ -156,22 +160,95 @@ def run_classifier(frozen, protocol) -> dict[str, float]:
     return {f"classifier_{k}": v for k, v in top_k_accuracy(logits, labels).items()}
 
 
-def use_dataset(config, name: str):
-    """`config` evaluating on tfds dataset `name`: its classes and its 'test' (else 'validation') split."""
+FOLDER_TEST_SPLITS = ("test", "val", "validation")  # a folder's test split: the first of these sub-folders
+HELD_OUT_PERCENT = 20  # without one: the last 20 % of each class's sorted images are the test split
+
+
+def use_dataset(config, dataset: str):
+    """`config` evaluating (config.eval.dataset) on `dataset`: a labelled image folder when it is
+    a directory (`use_folder`), else a tfds name (its classes from tfds' metadata; its 'test',
+    else 'validation' split)."""
+    import ml_collections
+    import tensorflow as tf
     import tensorflow_datasets as tfds
 
+    from ssl_jax.data import pipeline
     from ssl_jax.errors import UserError
+    from ssl_jax.errors import one_line
 
+    if tf.io.gfile.isdir(dataset):
+        return use_folder(config, dataset)
+    current = pipeline.eval_dataset(config)
+    data_dir = "" if current.name == "folder" else current.data_dir  # a folder's root is no tfds data_dir
     try:
-        info = tfds.builder(name, data_dir=config.dataset.data_dir or None).info
+        info = tfds.builder(dataset, data_dir=data_dir or None).info
     except Exception as e:  # tfds raises DatasetNotFoundError and others
-        reason = f"{type(e).__name__}: {str(e).splitlines()[0]}"
-        raise UserError(f"--dataset={name}: tfds cannot find it ({reason})") from None
-    config.dataset.name = name
-    config.dataset.num_classes = info.features[config.dataset.label_key].num_classes
+        raise UserError(f"--dataset={dataset}: neither a directory nor a dataset tfds can find "
+                        f"({one_line(e)})") from None
+    config.eval.dataset = ml_collections.ConfigDict({
+        "name": dataset, "data_dir": data_dir, "image_key": current.image_key, "label_key": current.label_key,
+        "num_classes": info.features[current.label_key].num_classes})
     config.eval.train_split = "train"
     config.eval.test_split = "test" if "test" in info.splits else "validation"
     return config
+
+
+def use_folder(config, directory: str):
+    """`config` evaluating on the labelled image folder `directory` (`ssl_jax/data/folder.py`,
+    torchvision's ImageFolder layout):
+
+        DIRECTORY/train/<class>/**/<image> and DIRECTORY/<test|val|validation>/<class>/**/<image>
+            the kNN memory bank / probe training images, and the test images;
+        otherwise DIRECTORY/train/<class>/... or DIRECTORY/<class>/... alone, split by a fixed
+            rule: of each class's images in sorted order, the first 80 % train and the last
+            20 % test (the folder slices "[:80%]" and "[80%:]").
+
+    Both splits must have the same class sub-folders; a folder without them has no labels, and
+    that is one error naming the fix."""
+    import ml_collections
+    import tensorflow as tf
+
+    from ssl_jax.data import folder
+    from ssl_jax.errors import UserError
+
+    directory = absolute(directory)
+    found = [s for s in ("train",) + FOLDER_TEST_SPLITS if tf.io.gfile.isdir(f"{directory}/{s}")]
+    if "train" in found and len(found) > 1:
+        root, train, test = directory, "train", found[1]
+    elif found and "train" not in found:
+        raise UserError(f"--dataset={directory} has {found[0]}/ but no train/: put the images to fit on (the kNN "
+                        f"memory bank, the probe's training set) in {directory}/train/<class>/")
+    else:  # one folder of class sub-folders: split by the rule above
+        root, name = (directory, "train") if "train" in found else posixpath.split(directory)
+        keep = 100 - HELD_OUT_PERCENT
+        train, test = f"{name}[:{keep}%]", f"{name}[{keep}%:]"
+    config.eval.dataset = ml_collections.ConfigDict({"name": "folder", "data_dir": root, "image_key": "image",
+                                                     "label_key": "label", "num_classes": 0})
+    config.eval.train_split, config.eval.test_split = train, test
+    listed = folder.Folder(config.eval.dataset)
+    for split in (train, test):
+        if not listed.split(split).labelled:
+            raise UserError(f"--dataset={directory}: the images of {posixpath.join(root, split)} are not in class "
+                            f"sub-folders, so they have no labels to evaluate with; put each class's images in "
+                            f"their own folder, <split>/<class>/*.jpg (split: train and test, or val)")
+    if listed.split(train).classes != listed.split(test).classes:
+        raise UserError(f"--dataset={directory}: {train} and {test} have different class sub-folders "
+                        f"({len(listed.split(train).classes)} and {len(listed.split(test).classes)}); give both the "
+                        f"same ones")
+    return config
+
+
+def absolute(directory: str) -> str:
+    """A local directory's absolute path; a URL without its trailing "/"."""
+    return directory.rstrip("/") if "://" in directory else os.path.abspath(directory)
+
+
+def dataset_suffix(dataset: str) -> str:
+    """The eval_<step><suffix>.json suffix of `--dataset`: "_<tfds name>" or "_<folder's base name>"."""
+    import tensorflow as tf
+
+    name = posixpath.basename(absolute(dataset)) if tf.io.gfile.isdir(dataset) else dataset
+    return "_" + name.replace("/", "-")
 
 
 def weights_frozen(path: str, config, workdir: str, printer=print):
@@ -179,19 +256,19 @@ def weights_frozen(path: str, config, workdir: str, printer=print):
     array must load; the rest (heads the file lacks) stays at its initialisation."""
     from ssl_jax import init_from, train
     from ssl_jax.eval.frozen import Frozen
+    from ssl_jax.checkpoint import checkpoint_dir
 
     config.init_from, config.init_from_strict = path, False
-    run = train.setup(config)
+    run = train.setup(config, steps_per_epoch=1)  # nothing is trained: the training split is not read
     state = init_from.initialize(config, train.create_state(config, run), printer, required="backbone/")
-    workdir = paths.resolve(workdir)
-    (workdir / "checkpoints").mkdir(parents=True, exist_ok=True)
-    return Frozen(config, run, state, 0, str(workdir))
+    checkpoint_dir(workdir).mkdir(parents=True, exist_ok=True)
+    return Frozen(config, run, state, 0, str(paths.resolve(workdir)))
 
 
 def evaluate_checkpoint(checkpoint: str, evals=("knn",), step: int | None = None, protocol=None, config=None,
                         dataset: str | None = None, workdir: str | None = None, printer=print) -> dict:
     """Evaluates a run (workdir or checkpoint step) or a weights file (with `config` and
-    `workdir`) on its own dataset or on tfds `dataset`."""
+    `workdir`) on its own dataset or on `dataset` (an image folder or a tfds name: `use_dataset`)."""
     from ssl_jax.errors import UserError
     from ssl_jax.eval.frozen import load_config, restore
     from ssl_jax.init_from import CHECKPOINT_SUFFIXES, workdir_and_step
@@ -211,7 +288,7 @@ def evaluate_checkpoint(checkpoint: str, evals=("knn",), step: int | None = None
         raise UserError(f"--checkpoint={checkpoint} is neither a run directory (with config.json), a checkpoint "
                         f"step nor a {' / '.join(CHECKPOINT_SUFFIXES)} file")
     printer(f"restored {checkpoint} step {frozen.step} ({time.time() - start:.1f}s)")
-    return evaluate_frozen(frozen, evals, protocol, printer, suffix=f"_{dataset}" if dataset else "")
+    return evaluate_frozen(frozen, evals, protocol, printer, suffix=dataset_suffix(dataset) if dataset else "")
 
 
 def evaluate_frozen(frozen, evals=("knn",), protocol=None, printer=print, suffix: str = "") -> dict:
@@ -240,8 +317,9 @@ def evaluate_frozen(frozen, evals=("knn",), protocol=None, printer=print, suffix
     printer(format_table(rows))
     if jax.process_index() == 0:
         from ssl_jax.eval_record import merge_eval_results
+        from ssl_jax.checkpoint import checkpoint_dir
 
-        path = merge_eval_results(paths.resolve(frozen.workdir) / "checkpoints", frozen.step, results, suffix)
+        path = merge_eval_results(checkpoint_dir(frozen.workdir), frozen.step, results, suffix)
         printer(f"wrote {path}")
     return results
 
@@ -280,7 +358,8 @@ if __name__ == "__main__":
     CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Run directory, checkpoint step directory or weights file.")
     WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (config.json, checkpoints/); for a weights file, "
                                   "where results go.")
-    DATASET = flags.DEFINE_string("dataset", None, "tfds dataset to evaluate on (default: the run's).")
+    DATASET = flags.DEFINE_string("dataset", None, "Labelled image folder or tfds dataset to evaluate on "
+                                  "(default: the run's).")
     CONFIG = config_flags.DEFINE_config_file("config", None, "For a weights file: a config whose model matches it.")
     STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
     EVAL = flags.DEFINE_string("eval", "knn", f"Comma-separated evaluations: {', '.join(EVALS)}, or linear (both probes).")

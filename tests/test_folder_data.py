@@ -58,6 +58,8 @@ def test_flat_and_nested_images_are_listed_sorted_and_unlabelled(flat):
     assert names == want
     assert not listed.labelled and set(listed.labels) == {-1}
     assert pipeline.num_examples(_folder_cfg(flat).dataset, "train[4:12]") == 8
+    quarter = folder.Folder(_folder_cfg(flat).dataset).split("train[-25%:]")  # unlabelled: of all 40 images
+    assert quarter.files == listed.files[-10:]
 
 
 def test_class_folders_give_imagefolder_labels(cifar, tmp_path):
@@ -127,6 +129,7 @@ def test_corrupt_image_stops_the_run_naming_it_with_on_corrupt_error(with_corrup
     ("list with missing files", r"1 of the 2 images listed in \S+list.txt do not exist: \S+/gone.png"),
     ("unreadable list", r"cannot read the image list \S+nope.txt"),
     ("bad on_corrupt", r"on_corrupt='ignore'; choose one of \('error', 'skip'\)"),
+    ("mixed slice", r"split 'train\[10:80%\]': give both bounds of a slice in percent or both in images"),
 ])
 def test_bad_folder_input_is_one_user_error(flat, tmp_path, case, match):
     split, overrides = "train", {}
@@ -142,6 +145,8 @@ def test_bad_folder_input_is_one_user_error(flat, tmp_path, case, match):
         split = "nope.txt"
     elif case == "bad on_corrupt":
         overrides = {"dataset.on_corrupt": "ignore"}
+    elif case == "mixed slice":
+        tmp_path, split = flat, "train[10:80%]"
     root = "" if case == "no data_dir" else str(tmp_path)
     with pytest.raises(UserError, match=match):
         pipeline.num_examples(_folder_cfg(root, **overrides).dataset, split)

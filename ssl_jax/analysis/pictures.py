@@ -40,12 +40,17 @@ def load_images(config, count: int = 8, files=()) -> tuple[np.ndarray, np.ndarra
 
 
 def analyse(frozen, inputs: np.ndarray) -> dict[str, np.ndarray]:
-    """The three analyses and the attention maps of the frozen ViT on inputs [B, H, W, 3]:
-    {'attention_maps' [B, heads, h, w], 'attention_distance' [L, H],
-     'fourier' [L, F], 'cka' [L, L]}."""
-    module = vit_module(frozen.config)
+    """The three analyses and the attention maps of the frozen ViT on inputs [B, H, W, 3]
+    (`analyse_outputs`)."""
+    return analyse_outputs(vit_module(frozen.config), jax.device_get(vit_outputs(frozen, inputs)))
+
+
+def analyse_outputs(module, outputs: tuple) -> dict[str, np.ndarray]:
+    """The three analyses and the attention maps from ViT `module`'s `block_outputs`: (tokens
+    [L, B, T, D], attn [L, B, H, T, T]); `ssl_jax.load(...).blocks(images)` gives them too:
+    {'attention_maps' [B, heads, h, w], 'attention_distance' [L, H], 'fourier' [L, F], 'cka' [L, L]}."""
+    tokens, attn = outputs
     prefix = module.num_prefix_tokens
-    tokens, attn = jax.device_get(vit_outputs(frozen, inputs))
     return {"attention_maps": metrics.cls_attention_maps(attn[-1], prefix) if module.class_token else None,
             "attention_distance": metrics.mean_attention_distance(attn, module.patch_size, prefix),
             "fourier": metrics.relative_log_amplitude(tokens, prefix),

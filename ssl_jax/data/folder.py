@@ -11,7 +11,10 @@ everything is listed and read with tf.io.gfile):
 
 A split is labelled when every one of its images lies in a class sub-folder (torchvision's
 ImageFolder layout); otherwise, and for lists, its labels are -1 (pretraining needs none).
-A tfds-style slice selects part of the sorted file list: "train[:1000]", "train[100:200]".
+A tfds-style slice selects part of the sorted file list: "train[:1000]", "train[100:200]"; in
+percent, the same share of each class's images (of all images when unlabelled), so that
+"train[:80%]" and "train[80%:]" split every class: a class of n images gives images
+[n * start // 100 : n * stop // 100] of its own, in sorted order.
 Image files are those ending in IMAGE_EXTENSIONS (any case); other files are ignored.
 
 `config.dataset.on_corrupt`: "error" (default) stops the run at the first batch holding an
@@ -33,7 +36,7 @@ from ssl_jax.errors import UserError
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp")
 ON_CORRUPT = ("error", "skip")
 MAX_NAMED = 5  # files named in a message
-_SLICE = re.compile(r"^(?P<name>.+?)\[(?P<start>-?\d*):(?P<stop>-?\d*)\]$")
+_SLICE = re.compile(r"^(?P<name>.+?)\[(?P<start>-?\d*%?):(?P<stop>-?\d*%?)\]$")
 
 
 def decode(image_bytes: tf.Tensor) -> tf.Tensor:
@@ -103,14 +106,29 @@ def _list_split(root: str, split: str, on_corrupt: str) -> Split:
     else:
         listed = _list_folder(root, name)
     if match:
-        part = slice(int(match["start"]) if match["start"] else None, int(match["stop"]) if match["stop"] else None)
-        listed = Split(listed.files[part], listed.labels[part], listed.classes)
+        listed = _sliced(listed, match["start"], match["stop"], split)
     if on_corrupt == "skip":
         listed = _without_undecodable(listed, split)
     if not listed.files:
         raise UserError(f"split {split!r} of the folder dataset ({root or 'no data_dir'}) holds no images; check the "
                         f"split (config.dataset.train_split / config.eval.*_split) and its files")
     return listed
+
+
+def _sliced(listed: Split, start: str, stop: str, split: str) -> Split:
+    """`listed`[start:stop] (bounds as written, "" for none): images, or percent of each class's images."""
+    if "%" not in start + stop:
+        part = slice(int(start) if start else None, int(stop) if stop else None)
+        return Split(listed.files[part], listed.labels[part], listed.classes)
+    if "%" not in (start or "%") or "%" not in (stop or "%"):
+        raise UserError(f"split {split!r}: give both bounds of a slice in percent or both in images")
+    keep = []
+    for label in sorted(set(listed.labels)):
+        members = [i for i, own in enumerate(listed.labels) if own == label]
+        bound = lambda b: len(members) * int(b[:-1]) // 100 if b else None  # noqa: E731
+        keep += members[bound(start):bound(stop)]
+    keep.sort()
+    return Split(tuple(listed.files[i] for i in keep), tuple(listed.labels[i] for i in keep), listed.classes)
 
 
 def _list_folder(root: str, name: str) -> Split:

@@ -26,7 +26,9 @@ CACHE_DIR = "eval_cache"
 def cache_path(frozen, kind: str, split: str, params: dict):
     """Where the features of `kind` (with its `params`) on `split` of this checkpoint live."""
     config = frozen.config
-    key = json.dumps({"kind": kind, "params": params, "split": split, "dataset": pipeline.eval_dataset(config).name,
+    dataset = pipeline.eval_dataset(config)
+    dataset = f"folder:{dataset.data_dir}" if dataset.name == "folder" else dataset.name  # a folder: its root
+    key = json.dumps({"kind": kind, "params": params, "split": split, "dataset": dataset,
                       "resize": config.eval.resize, "crop": config.eval.crop, "mean": list(config.augment.mean),
                       "std": list(config.augment.std)}, sort_keys=True)
     digest = hashlib.sha1(key.encode()).hexdigest()[:10]
