@@ -15,7 +15,6 @@ import json
 import math
 import os
 import subprocess
-import sys
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_DEVICES = 8
@@ -39,6 +38,7 @@ def xla_flags(num_devices: int) -> str:
 os.environ["XLA_FLAGS"] = xla_flags(NUM_DEVICES)
 os.environ.setdefault("TFDS_DATA_DIR", os.path.normpath(os.path.join(REPO, "..", "shared", "data", "tfds")))
 
+import main_process  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
@@ -120,16 +120,15 @@ def cli_overrides(**overrides) -> list[str]:
     return [f"--config.{key}={value}" for key, value in {**TINY_OVERRIDES, **overrides}.items()]
 
 
-def start_main(workdir, *args, **override_kwargs) -> subprocess.Popen:
+def start_main(workdir, *args, **override_kwargs) -> main_process.MainProcess:
     """Starts `python -m ssl_jax.main --config=configs/dino_small.py:smoke --workdir=WORKDIR <tiny
-    overrides> ARGS` in a fresh process (8 virtual devices, inherited from this process's environment)."""
-    command = [sys.executable, "-m", "ssl_jax.main", f"--config={CONFIG_FILE}:smoke", f"--workdir={workdir}",
-               *cli_overrides(**override_kwargs), *args]
-    return subprocess.Popen(command, cwd=REPO, env=dict(os.environ), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    overrides> ARGS` in a fresh process (8 virtual devices, from this process's environment;
+    forked from a server with the libraries imported: tests/main_process.py)."""
+    return main_process.start([f"--config={CONFIG_FILE}:smoke", f"--workdir={workdir}",
+                               *cli_overrides(**override_kwargs), *args])
 
 
-def finish(proc: subprocess.Popen, timeout: int = 900) -> subprocess.CompletedProcess:
+def finish(proc: main_process.MainProcess, timeout: int = 900) -> subprocess.CompletedProcess:
     """Waits for a `start_main` process (killing it after `timeout` s) and returns its outputs."""
     try:
         stdout, stderr = proc.communicate(timeout=timeout)
@@ -145,14 +144,12 @@ def run_main(workdir, *args, timeout: int = 900, **override_kwargs) -> subproces
     return finish(start_main(workdir, *args, **override_kwargs), timeout)
 
 
-def start_config(config_spec: str, workdir, *args) -> subprocess.Popen:
+def start_config(config_spec: str, workdir, *args) -> main_process.MainProcess:
     """Starts `python -m ssl_jax.main --config=CONFIG_SPEC --workdir=WORKDIR ARGS` in a fresh process
-    (any method's config; never downloads). XLA compiles mostly on one core, so two of these
-    started together take little more wall time than one on 2 cores."""
-    command = [sys.executable, "-m", "ssl_jax.main", f"--config={config_spec}", f"--workdir={workdir}",
-               "--config.dataset.download=False", *args]
-    return subprocess.Popen(command, cwd=REPO, env=dict(os.environ), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    (any method's config; never downloads), as `start_main` does. XLA compiles mostly on one
+    core, so two of these started together take little more wall time than one on 2 cores."""
+    return main_process.start([f"--config={config_spec}", f"--workdir={workdir}", "--config.dataset.download=False",
+                               *args])
 
 
 def run_config(config_spec: str, workdir, *args, timeout: int = 900) -> subprocess.CompletedProcess:
@@ -197,6 +194,11 @@ def smoke_params(names) -> list:
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: left out of CI's test command (`-m 'not slow'`); no test is today")
+    # pytest-xdist queues `--dist loadfile`'s modules by their number of tests, most first, which puts
+    # the long modules with few tests (test_distributed, test_train) last; since 3.8 its option
+    # `--no-loadscope-reorder` keeps the collection order (`pytest_collection_modifyitems` below).
+    if hasattr(config.option, "loadscopereorder"):
+        config.option.loadscopereorder = False
 
 
 def pytest_collection_modifyitems(items):
