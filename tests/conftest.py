@@ -3,7 +3,9 @@
 Runs before jax is imported (pytest loads conftest first), so it can:
   * give the host 8 virtual CPU devices, so every test exercises the sharded code path, and
     compile at low optimisation (TEST_COMPILE_FLAGS);
-  * point tfds at the shared CIFAR-10 copy unless TFDS_DATA_DIR is already set;
+  * point tfds at the shared CIFAR-10 copy unless TFDS_DATA_DIR is already set, before the
+    `python -m ssl_jax.main` processes of `start_main`/`start_config` are forked from a server
+    that has imported the libraries once (tests/main_process.py);
   * leave jax's persistent compilation cache off unless JAX_COMPILATION_CACHE_DIR is set:
     SimCLR train steps loaded from it aborted (SIGABRT inside XLA's CPU runtime) in 3 of
     our test runs on 2026-11-22, while freshly compiled ones never did.
@@ -157,12 +159,15 @@ def run_config(config_spec: str, workdir, *args, timeout: int = 900) -> subproce
     return finish(start_config(config_spec, workdir, *args), timeout)
 
 
-# Modules that start many `ssl_jax.main` processes, longest first. The README's test command
-# runs the suite on up to 4 pytest-xdist workers with `--dist loadfile` (a module's tests, and so
-# its module-scoped fixtures, stay on one worker); starting the longest modules first keeps one
-# worker from being left with a long module at the end.
-LONGEST_MODULES = ("test_reliability.py", "test_distributed.py", "test_contrastive.py", "test_precision.py",
-                   "test_train.py", "test_evaluate.py")
+# The longest modules, longest first (their `--durations` in CI's log; the fault campaign, the
+# multi-process runs, the notebooks, the float64 references and the `:smoke` runs). The README's
+# test command runs the suite on up to 4 pytest-xdist workers with `--dist loadfile` (a module's
+# tests, and so its module-scoped fixtures, stay on one worker); starting the longest modules
+# first keeps one worker from being left with a long module at the end.
+LONGEST_MODULES = ("test_reliability.py", "test_distributed.py", "test_evaluate.py", "test_method_refs.py",
+                   "test_pretext.py", "test_contrastive.py", "test_clustering.py", "test_api.py",
+                   "test_ibot_dinov2.py", "test_mim.py", "test_train.py", "test_precision.py", "test_init_from.py",
+                   "test_filesystems.py")
 
 
 # Every config's `:smoke` preset is run from the command line by a test in CI's test command;

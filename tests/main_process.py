@@ -1,14 +1,15 @@
-"""`python -m ssl_jax.main ARGS` processes that skip the ~9 CPU-seconds of imports each.
+"""`python -m ssl_jax.main ARGS` processes without the ~7 CPU-seconds of imports each.
 
 The tests start dozens of `ssl_jax.main` processes (smoke presets, resume, the fault campaign,
 bad input). Each is a fresh OS process, as a user's run is, but forked from a server process
-that has already imported the libraries a run imports (jax, tensorflow, tfds, orbax and
-ssl_jax's modules; `PRELOAD`), with multiprocessing's forkserver. The server never touches the
-XLA backend or tensorflow's runtime, so each child initialises them itself, in its own process,
-with this process's environment at `start` (XLA_FLAGS is read then; variables the libraries read
-on import come from the environment the server started with). The child then runs `ssl_jax.main` as `python -m` does (runpy, as `__main__`),
-ends as an interpreter does (non-daemon threads joined, atexit handlers run, streams flushed)
-and exits with the same code; signals reach it as they would a Popen'ed process.
+that has already imported what a run imports (jax, tensorflow, tfds, orbax and ssl_jax's
+modules: `PRELOAD`), with multiprocessing's forkserver. The server never touches the XLA
+backend or tensorflow's runtime, so each child initialises them itself, in its own process and
+in the environment of the `start` call (XLA_FLAGS is read then; what the libraries read on
+import comes from the environment the server started with). The child runs `ssl_jax.main` as
+`python -m` does (runpy, as `__main__`), ends as an interpreter does (non-daemon threads
+joined, atexit handlers run, streams flushed) and exits with the same code; signals reach it
+as they would a Popen'ed process.
 
 `start(args)` returns a `MainProcess`, used like `subprocess.Popen` with stdout and stderr pipes.
 """
@@ -29,7 +30,7 @@ REPO = os.path.dirname(TESTS)
 # defines absl flags (ssl_jax.main itself, ssl_jax.evaluate, ssl_jax.export): the child defines them.
 PRELOAD = ["main_process", "absl.app", "ml_collections.config_flags", "numpy", "jax", "tensorflow",
            "tensorflow_datasets", "orbax.checkpoint", "tensorboardX", "ssl_jax.config_check", "ssl_jax.train",
-           "ssl_jax.data.pipeline", "ssl_jax.eval.knn_eval", "ssl_jax.init_from"]
+           "ssl_jax.data.pipeline", "ssl_jax.eval.knn_eval"]
 
 _context = None
 _lock = threading.Lock()
@@ -86,6 +87,9 @@ def _child(args: list[str], env: dict, stdout_fd: int, stderr_fd: int) -> None:
     sys.stderr = open(2, "w", buffering=1, encoding="utf-8", errors="backslashreplace", closefd=False)
     os.chdir(REPO)
     sys.path.insert(0, REPO)  # `python -m` puts the working directory first
+    import ssl_jax  # preloaded by the server: it must be this repository's
+    if os.path.dirname(os.path.dirname(os.path.abspath(ssl_jax.__file__))) != REPO:
+        raise RuntimeError(f"the server imported ssl_jax from {ssl_jax.__file__}, not from {REPO}")
     sys.argv = ["-m", *args]
     code = 0
     try:
