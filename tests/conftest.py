@@ -3,7 +3,9 @@
 Runs before jax is imported (pytest loads conftest first), so it can:
   * give the host 8 virtual CPU devices, so every test exercises the sharded code path, and
     compile at low optimisation (TEST_COMPILE_FLAGS);
-  * point tfds at the shared CIFAR-10 copy unless TFDS_DATA_DIR is already set;
+  * point tfds at the shared CIFAR-10 copy unless TFDS_DATA_DIR is already set, before the
+    `python -m ssl_jax.main` processes of `start_main`/`start_config` are forked from a server
+    that has imported the libraries once (tests/main_process.py);
   * leave jax's persistent compilation cache off unless JAX_COMPILATION_CACHE_DIR is set:
     SimCLR train steps loaded from it aborted (SIGABRT inside XLA's CPU runtime) in 3 of
     our test runs on 2026-11-22, while freshly compiled ones never did.
@@ -15,7 +17,6 @@ import json
 import math
 import os
 import subprocess
-import sys
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_DEVICES = 8
@@ -39,6 +40,7 @@ def xla_flags(num_devices: int) -> str:
 os.environ["XLA_FLAGS"] = xla_flags(NUM_DEVICES)
 os.environ.setdefault("TFDS_DATA_DIR", os.path.normpath(os.path.join(REPO, "..", "shared", "data", "tfds")))
 
+import main_process  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
@@ -120,16 +122,15 @@ def cli_overrides(**overrides) -> list[str]:
     return [f"--config.{key}={value}" for key, value in {**TINY_OVERRIDES, **overrides}.items()]
 
 
-def start_main(workdir, *args, **override_kwargs) -> subprocess.Popen:
+def start_main(workdir, *args, **override_kwargs) -> main_process.MainProcess:
     """Starts `python -m ssl_jax.main --config=configs/dino_small.py:smoke --workdir=WORKDIR <tiny
-    overrides> ARGS` in a fresh process (8 virtual devices, inherited from this process's environment)."""
-    command = [sys.executable, "-m", "ssl_jax.main", f"--config={CONFIG_FILE}:smoke", f"--workdir={workdir}",
-               *cli_overrides(**override_kwargs), *args]
-    return subprocess.Popen(command, cwd=REPO, env=dict(os.environ), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    overrides> ARGS` in a fresh process (8 virtual devices, from this process's environment;
+    forked from a server with the libraries imported: tests/main_process.py)."""
+    return main_process.start([f"--config={CONFIG_FILE}:smoke", f"--workdir={workdir}",
+                               *cli_overrides(**override_kwargs), *args])
 
 
-def finish(proc: subprocess.Popen, timeout: int = 900) -> subprocess.CompletedProcess:
+def finish(proc: main_process.MainProcess, timeout: int = 900) -> subprocess.CompletedProcess:
     """Waits for a `start_main` process (killing it after `timeout` s) and returns its outputs."""
     try:
         stdout, stderr = proc.communicate(timeout=timeout)
@@ -145,14 +146,12 @@ def run_main(workdir, *args, timeout: int = 900, **override_kwargs) -> subproces
     return finish(start_main(workdir, *args, **override_kwargs), timeout)
 
 
-def start_config(config_spec: str, workdir, *args) -> subprocess.Popen:
+def start_config(config_spec: str, workdir, *args) -> main_process.MainProcess:
     """Starts `python -m ssl_jax.main --config=CONFIG_SPEC --workdir=WORKDIR ARGS` in a fresh process
-    (any method's config; never downloads). XLA compiles mostly on one core, so two of these
-    started together take little more wall time than one on 2 cores."""
-    command = [sys.executable, "-m", "ssl_jax.main", f"--config={config_spec}", f"--workdir={workdir}",
-               "--config.dataset.download=False", *args]
-    return subprocess.Popen(command, cwd=REPO, env=dict(os.environ), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    (any method's config; never downloads), as `start_main` does. XLA compiles mostly on one
+    core, so two of these started together take little more wall time than one on 2 cores."""
+    return main_process.start([f"--config={config_spec}", f"--workdir={workdir}", "--config.dataset.download=False",
+                               *args])
 
 
 def run_config(config_spec: str, workdir, *args, timeout: int = 900) -> subprocess.CompletedProcess:
@@ -160,12 +159,15 @@ def run_config(config_spec: str, workdir, *args, timeout: int = 900) -> subproce
     return finish(start_config(config_spec, workdir, *args), timeout)
 
 
-# Modules that start many `ssl_jax.main` processes, longest first. The README's test command
-# runs the suite on up to 4 pytest-xdist workers with `--dist loadfile` (a module's tests, and so
-# its module-scoped fixtures, stay on one worker); starting the longest modules first keeps one
-# worker from being left with a long module at the end.
-LONGEST_MODULES = ("test_reliability.py", "test_distributed.py", "test_contrastive.py", "test_precision.py",
-                   "test_train.py", "test_evaluate.py")
+# The longest modules, longest first (their `--durations` in CI's log; the fault campaign, the
+# multi-process runs, the notebooks, the float64 references and the `:smoke` runs). The README's
+# test command runs the suite on up to 4 pytest-xdist workers with `--dist loadfile` (a module's
+# tests, and so its module-scoped fixtures, stay on one worker); starting the longest modules
+# first keeps one worker from being left with a long module at the end.
+LONGEST_MODULES = ("test_reliability.py", "test_distributed.py", "test_evaluate.py", "test_method_refs.py",
+                   "test_pretext.py", "test_contrastive.py", "test_clustering.py", "test_api.py",
+                   "test_ibot_dinov2.py", "test_mim.py", "test_train.py", "test_precision.py", "test_init_from.py",
+                   "test_filesystems.py")
 
 
 # Every config's `:smoke` preset is run from the command line by a test in CI's test command;
@@ -197,6 +199,11 @@ def smoke_params(names) -> list:
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: left out of CI's test command (`-m 'not slow'`); no test is today")
+    # pytest-xdist queues `--dist loadfile`'s modules by their number of tests, most first, which puts
+    # the long modules with few tests (test_distributed, test_train) last; since 3.8 its option
+    # `--no-loadscope-reorder` keeps the collection order (`pytest_collection_modifyitems` below).
+    if hasattr(config.option, "loadscopereorder"):
+        config.option.loadscopereorder = False
 
 
 def pytest_collection_modifyitems(items):

@@ -3,18 +3,18 @@
 
 Most cases call `config_check.validate` in-process on the tiny DINO smoke config, which is what
 `ssl_jax.main` runs first and prints as `error: <message>`; three go through the real command
-line (a subprocess each): a missing config file, an unknown preset, a negative batch size.
+line (a process each, conftest.start_config's): a missing config file, an unknown preset, a negative batch size.
 """
 from __future__ import annotations
 
 import glob
 import os
 import subprocess
-import sys
 
 import pytest
 
-from conftest import CONFIG_FILE, REPO, make_smoke_config
+import main_process
+from conftest import CONFIG_FILE, REPO, finish, make_smoke_config
 from ssl_jax import config_check
 from ssl_jax.errors import UserError
 from test_contract import load_config
@@ -84,9 +84,8 @@ def test_unknown_preset_is_a_user_error():
 
 
 def _main(config_spec: str, *args: str) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "ssl_jax.main", f"--config={config_spec}", "--workdir=/nonexistent/unused",
-               *args]
-    return subprocess.run(command, cwd=REPO, env=dict(os.environ), capture_output=True, text=True, timeout=300)
+    """`python -m ssl_jax.main --config=CONFIG_SPEC --workdir=/nonexistent/unused ARGS`, run to its end."""
+    return finish(main_process.start([f"--config={config_spec}", "--workdir=/nonexistent/unused", *args]), timeout=300)
 
 
 @pytest.mark.parametrize("spec,args,line", [

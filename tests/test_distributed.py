@@ -6,18 +6,21 @@ collectives) of `python -m ssl_jax.main`; each reads its own tfds shard
 `jax.make_array_from_process_local_data`. What is compared, exactly:
 
   * the 2-process run's logged loss at each of its 6 steps equals, to float32 reduction-order
-    noise, a 1-process run in this test process (8 devices) whose global batch at every step
-    is the concatenation of the two processes' local batches, rebuilt here with the same input
+    noise, a reference run in this test process whose global batch at every step is the
+    concatenation of the two processes' local batches, rebuilt here with the same input
     pipeline for process 0 and process 1 of 2 (same seed, same per-process shards and
-    augmentation seeds): the same global batch, assembled by a different number of processes
-    and devices. DINO and SimCLR (global BatchNorm and negatives across processes).
+    augmentation seeds). The reference is `step.train_step` under a plain `jax.jit` on one
+    device: no mesh and none of the sharding code under test (`jit_train_step`, the batch and
+    state shardings), so a sharding bug cannot show up on both sides and cancel out. DINO and
+    SimCLR (global BatchNorm and negatives across processes).
   * checkpoints across process counts (DINO): the 2-process run's step-6 checkpoint restores
-    in this 1-process, 8-device process and equals the 1-process state; and a checkpoint the
-    1-process run writes at step 3 is resumed by a new 2-process run, whose steps 4-6 then
-    log the 1-process run's losses.
+    in this process and equals the reference state; and a checkpoint of the reference's
+    step-3 state is resumed by a new 2-process run, whose steps 4-6 then log the reference's
+    losses.
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
@@ -28,12 +31,13 @@ import numpy as np
 import pytest
 
 from conftest import CONFIG_FILE, REPO, cli_overrides, make_smoke_config, xla_flags
-from ssl_jax import run_config, sharding, train
+from ssl_jax import run_config, train
 from ssl_jax.checkpoint import Checkpointer, abstract_like
+from ssl_jax.step import train_step
 
 LAUNCHER = os.path.join(REPO, "launch", "local_multiprocess.sh")
 NUM_PROCESSES = 2
-DEVICES_PER_PROCESS = 1  # 2 processes x 1 device vs 1 process x 8 devices; fewest threads on 2 cores
+DEVICES_PER_PROCESS = 1  # 2 processes x 1 device; the fewest threads on 2 cores
 SIMCLR_FILE = os.path.join(REPO, "configs", "simclr_resnet50.py")
 # Small kNN splits: one eval batch each, the end-of-run evaluation is not what is tested here.
 EVAL_OVERRIDES = {"eval.train_split": "train[:200]", "eval.test_split": "test[:200]", "eval.batch_size": 200,
@@ -95,48 +99,47 @@ def _process_batches(config, run, process: int, steps: int) -> list[dict]:
 
 
 def _one_process_run(config, save_at: int | None = None, checkpoint_dir=None):
-    """The 1-process (8-device) run on the 2 processes' concatenated batches.
+    """The reference: `train_step` on the 2 processes' concatenated batches, under a plain
+    `jax.jit` on one device (no mesh, no shardings).
 
-    Returns (losses by step, final state); with `save_at`, the state after that step is also
-    written as a checkpoint (and config.json) into `checkpoint_dir`.
+    Returns (losses by step, final state, run); with `save_at`, the state after that step is
+    also written as a checkpoint (and config.json) into `checkpoint_dir`.
     """
-    run = train.setup(config)
+    run = train.setup(config)  # method, optimiser, schedules (its mesh is not used)
     shards = [_process_batches(config, run, p, run.total_steps) for p in range(NUM_PROCESSES)]
     # Compiled here, not loaded from a persistent cache (when JAX_COMPILATION_CACHE_DIR sets one):
-    # SimCLR's 8-device step loaded from it once deadlocked in an all-gather (device threads at
-    # different collectives), as cached steps aborted in gloo in multi-process runs (ssl_jax/sharding.py).
+    # train steps loaded from it aborted inside XLA's CPU runtime (tests/conftest.py).
     cache_enabled = jax.config.jax_enable_compilation_cache
     jax.config.update("jax_enable_compilation_cache", False)
     try:
-        step_fn = train.jit_step(config, run)
-        state = train.create_state(config, run)
-        step_fn = step_fn.lower(state, sharding.to_global_batch(
-            jax.tree.map(lambda *xs: np.concatenate(xs), *[shard[0] for shard in shards]), run.mesh)).compile()
+        state = jax.jit(train.init_state_fn(config, run))(jax.random.key(config.seed))
+        step_fn = jax.jit(functools.partial(train_step, method=run.method, tx=run.tx, schedules=run.schedules))
+        losses = {}
+        for i in range(run.total_steps):
+            batch = jax.tree.map(lambda *xs: np.concatenate(xs), *[shard[i] for shard in shards])
+            state, metrics = step_fn(state, batch)
+            losses[i + 1] = float(metrics["loss"])
+            if i + 1 == save_at:
+                checkpointer = Checkpointer(str(checkpoint_dir), 1, 2)
+                checkpointer.save(save_at, state, force=True)
+                checkpointer.wait()
+                checkpointer.close()
+                run_config.save(config, str(checkpoint_dir), save_at, {})
     finally:
         jax.config.update("jax_enable_compilation_cache", cache_enabled)
-    losses = {}
-    for step in range(run.total_steps):
-        batch = jax.tree.map(lambda *xs: np.concatenate(xs), *[shard[step] for shard in shards])
-        state, metrics = step_fn(state, sharding.to_global_batch(batch, run.mesh))
-        losses[step + 1] = float(metrics["loss"])
-        if step + 1 == save_at:
-            checkpointer = Checkpointer(str(checkpoint_dir), 1, 2)
-            checkpointer.save(save_at, state, force=True)
-            checkpointer.wait()
-            checkpointer.close()
-            run_config.save(config, str(checkpoint_dir), save_at, {})
+    assert len(jax.tree.leaves(state.params)[0].devices()) == 1  # one device, no mesh
     return losses, state, run
 
 
 def _assert_losses_equal(actual: dict, expected: dict, steps):
     for step in steps:
         np.testing.assert_allclose(actual[step], expected[step], rtol=2e-5, atol=1e-6,
-                                   err_msg=f"loss at step {step}: 2 processes vs 1")
+                                   err_msg=f"loss at step {step}: 2 processes vs the one-device reference")
 
 
 @pytest.fixture(scope="module")
 def dino_runs(tfds_data_dir, tmp_path_factory):
-    """The 2-process DINO run, and the 1-process run on the same global batches (which also
+    """The 2-process DINO run, and the reference run on the same global batches (which also
     writes its step-3 state as a checkpoint into a fresh workdir)."""
     two = tmp_path_factory.mktemp("dino_2proc")
     proc = _launch(two, "dino")
@@ -146,7 +149,7 @@ def dino_runs(tfds_data_dir, tmp_path_factory):
 
 
 def test_two_process_dino_equals_one_process(dino_runs):
-    """Every step's loss of the 2-process DINO smoke run equals the 1-process run's."""
+    """Every step's loss of the 2-process DINO smoke run equals the one-device reference's."""
     mesh = f"on {NUM_PROCESSES * DEVICES_PER_PROCESS} device(s) in {NUM_PROCESSES} processes"
     assert mesh in dino_runs["proc"].stdout, dino_runs["proc"].stdout[-2000:]
     two = _train_losses(dino_runs["two"])
@@ -156,7 +159,7 @@ def test_two_process_dino_equals_one_process(dino_runs):
 
 def test_two_process_checkpoint_restores_in_one_process(dino_runs):
     """The 2-process run's step-6 checkpoint (2 devices, written by both processes) restores on
-    1 process with 8 devices and equals the 1-process run's state."""
+    1 process (on one device) and equals the reference state."""
     state = dino_runs["state"]
     checkpointer = Checkpointer(str(dino_runs["two"]), 3, 2)
     try:
@@ -174,8 +177,8 @@ def test_two_process_checkpoint_restores_in_one_process(dino_runs):
 
 
 def test_one_process_checkpoint_resumes_in_two_processes(dino_runs):
-    """A 2-process run resumes from the 1-process run's step-3 checkpoint (8 devices -> 2)
-    and its steps 4-6 log the 1-process run's losses."""
+    """A 2-process run resumes from the reference's step-3 checkpoint (1 device -> 2 processes)
+    and its steps 4-6 log the reference's losses."""
     proc = _launch(dino_runs["one_ckpt"], "dino")
     assert "resuming from step 3" in proc.stdout, proc.stdout[-2000:]
     resumed = _train_losses(dino_runs["one_ckpt"])
@@ -185,7 +188,7 @@ def test_one_process_checkpoint_resumes_in_two_processes(dino_runs):
 
 def test_two_process_simclr_equals_one_process(tfds_data_dir, tmp_path):
     """SimCLR (BatchNorm over the global batch, negatives from both processes): every step's
-    loss of the 2-process smoke run equals the 1-process run's on the same global batches."""
+    loss of the 2-process smoke run equals the one-device reference's on the same global batches."""
     _launch(tmp_path, "simclr")
     losses, _, _ = _one_process_run(METHODS["simclr"][2]())
     two = _train_losses(tmp_path)
