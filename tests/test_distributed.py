@@ -70,7 +70,7 @@ METHODS = {
 def _launch(workdir, method: str, timeout: int = 900) -> subprocess.CompletedProcess:
     """`launch/local_multiprocess.sh 2 --config=... --workdir=WORKDIR ...`, one CPU device per process."""
     spec, flags, _ = METHODS[method]
-    env = dict(os.environ, XLA_FLAGS=xla_flags(DEVICES_PER_PROCESS))
+    env = dict(os.environ, XLA_FLAGS=xla_flags(DEVICES_PER_PROCESS), PYTHON=sys.executable)  # this interpreter
     proc = subprocess.run(["bash", LAUNCHER, str(NUM_PROCESSES), f"--config={spec}", f"--workdir={workdir}", *flags],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-4000:]}"
