@@ -24,8 +24,8 @@ import time  # noqa: E402
 import jax  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 
-from ssl_jax import partition, sharding, train  # noqa: E402
-from ssl_jax.batch import example_batch  # noqa: E402
+from ssl_jax import sharding, train  # noqa: E402
+from ssl_jax.core.batch import example_batch  # noqa: E402
 
 _SIZES = flags.DEFINE_list("sizes", ["small", "base", "large"], "ViT sizes (vit.VIT_SIZES).")
 _DEVICES = flags.DEFINE_integer("devices", 8, "Simulated CPU devices (= the fsdp axis).")
@@ -64,7 +64,7 @@ def measure(size: str, fsdp: int) -> dict:
     batch_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(batch)) // run.mesh.devices.size
     return {"params": sum(x.size for x in jax.tree.leaves(abstract.params)),
             "state": memory.argument_size_in_bytes - batch_bytes,
-            "state_by_shapes": partition.bytes_per_device(abstract, shardings),
+            "state_by_shapes": sharding.bytes_per_device(abstract, shardings),
             "temp": memory.temp_size_in_bytes, "compile_s": time.time() - start}
 
 

@@ -30,7 +30,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from ssl_jax import sharding, train
-from ssl_jax.batch import example_batch
+from ssl_jax.core.batch import example_batch
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file and preset.", lock_config=True)
 _STEPS = flags.DEFINE_integer("steps", 2, "Traced steps (after two warm-up steps).")

@@ -14,9 +14,9 @@ sampled after every round of steps and 10 times at the end: on a GPU in bfloat16
 is the model-FLOPs utilisation), peak memory, and the ssl_jax / PyTorch speed ratio (> 1: ssl_jax is faster).
 
 With `--config.steps_per_call=S` the step is called as `ssl_jax.main` calls it then: S steps per
-call (a `lax.scan`, `ssl_jax.step.jit_train_steps`), each timed call's time divided by S.
+call (a `lax.scan`, `ssl_jax.core.step.jit_train_steps`), each timed call's time divided by S.
 
-Needs no tensorflow: batches are `ssl_jax.batch.example_batch` arrays of the configured
+Needs no tensorflow: batches are `ssl_jax.core.batch.example_batch` arrays of the configured
 shapes, so it runs on accelerator hosts with only JAX (and torch) installed.
 
     python -m benchmarks.step_time --config=configs/mae_small.py:cifar10 --compare=method.encode_all_tokens=True
@@ -37,7 +37,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from ssl_jax import sharding, train
-from ssl_jax.batch import example_batch
+from ssl_jax.core.batch import example_batch
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file and preset.", lock_config=True)
 _STEPS = flags.DEFINE_integer("steps", 10, "Timed steps (after one warm-up step).")

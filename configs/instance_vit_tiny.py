@@ -21,7 +21,7 @@ import ml_collections
 
 from ssl_jax import config_base as base
 from ssl_jax.methods.instance import INSTANCE_RULES
-from ssl_jax.partition import DEFAULT_RULES
+from ssl_jax.sharding import DEFAULT_RULES
 
 
 def imagenet_config() -> ml_collections.ConfigDict:

@@ -1,7 +1,7 @@
 """ssl_jax: self-supervised visual representation learning in JAX/Flax.
 
 Every method is a loss over views plugged into one pure train step
-(`ssl_jax.step.train_step`); see docs/ARCHITECTURE.md.
+(`ssl_jax.core.step.train_step`); see docs/ARCHITECTURE.md.
 
     model = ssl_jax.load(path)        # a workdir, a checkpoint step or a weights file (ssl_jax/api.py)
     features = model.embed(images)    # [B, D]

@@ -15,7 +15,7 @@ from typing import Callable
 import ml_collections
 
 from ssl_jax.errors import UserError
-from ssl_jax.partition import DEFAULT_RULES
+from ssl_jax.sharding import DEFAULT_RULES
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -44,13 +44,13 @@ def base_config() -> ml_collections.ConfigDict:
     # for GPU/TPU (these ImageNet presets); the CPU presets (use_cifar10) set float32.
     c.compute_dtype = "bfloat16"
     c.remat = False  # recompute each ViT/ResNet block in the backward pass (less memory, ~1/3 more compute)
-    c.accum_steps = 1  # >1: one update from that many micro-batches of batch_size / accum_steps (ssl_jax/accumulate.py)
-    # >1: one compiled call runs that many steps (a lax.scan over stacked batches, ssl_jax/step.py): the
+    c.accum_steps = 1  # >1: one update from that many micro-batches of batch_size / accum_steps (ssl_jax/core/accumulate.py)
+    # >1: one compiled call runs that many steps (a lax.scan over stacked batches, ssl_jax/core/step.py): the
     # same steps, fewer calls. On CPU it saves XLA's per-call allocation of the step's temporaries
     # (README, "Speed"); log/checkpoint/eval intervals must be multiples of it.
     c.steps_per_call = 1
     # FSDP: fsdp > 1 makes the mesh ("data", "fsdp") and shards the state's leaves by these
-    # (path regex, PartitionSpec) rules, first match wins (ssl_jax/partition.py).
+    # (path regex, PartitionSpec) rules, first match wins (ssl_jax/sharding.py).
     c.parallel = ml_collections.ConfigDict({"fsdp": 1, "rules": DEFAULT_RULES})
 
     c.dataset = ml_collections.ConfigDict()
@@ -89,11 +89,11 @@ def base_config() -> ml_collections.ConfigDict:
     c.checkpoint.max_to_keep = 3
     c.checkpoint.keep_period = 0  # also keep every N-th step forever; 0: off.
 
-    # A step whose loss or gradient norm is NaN/Inf never changes the state (ssl_jax/nonfinite.py):
+    # A step whose loss or gradient norm is NaN/Inf never changes the state (ssl_jax/guards/nonfinite.py):
     # "stop" ends the run naming the step and metric; "skip" drops that update and goes on,
     # stopping after more than max_consecutive_skips in a row.
     c.nonfinite = ml_collections.ConfigDict({"policy": "stop", "max_consecutive_skips": 10})
-    # Collapse warning for methods that log teacher_entropy / teacher_kl_uniform (ssl_jax/collapse.py):
+    # Collapse warning for methods that log teacher_entropy / teacher_kl_uniform (ssl_jax/guards/collapse.py):
     # warn when the KL to uniform (or the entropy) stays below tolerance * log K for `patience` log steps.
     c.collapse = ml_collections.ConfigDict({"patience": 5, "tolerance": 0.02})
     return c

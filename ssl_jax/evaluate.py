@@ -256,7 +256,7 @@ def weights_frozen(path: str, config, workdir: str, printer=print):
     array must load; the rest (heads the file lacks) stays at its initialisation."""
     from ssl_jax import init_from, train
     from ssl_jax.eval.frozen import Frozen
-    from ssl_jax.checkpoint import checkpoint_dir
+    from ssl_jax.guards.checkpoint import checkpoint_dir
 
     config.init_from, config.init_from_strict = path, False
     run = train.setup(config, steps_per_epoch=1)  # nothing is trained: the training split is not read
@@ -295,7 +295,7 @@ def evaluate_frozen(frozen, evals=("knn",), protocol=None, printer=print, suffix
     """Runs `evals` on a restored checkpoint (`ssl_jax.eval.frozen.restore`); prints a table,
     logs to metrics.jsonl and merges the results into checkpoints/eval_<step><suffix>.json.
     `protocol` defaults to `default_protocol(frozen.config)`."""
-    from ssl_jax.logger import MetricLogger
+    from ssl_jax.guards.logger import MetricLogger
 
     protocol = default_protocol(frozen.config) if protocol is None else protocol
     runners = {"knn": run_knn, "finetune": run_finetune, "classifier": run_classifier,
@@ -317,7 +317,7 @@ def evaluate_frozen(frozen, evals=("knn",), protocol=None, printer=print, suffix
     printer(format_table(rows))
     if jax.process_index() == 0:
         from ssl_jax.eval_record import merge_eval_results
-        from ssl_jax.checkpoint import checkpoint_dir
+        from ssl_jax.guards.checkpoint import checkpoint_dir
 
         path = merge_eval_results(checkpoint_dir(frozen.workdir), frozen.step, results, suffix)
         printer(f"wrote {path}")

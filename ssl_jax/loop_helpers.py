@@ -73,7 +73,7 @@ def mean_metrics(per_step: list[dict]) -> dict[str, float]:
 
 class MetricAverager:
     """The per-step scalar metrics of the current log interval. Each step passes the non-finite
-    guard (`ssl_jax.nonfinite.NonFiniteGuard`): a skipped step is counted, not averaged."""
+    guard (`ssl_jax.guards.nonfinite.NonFiniteGuard`): a skipped step is counted, not averaged."""
 
     def __init__(self, guard):
         self.guard, self.per_step, self.skipped = guard, [], 0

@@ -37,8 +37,9 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     # orbax and tfds log every file they touch at INFO; keep the console to our progress lines.
     logging.set_verbosity(logging.WARNING)
-    from ssl_jax import config_check, train
+    from ssl_jax import train
     from ssl_jax.errors import UserError
+    from ssl_jax.guards import config_check
 
     try:
         check_override_types(flags.FLAGS["config"])

@@ -20,20 +20,22 @@ from typing import NamedTuple
 import jax
 import numpy as np
 
-from ssl_jax import config_check, partition, paths, run_config, sharding
-from ssl_jax.batch import batch_fields, example_batch, view_shapes
-from ssl_jax.checkpoint import Checkpointer, checkpoint_dir
-from ssl_jax.collapse import CollapseMonitor
+from ssl_jax import paths, sharding
+from ssl_jax.core.batch import batch_fields, example_batch, view_shapes
+from ssl_jax.core.state import TrainState
+from ssl_jax.core.step import jit_train_steps
 from ssl_jax.errors import UserError, one_line
 from ssl_jax.eval_record import merge_eval_results
-from ssl_jax.logger import MetricLogger, log_line, progress_line
+from ssl_jax.guards import config_check, run_config
+from ssl_jax.guards.checkpoint import Checkpointer, checkpoint_dir
+from ssl_jax.guards.collapse import CollapseMonitor
+from ssl_jax.guards.logger import MetricLogger, log_line, progress_line
+from ssl_jax.guards.nonfinite import NonFiniteGuard
+from ssl_jax.guards.preemption import SigtermWatcher
 from ssl_jax.loop_helpers import IntervalTimer, MetricAverager, call_size, call_sizes, next_global_batch
 from ssl_jax.methods import build_method
-from ssl_jax.nonfinite import NonFiniteGuard
 from ssl_jax.optim import build_optimizer, build_schedules
-from ssl_jax.preemption import SigtermWatcher
-from ssl_jax.state import TrainState
-from ssl_jax.step import jit_train_steps, replicated
+from ssl_jax.sharding import replicated
 
 
 class Run(NamedTuple):
@@ -89,9 +91,9 @@ def init_state_fn(config, run: Run):
 
 def state_sharding(config, run: Run):
     """The TrainState's shardings on run.mesh: replicated, or sharded by config.parallel.rules
-    when the mesh has an fsdp axis (`ssl_jax.partition`)."""
+    when the mesh has an fsdp axis (`ssl_jax.sharding`)."""
     abstract = jax.eval_shape(init_state_fn(config, run), jax.random.key(0))
-    return partition.state_shardings(abstract, run.mesh, config.get("parallel", {}).get("rules", ()))
+    return sharding.state_shardings(abstract, run.mesh, config.get("parallel", {}).get("rules", ()))
 
 
 # XLA options for compiling the initialiser: it runs once per run, so optimisation passes only
@@ -116,7 +118,7 @@ def abstract_state(config, run: Run) -> TrainState:
 
 def jit_step(config, run: Run, steps_per_call: int = 1):
     """The jitted train step for this config (the state's sharding and gradient accumulation),
-    `steps_per_call` steps per call over stacked batches (`ssl_jax.step.jit_train_steps`)."""
+    `steps_per_call` steps per call over stacked batches (`ssl_jax.core.step.jit_train_steps`)."""
     return jit_train_steps(run.method, run.tx, run.schedules, run.mesh, state_sharding=state_sharding(config, run),
                            accum_steps=config.get("accum_steps", 1), steps_per_call=steps_per_call)
 
@@ -304,7 +306,7 @@ def record_start(config, workdir: str, run: Run, start_step: int, changes: dict,
 
 
 def abstract_batch(config, steps_per_call: int = 1) -> dict:
-    """The global batch the step is compiled for, as ShapeDtypeStructs (`ssl_jax.batch`'s layout):
+    """The global batch the step is compiled for, as ShapeDtypeStructs (`ssl_jax.core.batch`'s layout):
     [B, ...], or [steps_per_call, B, ...] when stacked."""
     lead, size = ((steps_per_call,) if steps_per_call > 1 else ()), config.batch_size
     views = {k: jax.ShapeDtypeStruct(lead + s, np.float32) for k, s in view_shapes(config.augment, size).items()}

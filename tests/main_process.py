@@ -29,7 +29,7 @@ REPO = os.path.dirname(TESTS)
 # What a run imports (ssl_jax.main imports the rest inside main()); never an entry point that
 # defines absl flags (ssl_jax.main itself, ssl_jax.evaluate, ssl_jax.export): the child defines them.
 PRELOAD = ["main_process", "absl.app", "ml_collections.config_flags", "numpy", "jax", "tensorflow",
-           "tensorflow_datasets", "orbax.checkpoint", "tensorboardX", "ssl_jax.config_check", "ssl_jax.train",
+           "tensorflow_datasets", "orbax.checkpoint", "tensorboardX", "ssl_jax.guards.config_check", "ssl_jax.train",
            "ssl_jax.data.pipeline", "ssl_jax.eval.knn_eval"]
 
 _context = None

@@ -1,4 +1,4 @@
-"""Gradient accumulation's state semantics (ssl_jax/accumulate.py), per `Method.state_accumulation`.
+"""Gradient accumulation's state semantics (ssl_jax/core/accumulate.py), per `Method.state_accumulation`.
 
 DINO's "mean" center against one large batch is tests/test_parallel.py's
 test_accumulation_equals_large_batch (the whole trajectory); here: the two semantics on a toy
@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 
 from conftest import REPO
-from ssl_jax.accumulate import accumulated_value_and_grad, split_micro_batches
-from ssl_jax.batch import example_batch
+from ssl_jax.core.accumulate import accumulated_value_and_grad, split_micro_batches
+from ssl_jax.core.batch import example_batch
 from ssl_jax.methods import METHODS, swav
 from ssl_jax.methods.base import LossOutput
 

@@ -15,9 +15,9 @@ from jax.sharding import Mesh
 
 from conftest import run_smoke_preset, smoke_params
 from ssl_jax import losses, sharding, train
-from ssl_jax.batch import example_batch
+from ssl_jax.core.batch import example_batch
 from ssl_jax.methods.swav import assignment_codes, push_queue, swapped_prediction
-from ssl_jax.step import batch_sharding, replicated
+from ssl_jax.sharding import batch_sharding, replicated
 
 # ----------------------------------------------------------------------------- numpy reference (float64)
 

@@ -1,5 +1,5 @@
 """Bad configs end in one line naming the field and a valid value, before anything is built
-(ssl_jax/config_check.py), as a new user would meet them.
+(ssl_jax/guards/config_check.py), as a new user would meet them.
 
 Most cases call `config_check.validate` in-process on the tiny DINO smoke config, which is what
 `ssl_jax.main` runs first and prints as `error: <message>`; three go through the real command
@@ -15,8 +15,8 @@ import pytest
 
 import main_process
 from conftest import CONFIG_FILE, REPO, finish, make_smoke_config
-from ssl_jax import config_check
 from ssl_jax.errors import UserError
+from ssl_jax.guards import config_check
 from test_contract import load_config
 
 # (overrides of the DINO smoke config, the field the one line must name)

@@ -23,13 +23,13 @@ import pytest
 
 from conftest import REPO
 from ssl_jax import evaluate, train
-from ssl_jax.accumulate import STATE_ACCUMULATIONS
+from ssl_jax.core.accumulate import STATE_ACCUMULATIONS
+from ssl_jax.core.state import TrainState
+from ssl_jax.core.step import train_step
 from ssl_jax.errors import UserError
 from ssl_jax.methods import METHODS
 from ssl_jax.methods.base import LossOutput, MethodVariables
 from ssl_jax.optim import Schedules
-from ssl_jax.state import TrainState
-from ssl_jax.step import train_step
 
 # The papers whose recipe keeps a momentum (EMA) teacher: DINO, iBOT, DINOv2 and Daino (teacher
 # network), BYOL (target network), MoCo v3 (momentum encoder), I-JEPA (target encoder).

@@ -14,10 +14,10 @@ from jax.sharding import Mesh
 
 from conftest import run_smoke_preset, smoke_params
 from ssl_jax import losses, sharding, train
-from ssl_jax.batch import example_batch
+from ssl_jax.core.batch import example_batch
 from ssl_jax.methods.simsiam import SimSiam
 from ssl_jax.models.heads import ProjectionMLP
-from ssl_jax.step import batch_sharding, replicated
+from ssl_jax.sharding import batch_sharding, replicated
 
 CONFIG_FILES = {"simclr": "simclr_resnet50", "byol": "byol_resnet50", "mocov3": "mocov3_vit_small",
                 "simsiam": "simsiam_resnet50"}

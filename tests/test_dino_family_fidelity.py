@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from ssl_jax import optim, train
-from ssl_jax.batch import example_batch
+from ssl_jax.core.batch import example_batch
 from ssl_jax.errors import UserError
 
 

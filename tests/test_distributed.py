@@ -31,9 +31,10 @@ import numpy as np
 import pytest
 
 from conftest import CONFIG_FILE, REPO, cli_overrides, make_smoke_config, xla_flags
-from ssl_jax import run_config, train
-from ssl_jax.checkpoint import Checkpointer, abstract_like
-from ssl_jax.step import train_step
+from ssl_jax import train
+from ssl_jax.core.step import train_step
+from ssl_jax.guards import run_config
+from ssl_jax.guards.checkpoint import Checkpointer, abstract_like
 
 LAUNCHER = os.path.join(REPO, "launch", "local_multiprocess.sh")
 NUM_PROCESSES = 2
@@ -203,7 +204,7 @@ def test_imports_and_config_check_leave_the_backend_uninitialised():
         "import glob, importlib, os\n"
         "from jax._src import xla_bridge\n"
         "import ssl_jax.main, ssl_jax.train, ssl_jax.evaluate, ssl_jax.api, ssl_jax.export\n"
-        "from ssl_jax import config_check\n"
+        "from ssl_jax.guards import config_check\n"
         "for path in sorted(glob.glob('configs/*.py')):\n"
         "    name = os.path.basename(path)[:-3]\n"
         "    module = importlib.import_module(f'configs.{name}')\n"

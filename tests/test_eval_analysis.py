@@ -287,7 +287,7 @@ def test_convert_vit_maps_a_pytorch_layout_onto_the_vit_parameters():
 
 def test_mae_reconstructions_keep_visible_patches_and_grey_out_masked_ones():
     from ssl_jax.analysis.reconstruction import mae_reconstructions
-    from ssl_jax.batch import example_batch
+    from ssl_jax.core.batch import example_batch
     from ssl_jax.methods.mae import MAE
 
     spec = importlib.util.spec_from_file_location("mae_small_config", os.path.join(REPO, "configs", "mae_small.py"))

@@ -72,7 +72,8 @@ def _config():
 
 def _checkpoint_arrays(workdir, step) -> dict:
     """{path: array} of a saved TrainState (raw, PRNG keys as key data)."""
-    from ssl_jax import checkpoint, train
+    from ssl_jax import train
+    from ssl_jax.guards import checkpoint
 
     config = _config()
     checkpointer = checkpoint.Checkpointer(workdir, 1, 10)
@@ -98,7 +99,7 @@ def gcs_run(tfds_data_dir, tmp_path_factory):
     """The same run on gs://: SIGTERM after step 4 (checkpoint, exit), resume to the end, then
     --mode=eval; returns the local directory the bucket is stored in and each phase's result."""
     from ssl_jax import train
-    from ssl_jax.logger import MetricLogger
+    from ssl_jax.guards.logger import MetricLogger
 
     storage, cwd = tmp_path_factory.mktemp("gcs"), tmp_path_factory.mktemp("cwd")
     write = MetricLogger.write
@@ -179,8 +180,8 @@ def test_local_paths_are_unchanged(local_run):
 def test_config_json_from_before_a_run_level_field_existed_still_resumes(tmp_path):
     """config.json written before eval.dataset / dataset.on_corrupt existed: those fields at their
     defaults are no change; set to anything else they are."""
-    from ssl_jax import run_config
     from ssl_jax.errors import UserError
+    from ssl_jax.guards import run_config
 
     config = make_smoke_config()
     run_config.save(config, str(tmp_path), 0, {})

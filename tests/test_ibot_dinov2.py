@@ -19,9 +19,9 @@ from jax.sharding import Mesh
 
 from conftest import REPO, run_config, smoke_params
 from ssl_jax import losses, sharding, train
-from ssl_jax.batch import example_batch
+from ssl_jax.core.batch import example_batch
 from ssl_jax.optim import build_optimizer, build_schedules, lr_multipliers
-from ssl_jax.step import batch_sharding, replicated
+from ssl_jax.sharding import batch_sharding, replicated
 from ssl_jax.tree_paths import path_name
 
 CONFIGS = {"ibot": "ibot_small", "dinov2": "dinov2_small"}

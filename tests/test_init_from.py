@@ -16,9 +16,9 @@ from safetensors.numpy import save_file
 from conftest import make_smoke_config
 from test_convert import mocov3_vit_state, np_timm_vit
 from ssl_jax import init_from, train
-from ssl_jax.checkpoint import Checkpointer
 from ssl_jax.convert.pytorch import convert_state_dict
 from ssl_jax.errors import UserError
+from ssl_jax.guards.checkpoint import Checkpointer
 
 DIM, HEADS, PATCH = 16, 2, 8  # TINY_OVERRIDES' ViT at the smoke preset's 32 px crops: a 4 x 4 grid
 

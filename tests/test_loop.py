@@ -11,7 +11,7 @@ import pytest
 
 from ssl_jax import loop_helpers
 from ssl_jax.eval_record import merge_eval_results
-from ssl_jax.nonfinite import NonFiniteError, NonFiniteGuard
+from ssl_jax.guards.nonfinite import NonFiniteError, NonFiniteGuard
 
 
 def _schedule(start: int, total: int, per_call: int) -> list[int]:

@@ -22,7 +22,7 @@ import pytest
 
 import method_refs_numpy as ref
 from ssl_jax import masks
-from ssl_jax.batch import example_batch
+from ssl_jax.core.batch import example_batch
 from ssl_jax.methods import build_method, sit
 
 RTOL = 2e-4  # float32 forward and loss vs the float64 reference

@@ -15,11 +15,11 @@ from jax.sharding import Mesh
 
 from conftest import REPO, run_smoke_preset, smoke_params
 from ssl_jax import losses, masks, optim, train
-from ssl_jax.batch import example_batch
+from ssl_jax.core.batch import example_batch
 from ssl_jax.methods.mim import encode_kept
 from ssl_jax.models.mim_heads import unshuffle
 from ssl_jax.models.vit import patchify
-from ssl_jax.step import batch_sharding, replicated
+from ssl_jax.sharding import batch_sharding, replicated
 
 CONFIG_FILES = {"mae": "mae_base", "simmim": "simmim_vit_base", "ijepa": "ijepa_small"}
 

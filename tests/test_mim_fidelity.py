@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 
 from conftest import REPO
-from ssl_jax import batch_augment, optim
+from ssl_jax import optim
+from ssl_jax.core import batch_augment
 from ssl_jax.tree_paths import path_name
 
 
@@ -102,7 +103,7 @@ def decayed_leaves(config_name):
     """{'/'-joined path: True if weight decay moved the parameter} for one step with zero gradients of
     the paper preset's optimiser on the :smoke preset's (same-named, small) parameters."""
     from ssl_jax import train
-    from ssl_jax.batch import example_batch
+    from ssl_jax.core.batch import example_batch
 
     config = load_config(config_name, "smoke")
     run = train.setup(config, steps_per_epoch=3)
@@ -157,7 +158,7 @@ def test_sit_heads_and_temperature_come_from_the_config():
     (numpy transcription, one bias per channel); the contrastive loss is SiT's ContrastiveLoss at the
     config's temperature (float64 transcription of losses.py)."""
     from ssl_jax import train
-    from ssl_jax.batch import example_batch
+    from ssl_jax.core.batch import example_batch
     from ssl_jax.methods.sit import PatchPixels
 
     config = load_config("sit_vit_small", "smoke")

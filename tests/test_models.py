@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from configs.dino_small import get_config
-from ssl_jax.batch import example_batch
+from ssl_jax.core.batch import example_batch
 from ssl_jax.methods.dino import DINO
 from ssl_jax.models.heads import DINOHead, WeightNormDense
 from ssl_jax.models.multicrop import apply_per_resolution

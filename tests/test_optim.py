@@ -1,5 +1,5 @@
 """Tests for ssl_jax.optim: DINO's schedules, per-tensor gradient clipping, the weight-decay
-mask and the AdamW optimiser with the frozen-last-layer start (plus ssl_jax.state.ema_update,
+mask and the AdamW optimiser with the frozen-last-layer start (plus ssl_jax.core.state.ema_update,
 the teacher update those momentum schedules drive).
 
 References are written here from facebookresearch/dino's definitions:
@@ -21,9 +21,9 @@ import pytest
 from conftest import dino_cosine
 from configs.dino_small import get_config
 from ssl_jax import optim
+from ssl_jax.core.state import ema_update
 from ssl_jax.models.heads import DINOHead
 from ssl_jax.models.vit import VisionTransformer
-from ssl_jax.state import ema_update
 from ssl_jax.tree_paths import path_name, path_parts
 
 
@@ -124,7 +124,7 @@ def test_per_epoch_linear_warmup_equals_dino_teacher_temp_schedule(warmup_epochs
 
 
 def test_ema_update_is_momentum_average_leaf_by_leaf():
-    """ssl_jax.state.ema_update, DINO's teacher update: t <- m t + (1 - m) s, per parameter."""
+    """ssl_jax.core.state.ema_update, DINO's teacher update: t <- m t + (1 - m) s, per parameter."""
     rng = np.random.RandomState(5)
     teacher = {"a": rng.randn(3, 4).astype(np.float32), "b": {"c": rng.randn(5).astype(np.float32)}}
     student = {"a": rng.randn(3, 4).astype(np.float32), "b": {"c": rng.randn(5).astype(np.float32)}}

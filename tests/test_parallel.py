@@ -1,6 +1,6 @@
 """FSDP parameter sharding and gradient accumulation against the plain replicated step.
 
-No tensorflow: batches are `ssl_jax.batch.example_batch` noise of the tiny smoke config's
+No tensorflow: batches are `ssl_jax.core.batch.example_batch` noise of the tiny smoke config's
 shapes, on the 8 simulated CPU devices of conftest. One replicated 3-step trajectory
 (module fixture) is the reference for both.
 """
@@ -12,9 +12,9 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from conftest import NUM_DEVICES
-from ssl_jax import partition, sharding, train
-from ssl_jax.accumulate import split_micro_batches
-from ssl_jax.batch import example_batch
+from ssl_jax import sharding, train
+from ssl_jax.core.accumulate import split_micro_batches
+from ssl_jax.core.batch import example_batch
 from ssl_jax.errors import UserError
 
 STEPS = 3
@@ -94,13 +94,13 @@ def test_micro_batches_interleave_and_cover_the_batch():
 
 def test_rules_fall_back_to_replicated_where_they_do_not_fit():
     mesh = sharding.make_mesh(4)
-    rules = partition.DEFAULT_RULES
-    assert partition.leaf_spec("params/backbone/blocks_0/fc1/kernel", (16, 64), mesh, rules) == P("fsdp", None)
-    assert partition.leaf_spec("params/backbone/blocks_0/fc1/kernel", (6, 64), mesh, rules) == P()  # 6 % 4
-    assert partition.leaf_spec("params/backbone/layer1_0/conv1/kernel", (3, 3, 8, 16), mesh, rules) == \
+    rules = sharding.DEFAULT_RULES
+    assert sharding.leaf_spec("params/backbone/blocks_0/fc1/kernel", (16, 64), mesh, rules) == P("fsdp", None)
+    assert sharding.leaf_spec("params/backbone/blocks_0/fc1/kernel", (6, 64), mesh, rules) == P()  # 6 % 4
+    assert sharding.leaf_spec("params/backbone/layer1_0/conv1/kernel", (3, 3, 8, 16), mesh, rules) == \
         P(None, None, None, "fsdp")
-    assert partition.leaf_spec("params/backbone/blocks_0/fc1/bias", (64,), mesh, rules) == P()
-    assert partition.leaf_spec("opt_state/0/mu/head/last_layer/v", (16, 64), mesh, rules) == P(None, "fsdp")
+    assert sharding.leaf_spec("params/backbone/blocks_0/fc1/bias", (64,), mesh, rules) == P()
+    assert sharding.leaf_spec("opt_state/0/mu/head/last_layer/v", (16, 64), mesh, rules) == P(None, "fsdp")
 
 
 def test_batch_not_divisible_names_mesh_and_accumulation():

@@ -16,7 +16,7 @@ import pytest
 
 from conftest import CONFIG_FILE, REPO
 from ssl_jax import sharding, train
-from ssl_jax.batch import example_batch
+from ssl_jax.core.batch import example_batch
 
 # Stated tolerance: |loss_bf16 - loss_fp32| <= BF16_LOSS_RTOL * loss_fp32 at every step of the
 # :smoke run (measured: see README, "Scaling out").

@@ -15,7 +15,7 @@ import pytest
 
 from conftest import TFDS_DATA_DIR, run_smoke_preset, smoke_params
 from ssl_jax import losses, train
-from ssl_jax.batch import example_batch
+from ssl_jax.core.batch import example_batch
 from ssl_jax.methods.rotation import aggregate_joint_logits, rotate_four, rotation_targets
 
 
@@ -229,8 +229,8 @@ def test_instance_head_sharded_over_8_devices_equals_unsharded():
     cross-entropy of each crop against its image's index, summed over the two crop groups."""
     from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-    from ssl_jax import partition
-    from ssl_jax.step import batch_sharding
+    from ssl_jax import sharding
+    from ssl_jax.sharding import batch_sharding
 
     config = importlib.import_module("configs.instance_vit_tiny").get_config("smoke")
     config.parallel.fsdp = 8
@@ -246,7 +246,7 @@ def test_instance_head_sharded_over_8_devices_equals_unsharded():
         loss, aux = run.method.loss(p, None, None, None, b, jax.random.key(3), 0)
         return loss, aux.metrics
 
-    shardings = partition.state_shardings(params, run.mesh, config.parallel.rules)
+    shardings = sharding.state_shardings(params, run.mesh, config.parallel.rules)
     assert shardings["instances"]["mlp_0"]["kernel"].spec == P(None, "fsdp")
     assert shardings["instances"]["mlp_0"]["bias"].spec == P("fsdp")
     sharded = jax.jit(jax.value_and_grad(loss_fn, has_aux=True), in_shardings=(shardings, batch_sharding(run.mesh)))

@@ -398,7 +398,7 @@ def _train_poisoned(workdir, **overrides):
 
 def test_nan_stops_on_the_step_naming_the_metric(tfds_data_dir, tmp_path):
     """Policy 'stop': the error names step 2 and the loss; the newest checkpoint is step 1's."""
-    from ssl_jax.nonfinite import NonFiniteError
+    from ssl_jax.guards.nonfinite import NonFiniteError
 
     with pytest.raises(NonFiniteError, match=rf"non-finite loss at step {POISONED_STEP} \(loss=nan"):
         _train_poisoned(tmp_path)
@@ -435,7 +435,7 @@ def test_nan_skip_gives_up_after_max_consecutive_skips():
     """Skipping forever would burn the allocation: more than max_consecutive_skips in a row stop."""
     from ml_collections import ConfigDict
 
-    from ssl_jax.nonfinite import NonFiniteError, NonFiniteGuard
+    from ssl_jax.guards.nonfinite import NonFiniteError, NonFiniteGuard
 
     guard = NonFiniteGuard(ConfigDict({"policy": "skip", "max_consecutive_skips": 2}), log=lambda line: None)
     bad = {"loss": 1.0, "grad_norm": float("inf"), "nonfinite": 1.0}
@@ -452,7 +452,7 @@ def test_nan_guard_stop_policy_names_the_first_bad_metric_without_data():
     from ml_collections import ConfigDict
 
     from ssl_jax.errors import UserError
-    from ssl_jax.nonfinite import NonFiniteError, NonFiniteGuard
+    from ssl_jax.guards.nonfinite import NonFiniteError, NonFiniteGuard
 
     lines = []
     guard = NonFiniteGuard(ConfigDict({"policy": "stop", "max_consecutive_skips": 10}), log=lines.append)
@@ -474,7 +474,7 @@ def test_nan_guard_stop_policy_names_the_first_bad_metric_without_data():
 @pytest.mark.parametrize("entropy, kl, kind", [(3.465, 0.0007, "uniform"), (0.001, 3.465, "one-hot"),
                                                (2.0, 1.466, None)])
 def test_collapse_warns_after_patience_once_per_episode(entropy, kl, kind):
-    from ssl_jax.collapse import CollapseMonitor
+    from ssl_jax.guards.collapse import CollapseMonitor
 
     warnings = []
     monitor = CollapseMonitor(patience=3, tolerance=0.02, warn=warnings.append)
@@ -494,7 +494,7 @@ def test_collapse_warns_after_patience_once_per_episode(entropy, kl, kind):
 
 
 def test_collapse_monitor_ignores_methods_without_teacher_metrics():
-    from ssl_jax.collapse import CollapseMonitor
+    from ssl_jax.guards.collapse import CollapseMonitor
 
     warnings = []
     monitor = CollapseMonitor(patience=1, tolerance=0.5, warn=warnings.append)
@@ -582,8 +582,8 @@ def test_bad_input_is_one_line_and_writes_nothing(bad_input_runs, name):
 
 def test_corrupt_config_json_is_named(tmp_path):
     """A damaged WORKDIR/config.json (hand-edited, disk error) is named, with what to do."""
-    from ssl_jax import run_config
     from ssl_jax.errors import UserError
+    from ssl_jax.guards import run_config
 
     (tmp_path / "config.json").write_text('{"seed": 0, "batch')
     with pytest.raises(UserError, match="cannot read .*config.json .*JSONDecodeError"):
@@ -592,7 +592,7 @@ def test_corrupt_config_json_is_named(tmp_path):
 
 def test_allowed_config_change_is_recorded(tmp_path):
     """--allow_config_change: the resume goes on and config_changes.jsonl records what changed, from which step."""
-    from ssl_jax import run_config
+    from ssl_jax.guards import run_config
 
     run_config.save(make_smoke_config(), str(tmp_path), step=0, changes={})
     longer = make_smoke_config(num_epochs=4, **{"dataset.data_dir": "/elsewhere"})  # data_dir is machine-local

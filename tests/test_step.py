@@ -1,6 +1,6 @@
 """The one train step, jitted over a mesh: sharding invariance, purity, EMA teacher, freezing.
 
-No tensorflow: batches are `ssl_jax.batch.example_batch` noise of the configured shapes.
+No tensorflow: batches are `ssl_jax.core.batch.example_batch` noise of the configured shapes.
 One module-scoped 6-step trajectory on the 8-device mesh (one compile) serves most tests.
 """
 from __future__ import annotations
@@ -12,8 +12,8 @@ from jax.sharding import Mesh
 
 from conftest import NUM_DEVICES, dino_cosine, dino_teacher_temp
 from ssl_jax import sharding, train
-from ssl_jax.batch import example_batch
-from ssl_jax.step import jit_train_step, jit_train_steps, replicated
+from ssl_jax.core.batch import example_batch
+from ssl_jax.core.step import jit_train_step, jit_train_steps, replicated
 
 STEPS_PER_EPOCH = 3
 GLOBAL_BATCH = 16

@@ -30,7 +30,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from ssl_jax.batch import batch_fields
+from ssl_jax.core.batch import batch_fields
 from ssl_jax.data import augment, folder
 from ssl_jax.errors import UserError, one_line
 
@@ -186,7 +186,7 @@ def labelled_only(dataset_cfg) -> bool:
 
 def train_batches(config, start_step: int, steps_per_epoch: int, local_batch: int) -> Iterator[dict]:
     """Yields per-process batches {'views': {'global': [b, G, S, S, 3], 'local': [b, L, s, s, 3]}}, plus
-    'label' / 'index' [b] int32 when config.dataset.fields names them (`ssl_jax.batch`).
+    'label' / 'index' [b] int32 when config.dataset.fields names them (`ssl_jax.core.batch`).
 
     The batch for step i depends only on (config.seed, i): see the module docstring.
     """

@@ -8,7 +8,7 @@ import numpy as np
 
 from ssl_jax import sharding
 from ssl_jax.data import pipeline
-from ssl_jax.step import batch_sharding, replicated
+from ssl_jax.sharding import batch_sharding, replicated
 
 
 def extract_features(config, features_fn, variables, split: str, mesh) -> tuple[np.ndarray, np.ndarray]:

@@ -1,6 +1,6 @@
 """Fine-tuning the whole ViT with a linear head (MAE's main_finetune.py recipe).
 
-    x, targets = Mixup/CutMix(RandomErasing(images), smoothed one-hot labels)      (batch_augment.py)
+    x, targets = Mixup/CutMix(RandomErasing(images), smoothed one-hot labels)      (core/batch_augment.py)
     logits = Linear(fc_norm(mean of the last block's patch tokens)) with global_pool (MAE's default;
              the backbone's final norm is then unused, as MAE deletes it), else Linear(ViT(x)[CLS])
     loss = soft-target cross-entropy; everything trained
@@ -11,7 +11,7 @@ final norm, fc_norm and the head are layer depth+1; a parameter of layer l train
 lr x decay^(depth+1-l)), weight decay on matrices except cls_token / pos_embed, stochastic depth,
 label smoothing, warm-up + cosine. The images are the probes' crops (random resized crop + flip)
 followed by RandAugment (`supervised_data.augmented_batches`, `protocol.finetune.randaugment`);
-random erasing, mixup/CutMix and label smoothing run on the device (`ssl_jax.batch_augment`,
+random erasing, mixup/CutMix and label smoothing run on the device (`ssl_jax.core.batch_augment`,
 timm's semantics). Slower than the probes: every step is a forward and backward pass of the
 whole network.
 """
@@ -24,10 +24,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from ssl_jax.batch_augment import mixup_cutmix, random_erasing, smoothed_one_hot, soft_cross_entropy
+from ssl_jax.core.batch_augment import mixup_cutmix, random_erasing, smoothed_one_hot, soft_cross_entropy
 from ssl_jax.models.backbones import backbone_kwargs, build_backbone
 from ssl_jax.optim import LAYER0_PATTERNS, cosine_schedule, lr_multipliers
-from ssl_jax.step import batch_sharding, replicated
+from ssl_jax.sharding import batch_sharding, replicated
 from ssl_jax.tree_paths import path_parts
 
 # MAE's get_layer_id_for_vit puts cls_token, pos_embed and patch_embed in layer 0; registers join them.

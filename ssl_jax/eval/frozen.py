@@ -12,8 +12,8 @@ import ml_collections
 
 from ssl_jax import paths, train
 from ssl_jax.errors import UserError
+from ssl_jax.guards.run_config import CONFIG_FILE
 from ssl_jax.models.backbones import backbone_kwargs, build_backbone
-from ssl_jax.run_config import CONFIG_FILE
 
 
 class Frozen(NamedTuple):

@@ -25,7 +25,7 @@ import optax
 
 from ssl_jax.errors import UserError
 from ssl_jax.optim import build_optimizer, build_schedules
-from ssl_jax.step import batch_sharding, replicated
+from ssl_jax.sharding import batch_sharding, replicated
 
 
 class LinearClassifier(nn.Module):

@@ -1,6 +1,6 @@
 """What a method is: a loss over views plus optional teacher state.
 
-The train step (`ssl_jax.step.train_step`) knows only this interface. A method
+The train step (`ssl_jax.core.step.train_step`) knows only this interface. A method
 file builds its networks from the config and reads like the paper's pseudo-code.
 """
 from __future__ import annotations
@@ -36,9 +36,9 @@ class Method(Protocol):
     checks every registered method declares them):
       ema_teacher: True when `teacher` is an EMA of `teacher_targets(params)`, updated by the
         step with config.optim.teacher_momentum, which is then required (and refused for a
-        method without one: `ssl_jax.config_check`);
+        method without one: `ssl_jax.guards.config_check`);
       state_accumulation: how the method_state of `accum_steps` micro-batches combines into the
-        step's (`ssl_jax.accumulate`): "mean" (each micro-batch starts from the step's state,
+        step's (`ssl_jax.core.accumulate`): "mean" (each micro-batch starts from the step's state,
         the results are averaged: right for an EMA of batch means, e.g. DINO's center) or
         "sequential" (each micro-batch starts from the previous one's result: SwAV's queue
         receives every micro-batch's embeddings). model_state (BatchNorm statistics) is

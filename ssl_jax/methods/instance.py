@@ -12,7 +12,7 @@ Transformers with Only 2040 Images", ECCV 2022).
 then fine-tune the backbone with labels (`python -m ssl_jax.evaluate --eval=finetune`); the paper
 pretrains at a lower resolution than it fine-tunes. The classifier grows with the dataset, so it is
 the one parameter worth sharding: the configs add a `config.parallel.rules` entry that splits its
-N_images axis over the `fsdp` mesh axis (`ssl_jax/partition.py`), and its Adam moments with it.
+N_images axis over the `fsdp` mesh axis (`ssl_jax/sharding.py`), and its Adam moments with it.
 `method.num_instances` must be the train split's size (the pipeline's "index" field counts from 0);
 the `instances_out_of_range` metric counts indices beyond it (they would be clipped). Reference:
 CupidJay/Training-Vision-Transformers-with-only-2040-images `main_deit_instance_discrimination.py`
@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from ssl_jax import losses
-from ssl_jax.batch_augment import cutmix
+from ssl_jax.core.batch_augment import cutmix
 from ssl_jax.errors import UserError
 from ssl_jax.methods.base import LossOutput, MethodVariables, OnlineBackboneEval
 from ssl_jax.models.backbones import backbone_kwargs, build_backbone, compute_dtype

@@ -25,7 +25,7 @@ class Suave(OnlineBackboneEval):
     """Suave. Batch: SwAV's views plus 'label' [B] (-1 where unlabelled)."""
 
     ema_teacher = False
-    state_accumulation = "sequential"  # the queue receives every micro-batch's embeddings (ssl_jax/accumulate.py)
+    state_accumulation = "sequential"  # the queue receives every micro-batch's embeddings (ssl_jax/core/accumulate.py)
 
     def __init__(self, config, steps_per_epoch: int):
         check_semi_supervised(config, config.method.num_prototypes, "method.num_prototypes")

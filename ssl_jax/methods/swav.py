@@ -179,7 +179,7 @@ class SwAV(OnlineBackboneEval):
     (the crops are numbered global first, then local, as `crops_for_assign` counts them)."""
 
     ema_teacher = False
-    state_accumulation = "sequential"  # the queue receives every micro-batch's embeddings (ssl_jax/accumulate.py)
+    state_accumulation = "sequential"  # the queue receives every micro-batch's embeddings (ssl_jax/core/accumulate.py)
 
     def __init__(self, config, steps_per_epoch: int):
         self.settings = swav_settings(config, steps_per_epoch)

@@ -12,7 +12,7 @@ per `config.nonfinite.policy`. Nothing method-specific happens here. Importable
 without tensorflow.
 
 With `accum_steps` > 1 the gradient is averaged over that many micro-batches of the
-global batch (`ssl_jax.accumulate`, method_state combined as `method.state_accumulation`
+global batch (`ssl_jax.core.accumulate`, method_state combined as `method.state_accumulation`
 declares) before the one optimiser update.
 
 `jit_train_steps` runs `steps_per_call` of these steps in one compiled call, a `lax.scan`
@@ -28,11 +28,12 @@ import functools
 import jax
 import jax.numpy as jnp
 import optax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh
 
-from ssl_jax.accumulate import accumulated_value_and_grad
+from ssl_jax.core.accumulate import accumulated_value_and_grad
+from ssl_jax.core.state import TrainState, ema_update, tree_global_norm
 from ssl_jax.optim import Schedules
-from ssl_jax.state import TrainState, ema_update, tree_global_norm
+from ssl_jax.sharding import batch_sharding, replicated, stacked_batch_sharding
 
 
 def train_step(state: TrainState, batch: dict, *, method, tx: optax.GradientTransformation,
@@ -40,7 +41,7 @@ def train_step(state: TrainState, batch: dict, *, method, tx: optax.GradientTran
     """One optimisation step on a global batch. Pure: returns the new state and scalar metrics."""
     if method.ema_teacher != (schedules.teacher_momentum is not None):
         raise ValueError(f"{type(method).__name__}.ema_teacher={method.ema_teacher} but the teacher momentum "
-                         f"schedule is {'missing' if method.ema_teacher else 'set'} (ssl_jax.config_check validates "
+                         f"schedule is {'missing' if method.ema_teacher else 'set'} (ssl_jax.guards.config_check validates "
                          "config.optim.teacher_momentum before this)")
     rng, step_rng = jax.random.split(state.rng)
     grad_fn = accumulated_value_and_grad(method.loss, accum_steps, method.state_accumulation)
@@ -73,25 +74,9 @@ def train_step(state: TrainState, batch: dict, *, method, tx: optax.GradientTran
     return new_state, jax.tree.map(lambda m: jnp.asarray(m, jnp.float32), metrics)
 
 
-def replicated(mesh: Mesh) -> NamedSharding:
-    """Sharding of a value copied on every device (the state, by default)."""
-    return NamedSharding(mesh, P())
-
-
-def batch_sharding(mesh: Mesh) -> NamedSharding:
-    """Sharding of a batch: the leading (example) axis split over every device, i.e. over the
-    mesh's `data` axis (and its `fsdp` axis when parameters are sharded)."""
-    return NamedSharding(mesh, P(mesh.axis_names if len(mesh.axis_names) > 1 else mesh.axis_names[0]))
-
-
-def stacked_batch_sharding(mesh: Mesh) -> NamedSharding:
-    """Sharding of `steps_per_call` stacked batches [S, B, ...]: each batch split as `batch_sharding`."""
-    return NamedSharding(mesh, P(None, *batch_sharding(mesh).spec))
-
-
 def jit_train_step(method, tx, schedules: Schedules, mesh: Mesh, state_sharding=None, accum_steps: int = 1):
     """`train_step` jitted over `mesh`: state donated, batch split over the devices. The state is
-    replicated unless `state_sharding` (a TrainState of NamedShardings, `ssl_jax.partition`) says otherwise."""
+    replicated unless `state_sharding` (a TrainState of NamedShardings, `ssl_jax.sharding`) says otherwise."""
     return jit_train_steps(method, tx, schedules, mesh, state_sharding, accum_steps, steps_per_call=1)
 
 

@@ -1,0 +1,1 @@
+"""What keeps a run safe: checkpoints, the saved config, config checks, SIGTERM, non-finite and collapse guards, the metric log."""
