@@ -43,13 +43,7 @@ def attention_distance(results: dict[str, np.ndarray]):
     for offset, (name, distance) in zip(offsets, results.items()):
         layers = np.repeat(np.arange(1, len(distance) + 1), distance.shape[1]) + offset
         ax.scatter(layers, distance.ravel(), s=12, alpha=0.7, label=name)
-    ax.set_xticks(np.arange(1, max(len(d) for d in results.values()) + 1))
-    ax.set_xlabel("block")
-    ax.set_ylabel("mean attention distance (pixels)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    return fig
+    return _per_block_axes(fig, ax, results, "mean attention distance (pixels)")
 
 
 def fourier(results: dict[str, np.ndarray]):
@@ -58,9 +52,14 @@ def fourier(results: dict[str, np.ndarray]):
     fig, ax = plt.subplots(figsize=(5, 3.5))
     for name, amplitude in results.items():
         ax.plot(np.arange(1, len(amplitude) + 1), amplitude[:, -1], "o-", label=name)
-    ax.set_xticks(np.arange(1, max(len(a) for a in results.values()) + 1))
+    return _per_block_axes(fig, ax, results, "Δ log amplitude, high frequency")
+
+
+def _per_block_axes(fig, ax, results: dict[str, np.ndarray], ylabel: str):
+    """Labels a plot of a value against block number (1..L, the longest result's L); returns fig."""
+    ax.set_xticks(np.arange(1, max(len(r) for r in results.values()) + 1))
     ax.set_xlabel("block")
-    ax.set_ylabel("Δ log amplitude, high frequency")
+    ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()

@@ -7,7 +7,7 @@ the shared description is in `methods/semisup.py`).
     loss = DINO's cross-entropy over (teacher crop, other student crop) pairs against q
     center <- EMA of t over the whole batch, as DINO
 
-Built from DINO's functions (`methods/dino.py`); the hyper-parameters live in `configs/daino_small.py`.
+Built from DINO's `DinoNetworks` (`methods/dino.py`); the hyper-parameters live in `configs/daino_small.py`.
 """
 from __future__ import annotations
 
@@ -16,11 +16,9 @@ import jax.numpy as jnp
 
 from ssl_jax import losses
 from ssl_jax.methods import distill
-from ssl_jax.methods.base import LossOutput, MethodVariables
-from ssl_jax.methods.dino import (build_dino_head, dino_objective, dino_teacher_temp, init_dino,
-                                  student_teacher_logits)
+from ssl_jax.methods.base import MethodVariables
+from ssl_jax.methods.dino import DinoNetworks
 from ssl_jax.methods.semisup import check_semi_supervised
-from ssl_jax.models.backbones import backbone_kwargs, build_backbone
 
 
 class Daino(distill.TeacherBackboneEval):
@@ -31,25 +29,16 @@ class Daino(distill.TeacherBackboneEval):
 
     def __init__(self, config, steps_per_epoch: int):
         check_semi_supervised(config, config.method.out_dim, "method.out_dim")
-        distill.check_vit(config, "Daino")
-        self.backbone = build_backbone(config.model, **backbone_kwargs(config))
-        self.head = build_dino_head(config)
-        self.student_temp = config.method.student_temp
-        self.center_momentum = config.method.center_momentum
-        self.teacher_temp = dino_teacher_temp(config.method, steps_per_epoch)
+        self.dino = DinoNetworks(config, steps_per_epoch, "Daino")
+        self.backbone, self.head = self.dino.backbone, self.dino.head
 
     def init(self, rng: jax.Array, batch: dict) -> MethodVariables:
-        return init_dino(self.backbone, self.head, rng, batch)
+        return self.dino.init(rng, batch)
 
     def loss(self, params, teacher, method_state, model_state, batch, rng, step):
-        student_logits, teacher_logits = student_teacher_logits(self.backbone, self.head, params, teacher,
-                                                                batch["views"], rng)
-        teacher_temp = self.teacher_temp(step)
-        targets = losses.labelled_targets(
-            losses.dino_teacher_probs(teacher_logits, method_state["center"], teacher_temp), batch["label"])
-        loss, center, metrics = dino_objective(student_logits, teacher_logits, targets, method_state["center"],
-                                               self.student_temp, self.center_momentum)
-        return loss, LossOutput({"teacher_temp": teacher_temp, **metrics}, {"center": center}, model_state)
+        def label_targets(teacher_probs):
+            return losses.labelled_targets(teacher_probs, batch["label"])
+        return self.dino.loss(params, teacher, method_state, model_state, batch, rng, step, targets=label_targets)
 
     def teacher_targets(self, params):
         return params

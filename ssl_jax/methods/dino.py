@@ -9,7 +9,7 @@
     teacher <- lambda * teacher + (1 - lambda) * student   (done by the train step)
 
 Reproduces facebookresearch/dino's `main_dino.py`; the hyper-parameters live in
-`configs/dino_small.py`. The functions below are shared with Daino (`methods/daino.py`);
+`configs/dino_small.py`. `DinoNetworks` is shared with Daino (`methods/daino.py`);
 the init, multi-crop forward and evaluation with iBOT and DINOv2 (`methods/distill.py`).
 """
 from __future__ import annotations
@@ -66,14 +66,12 @@ def dino_objective(student_logits, teacher_logits, teacher_probs, center, studen
     return loss, new_center, metrics
 
 
-class DINO(distill.TeacherBackboneEval):
-    """The DINO method. `views` in the batch: 'global' [B, 2, H, W, 3], 'local' [B, L, h, w, 3]."""
+class DinoNetworks:
+    """DINO's backbone, head and temperatures from a config, and its loss with the teacher's
+    targets as a parameter: what DINO and Daino (labels as targets where known) both run."""
 
-    ema_teacher = True
-    state_accumulation = "mean"  # the center, an EMA of batch means: the micro-batches' mean is the batch's
-
-    def __init__(self, config, steps_per_epoch: int):
-        distill.check_vit(config, "DINO")
+    def __init__(self, config, steps_per_epoch: int, method_name: str):
+        distill.check_vit(config, method_name)
         self.backbone = build_backbone(config.model, **backbone_kwargs(config))
         self.head = build_dino_head(config)
         self.student_temp = config.method.student_temp
@@ -83,14 +81,32 @@ class DINO(distill.TeacherBackboneEval):
     def init(self, rng: jax.Array, batch: dict) -> MethodVariables:
         return init_dino(self.backbone, self.head, rng, batch)
 
-    def loss(self, params, teacher, method_state, model_state, batch, rng, step):
+    def loss(self, params, teacher, method_state, model_state, batch, rng, step, targets=lambda probs: probs):
+        """DINO's loss; `targets` maps the teacher's probabilities [B, G, K] to the targets."""
         student_logits, teacher_logits = student_teacher_logits(self.backbone, self.head, params, teacher,
                                                                 batch["views"], rng)
         teacher_temp = self.teacher_temp(step)
-        teacher_probs = losses.dino_teacher_probs(teacher_logits, method_state["center"], teacher_temp)
+        teacher_probs = targets(losses.dino_teacher_probs(teacher_logits, method_state["center"], teacher_temp))
         loss, center, metrics = dino_objective(student_logits, teacher_logits, teacher_probs, method_state["center"],
                                                self.student_temp, self.center_momentum)
         return loss, LossOutput({"teacher_temp": teacher_temp, **metrics}, {"center": center}, model_state)
+
+
+class DINO(distill.TeacherBackboneEval):
+    """The DINO method. `views` in the batch: 'global' [B, 2, H, W, 3], 'local' [B, L, h, w, 3]."""
+
+    ema_teacher = True
+    state_accumulation = "mean"  # the center, an EMA of batch means: the micro-batches' mean is the batch's
+
+    def __init__(self, config, steps_per_epoch: int):
+        self.dino = DinoNetworks(config, steps_per_epoch, "DINO")
+        self.backbone, self.head = self.dino.backbone, self.dino.head
+
+    def init(self, rng: jax.Array, batch: dict) -> MethodVariables:
+        return self.dino.init(rng, batch)
+
+    def loss(self, params, teacher, method_state, model_state, batch, rng, step):
+        return self.dino.loss(params, teacher, method_state, model_state, batch, rng, step)
 
     def teacher_targets(self, params):
         return params
