@@ -23,7 +23,7 @@ import pytest
 import method_refs_numpy as ref
 from ssl_jax import masks
 from ssl_jax.core.batch import example_batch
-from ssl_jax.methods import build_method, sit
+from ssl_jax.methods import build_method, sit_distort
 
 RTOL = 2e-4  # float32 forward and loss vs the float64 reference
 STEPS_PER_EPOCH = 2
@@ -622,7 +622,7 @@ def test_sit_uncertainty_weighted_rotation_contrastive_and_reconstruction():
     params["task_weights"] = {name: np.full((1,), x, np.float32) for name, x in s.items()}
     loss = method.loss(params, None, None, None, batch, LOSS_RNG, 0)[0]
     head = lambda name, x: np_(method.heads[name].apply({"params": params[name]}, x))  # noqa: E731
-    distort = jax.vmap(functools.partial(sit.distort, **dict(cfg.corruption)))
+    distort = jax.vmap(functools.partial(sit_distort.distort, **dict(cfg.corruption)))
 
     def terms(temperature=cfg.temperature, corrupt=True, clockwise=False):
         recon, rot, z = [], [], []

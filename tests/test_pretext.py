@@ -277,7 +277,7 @@ def test_instance_head_sharded_over_8_devices_equals_unsharded():
 def test_sit_blur_is_kornia_on_the_rectangle():
     """smooth_patch: kornia GaussianBlur2d((k, k), (s, s)) of the crop alone, reflect-padded at the
     crop's edges (float64: np.pad(mode='reflect') and the normalised outer-product kernel)."""
-    from ssl_jax.methods.sit import _blur_inside
+    from ssl_jax.methods.sit_distort import _blur_inside
 
     image = np.random.RandomState(3).rand(20, 24, 3)
     top, bottom, left, right, k, sigma = 3, 17, 5, 21, 7, 1.7
@@ -298,7 +298,7 @@ def test_sit_distortion_stages():
     """distortImages on a constant-per-channel image: a grey rectangle (channels equal to their mean),
     noise blocks covering at most max_drop plus one block of the image (the loop stops once their
     summed area passes U(0, max_drop)), and the partner's pixels only when it is another image."""
-    from ssl_jax.methods.sit import distort
+    from ssl_jax.methods.sit_distort import distort
 
     image = jnp.broadcast_to(jnp.asarray([1.0, 2.0, 3.0]), (32, 32, 3))
     partner = jnp.full((32, 32, 3), 10.0)
