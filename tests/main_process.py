@@ -1,4 +1,5 @@
-"""`python -m ssl_jax.main ARGS` processes without the ~7 CPU-seconds of imports each.
+"""`python -m ssl_jax.main ARGS` (or `ssl_jax.evaluate`, `ssl_jax.export`) processes without the ~7
+CPU-seconds of imports each.
 
 The tests start dozens of `ssl_jax.main` processes (smoke presets, resume, the fault campaign,
 bad input). Each is a fresh OS process, as a user's run is, but forked from a server process
@@ -11,7 +12,9 @@ import comes from the environment the server started with). The child runs `ssl_
 joined, atexit handlers run, streams flushed) and exits with the same code; signals reach it
 as they would a Popen'ed process.
 
-`start(args)` returns a `MainProcess`, used like `subprocess.Popen` with stdout and stderr pipes.
+`start(args, module)` returns a `MainProcess`, used like `subprocess.Popen` with stdout and stderr
+pipes; `run(args, module, timeout)` waits for it, like `subprocess.run(..., capture_output=True,
+text=True)`.
 """
 from __future__ import annotations
 
@@ -73,9 +76,9 @@ def _detach(dup_fd) -> int:
     return dup_fd.detach()
 
 
-def _child(args: list[str], env: dict, stdout_fd: int, stderr_fd: int) -> None:
-    """In the forked child: `python -m ssl_jax.main ARGS` in environment `env`, with stdout/stderr on
-    the given pipes."""
+def _child(module: str, args: list[str], env: dict, stdout_fd: int, stderr_fd: int) -> None:
+    """In the forked child: `python -m MODULE ARGS` in environment `env`, with stdout/stderr on the
+    given pipes."""
     os.environ.clear()
     os.environ.update(env)
     os.dup2(stdout_fd, 1)
@@ -93,7 +96,7 @@ def _child(args: list[str], env: dict, stdout_fd: int, stderr_fd: int) -> None:
     sys.argv = ["-m", *args]
     code = 0
     try:
-        runpy.run_module("ssl_jax.main", run_name="__main__", alter_sys=True)
+        runpy.run_module(module, run_name="__main__", alter_sys=True)
     except SystemExit as e:
         if e.code is None or isinstance(e.code, int):
             code = e.code or 0
@@ -111,14 +114,14 @@ def _child(args: list[str], env: dict, stdout_fd: int, stderr_fd: int) -> None:
 
 
 class MainProcess:
-    """A running `python -m ssl_jax.main ARGS` with stdout and stderr pipes (text): the parts of
+    """A running `python -m MODULE ARGS` with stdout and stderr pipes (text): the parts of
     `subprocess.Popen`'s interface the tests use."""
 
-    def __init__(self, args: list[str]):
-        self.args = [sys.executable, "-m", "ssl_jax.main", *args]
+    def __init__(self, args: list[str], module: str = "ssl_jax.main"):
+        self.args = [sys.executable, "-m", module, *args]
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
-        self._process = _forkserver().Process(target=_child, args=(list(args), dict(os.environ), _Fd(out_w),
+        self._process = _forkserver().Process(target=_child, args=(module, list(args), dict(os.environ), _Fd(out_w),
                                                                    _Fd(err_w)))
         try:
             self._process.start()
@@ -167,6 +170,17 @@ class MainProcess:
         return "".join(self._output["stdout"]), "".join(self._output["stderr"])
 
 
-def start(args: list[str]) -> MainProcess:
-    """Starts `python -m ssl_jax.main ARGS` (working directory: the repository)."""
-    return MainProcess(args)
+def start(args: list[str], module: str = "ssl_jax.main") -> MainProcess:
+    """Starts `python -m MODULE ARGS` (working directory: the repository)."""
+    return MainProcess(args, module)
+
+
+def run(args: list[str], module: str = "ssl_jax.main", timeout: float = 600) -> subprocess.CompletedProcess:
+    """`python -m MODULE ARGS` to its end: its exit code, stdout and stderr (text)."""
+    process = start(args, module)
+    try:
+        stdout, stderr = process.communicate(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        raise
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)

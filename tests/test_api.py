@@ -9,8 +9,6 @@ from __future__ import annotations
 import configparser
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -18,6 +16,7 @@ from PIL import Image
 from safetensors.numpy import save_file
 
 import ssl_jax
+import main_process
 from conftest import REPO, make_smoke_config
 from test_convert import mocov3_vit_state, np_timm_vit
 from test_init_from import torchvision_resnet_shapes
@@ -133,16 +132,14 @@ def test_evaluate_a_weights_file_on_a_named_dataset(official, tmp_path, tfds_dat
                  "method.out_dim": 32, "method.head_hidden_dim": 32, "method.head_bottleneck_dim": 16,
                  "dataset.download": False, "eval.batch_size": 200, "eval.train_split": "train[:400]",
                  "eval.test_split": "test[:200]"}
-    command = [sys.executable, "-m", "ssl_jax.evaluate", f"--checkpoint={path}", "--config=dino_small:smoke",
-               f"--workdir={tmp_path / 'out'}", "--eval=knn", "--dataset=cifar10", "--protocol=eval_protocols:smoke",
-               *[f"--config.{k}={v}" for k, v in overrides.items()]]
-    proc = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+    command = [f"--checkpoint={path}", "--config=dino_small:smoke", f"--workdir={tmp_path / 'out'}", "--eval=knn",
+               "--dataset=cifar10", "--protocol=eval_protocols:smoke", *[f"--config.{k}={v}" for k, v in overrides.items()]]
+    proc = main_process.run(command, "ssl_jax.evaluate")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "init_from " in proc.stdout and "kept fresh: head/" in proc.stdout
     with open(tmp_path / "out" / "checkpoints" / "eval_0_cifar10.json") as f:
         assert 0.0 <= json.load(f)["knn_top1@20"] <= 1.0
-    wrong = subprocess.run(command[:-len(overrides)] + ["--config.model.depth=3"], cwd=REPO, capture_output=True,
-                           text=True, timeout=600)
+    wrong = main_process.run(command[:-len(overrides)] + ["--config.model.depth=3"], "ssl_jax.evaluate")
     assert wrong.returncode == 1 and "the backbone/ arrays must load" in wrong.stderr, wrong.stderr[-2000:]
 
 

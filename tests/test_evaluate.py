@@ -8,16 +8,16 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
+import main_process
 from conftest import REPO, TFDS_DATA_DIR, make_smoke_config
 from ssl_jax.errors import UserError
 
 NOTEBOOKS = ("ablation_frozen_checkpoints.ipynb", "attention_maps.ipynb")
+EVALUATE = "ssl_jax.evaluate"
 
 
 @pytest.fixture(scope="module")
@@ -33,9 +33,8 @@ def workdir(tfds_data_dir, tmp_path_factory):
 
 
 def test_evaluate_command_line_runs_every_evaluation(workdir):
-    command = [sys.executable, "-m", "ssl_jax.evaluate", f"--workdir={workdir}", "--eval=knn,linear,finetune",
-               f"--protocol={os.path.join(REPO, 'configs', 'eval_protocols.py')}:smoke"]
-    proc = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+    proc = main_process.run([f"--workdir={workdir}", "--eval=knn,linear,finetune",
+                             f"--protocol={os.path.join(REPO, 'configs', 'eval_protocols.py')}:smoke"], EVALUATE)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     with open(os.path.join(workdir, "checkpoints", "eval_2.json")) as f:
         saved = json.load(f)
@@ -52,11 +51,9 @@ def test_evaluate_command_line_runs_every_evaluation(workdir):
     # kNN features of both splits; the DINO probe's (avgpool) of both (trained on cached features);
     # the MAE probe's ([CLS] only) of the test split (trained on augmented images)
     assert sorted(name.split("_")[0] for name in cached) == ["knn"] * 2 + ["probe"] * 3, cached
-    bad = subprocess.run([sys.executable, "-m", "ssl_jax.evaluate", f"--workdir={workdir}", "--eval=knn,svm"],
-                         cwd=REPO, capture_output=True, text=True, timeout=120)
+    bad = main_process.run([f"--workdir={workdir}", "--eval=knn,svm"], EVALUATE, timeout=120)
     assert bad.returncode == 1 and "error: unknown evaluation 'svm'" in bad.stderr
-    no_prototypes = subprocess.run([sys.executable, "-m", "ssl_jax.evaluate", f"--workdir={workdir}",
-                                    "--eval=classifier"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    no_prototypes = main_process.run([f"--workdir={workdir}", "--eval=classifier"], EVALUATE, timeout=300)
     assert no_prototypes.returncode == 1 and "needs a method with class prototypes" in no_prototypes.stderr
 
 
@@ -87,9 +84,8 @@ def test_evaluate_on_a_labelled_folder_equals_the_same_images_from_tfds(workdir,
     write_cifar_folder(data, "train", 200, "train")
     write_cifar_folder(data, "test", 100, "test")
     protocol = os.path.join(REPO, "configs", "eval_protocols.py")
-    proc = subprocess.run([sys.executable, "-m", "ssl_jax.evaluate", f"--checkpoint={run}", f"--dataset={data}",
-                           "--eval=knn", f"--protocol={protocol}:smoke"], cwd=REPO, capture_output=True, text=True,
-                          timeout=600)
+    proc = main_process.run([f"--checkpoint={run}", f"--dataset={data}", "--eval=knn", f"--protocol={protocol}:smoke"],
+                            EVALUATE)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     with open(run / "checkpoints" / "eval_2_cifar_pngs.json") as f:
         saved = json.load(f)

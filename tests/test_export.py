@@ -4,14 +4,13 @@ is importable: the `[bench]` extra), never half-written."""
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
-from conftest import NEEDS_TORCH_EXTRA, REPO
+import main_process
+from conftest import NEEDS_TORCH_EXTRA
 from test_convert import mocov3_vit_state
 from test_init_from import torchvision_resnet_shapes
 from ssl_jax import export
@@ -124,13 +123,13 @@ def test_an_interrupted_export_leaves_no_file(tmp_path, monkeypatch):
 
 def test_export_command_line(tmp_path):
     out = tmp_path / "m.safetensors"
-    proc = subprocess.run([sys.executable, "-m", "ssl_jax.export", f"--checkpoint={official_file(tmp_path, False)}",
-                           f"--out={out}", "--arch=vit_small"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    proc = main_process.run([f"--checkpoint={official_file(tmp_path, False)}", f"--out={out}", "--arch=vit_small"],
+                            "ssl_jax.export", timeout=300)
     assert proc.returncode == 0 and "in timm's naming" in proc.stdout, proc.stderr[-2000:]
     params, kwargs = convert_vit(load_state_dict(str(out)), num_heads=6)
     assert kwargs["depth"] == 2 and kwargs["img_size"] == 32
-    bad = subprocess.run([sys.executable, "-m", "ssl_jax.export", f"--checkpoint={official_file(tmp_path, False)}",
-                          f"--out={tmp_path / 'x.safetensors'}"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    bad = main_process.run([f"--checkpoint={official_file(tmp_path, False)}", f"--out={tmp_path / 'x.safetensors'}"],
+                           "ssl_jax.export", timeout=300)
     assert bad.returncode == 1 and "pass arch=" in bad.stderr and not (tmp_path / "x.safetensors").exists()
 
 
