@@ -1,4 +1,4 @@
-"""The benchmarks' bookkeeping: the profiler table (benchmarks/profile_step.py) matches thunks to
+"""The benchmarks' bookkeeping: the compiled-program dump (benchmarks/compiled_program.py) compares trees; the profiler table (benchmarks/profile_step.py) matches thunks to
 their HLO instruction and sums them per model operation, the transformer's blocks merged; the
 step-time table (benchmarks/step_time.py) runs end to end, a steps_per_call variant beside the
 one-step call, with rows and ratios that agree with each other."""
@@ -71,3 +71,23 @@ def test_step_time_table_with_a_steps_per_call_variant():
     assert ratio, result.stdout
     assert _within_rounding(float(ratio.group(1)), lambda m: ms[variant_label] / m, ms[base_label])
     assert _within_rounding(float(ratio.group(1)), lambda m: m / ms[base_label], ms[variant_label])
+
+
+def test_compiled_program_is_the_same_for_the_same_step_and_differs_for_another(tmp_path):
+    """benchmarks/compiled_program.py: two writes of one config's step are byte-identical (what a
+    refactor is compared by), a changed hyper-parameter changes both files, and the source
+    locations, metadata and stack frames are gone."""
+    import runpy
+
+    from benchmarks.compiled_program import without_source_information, write_program
+
+    assert "metadata" not in without_source_information(HLO) and "stack_frame_id" not in without_source_information(HLO)
+    config = runpy.run_path(str(ROOT / "configs" / "dino_small.py"))["get_config"]("smoke")
+    write_program(config, str(tmp_path / "a"))
+    write_program(config, str(tmp_path / "b"))
+    config.method.teacher_temp = 0.05
+    write_program(config, str(tmp_path / "c"))
+    for suffix in (".stablehlo", ".hlo"):
+        a, b, c = ((tmp_path / (name + suffix)).read_text() for name in "abc")
+        assert a == b and a != c, suffix
+        assert "loc(" not in a and "metadata=" not in a and "FunctionNames" not in a and "StackFrames" not in a
