@@ -291,9 +291,9 @@ def evaluate_checkpoint(checkpoint: str, evals=("knn",), step: int | None = None
     start = time.time()
     dense = bool(dataset) and is_segmentation_folder(dataset)  # a segmentation folder serves --eval=segmentation
     if dense and set(evals) != {"segmentation"}:
+        others = ", ".join(e for e in evals if e != "segmentation")
         raise UserError(f"--dataset={dataset} is a segmentation folder (<split>/images/, <split>/labels/): it "
-                        f"serves --eval=segmentation only; evaluate {', '.join(e for e in evals if e != 'segmentation')} "
-                        f"on a labelled image folder or a tfds name")
+                        f"serves --eval=segmentation only; evaluate {others} on a labelled image folder or a tfds name")
     with_dataset = (lambda c: use_dataset(c, dataset)) if dataset and not dense else (lambda c: c)  # noqa: E731
     if run := workdir_and_step(checkpoint):
         run_dir, run_step = run

@@ -5,7 +5,6 @@ numpy reference. The `python -m ssl_jax.evaluate --eval=segmentation` run on the
 files is in tests/test_evaluate.py, which shares its trained checkpoint."""
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
@@ -142,7 +141,11 @@ def test_evaluate_leaves_the_frozen_backbone_untouched_and_differentiates_only_t
     config = ml_collections.ConfigDict({"model": {"patch_size": 4}, "augment": {"mean": [0.5] * 3, "std": [0.25] * 3}})
     kernel = jnp.asarray(np.random.default_rng(4).normal(size=(48, 8)), jnp.float32)
     params = {"kernel": kernel}
-    features_fn = lambda p, x: jnp.einsum("bhwf,fd->bhwd", segmentation.pixel_features_fn(4)(None, x), p["kernel"])  # noqa: E731
+    pixels = segmentation.pixel_features_fn(4)
+
+    def features_fn(p, x):  # a one-layer "backbone" over each patch's pixels
+        return jnp.einsum("bhwf,fd->bhwd", pixels(None, x), p["kernel"])
+
     before = np.asarray(kernel).copy()
     cfg = probe_cfg(3).copy_and_resolve_references()
     cfg.update({"data_dir": str(tmp_path), "num_classes": 0, "train_split": "train", "test_split": "test",
@@ -209,3 +212,10 @@ def test_pca_picture_keeps_the_smaller_side_of_the_first_component():
     # the colours are the second PCA's components over the kept patches, each min-max scaled
     scores = principal_components(tokens[keep], 3)[1]
     np.testing.assert_allclose(rgb[keep], (scores - scores.min(0)) / (scores.max(0) - scores.min(0)), atol=1e-12)
+
+
+def test_a_resnet_or_a_missing_folder_is_one_line():
+    with pytest.raises(UserError, match="reads ViT patch tokens"):
+        segmentation.patch_features_fn(ml_collections.ConfigDict({"model": {"name": "resnet"}}), 1)
+    with pytest.raises(UserError, match="needs a segmentation folder"):
+        segmentation.evaluate(ml_collections.ConfigDict({"data_dir": ""}), None, None, None)
