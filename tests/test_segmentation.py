@@ -136,8 +136,12 @@ def test_probe_reads_labels_carried_by_the_features_and_nothing_from_noise():
 
 def test_evaluate_leaves_the_frozen_backbone_untouched_and_differentiates_only_the_head(tmp_path):
     """The features are arrays computed before the head trains: the loss the head minimises has no
-    path to the backbone, so its parameters come back bitwise unchanged."""
+    path to the backbone, so its parameters come back bitwise unchanged. Test images of several
+    sizes are each scored at their own size."""
     write_folder(tmp_path, {"train": 4, "test": 2}, size=(12, 16))
+    rng = np.random.default_rng(8)  # a test image of another size: scored at its own label size
+    Image.fromarray(rng.integers(0, 256, (10, 14, 3), dtype=np.uint8)).save(tmp_path / "test" / "images" / "1.png")
+    Image.fromarray(rng.integers(0, 3, (10, 14), dtype=np.uint8), mode="L").save(tmp_path / "test" / "labels" / "1.png")
     config = ml_collections.ConfigDict({"model": {"patch_size": 4}, "augment": {"mean": [0.5] * 3, "std": [0.25] * 3}})
     kernel = jnp.asarray(np.random.default_rng(4).normal(size=(48, 8)), jnp.float32)
     params = {"kernel": kernel}

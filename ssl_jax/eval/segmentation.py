@@ -189,6 +189,15 @@ def pixel_features_fn(patch_size: int):
     return features
 
 
+def probabilities(logits: np.ndarray, input_hw, label_hw, flipped: bool = False) -> np.ndarray:
+    """logits [B, h, w, C] of inputs of size input_hw -> softmax [B, H, W, C] at the label size
+    (mmseg: resized to the input, then to the original shape), un-flipped when the input was."""
+    up = resize_logits(logits, *resize_matrices((logits.shape[1:3], tuple(input_hw), tuple(label_hw))))
+    p = np.exp(up - up.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    return p[:, :, ::-1] if flipped else p
+
+
 def input_size(cfg, patch_size: int, scale: float = 1.0) -> tuple[int, int]:
     """The model's input (H, W) at `scale` x cfg.image_size, rounded to a multiple of the patch size."""
     return tuple(max(patch_size, int(round(s * scale / patch_size)) * patch_size) for s in cfg.image_size)
@@ -198,8 +207,8 @@ def evaluate(cfg, config, features_fn, params, seed: int = 0, printer=print) -> 
     """The protocol `cfg` (configs/eval_protocols.py `segmentation`) on the folder cfg.data_dir with
     features_fn(params, images [B, H, W, 3] normalised as the run's `config.augment`) -> [B, h, w, F]
     (`patch_features_fn`, or `pixel_features_fn` for the raw-pixel baseline): frozen features of the
-    train split -> BNHead -> streamed test split. Returns segmentation_{mIoU, pixel_accuracy,
-    IoU_<class>, final_loss}."""
+    train split -> BNHead -> streamed test split, scored at each label's stored size. Returns
+    segmentation_{mIoU, pixel_accuracy, IoU_<class>, final_loss}."""
     if not cfg.data_dir:
         raise UserError("--eval=segmentation needs a segmentation folder: --dataset=<DIR with <split>/images/ and "
                         "<split>/labels/> (or --protocol.segmentation.data_dir)")
@@ -224,21 +233,17 @@ def evaluate(cfg, config, features_fn, params, seed: int = 0, printer=print) -> 
     confusion = np.zeros((len(names),) * 2, np.int64)
     count = min(cfg.max_test_images, len(test.images)) if cfg.max_test_images else len(test.images)
     for start in range(0, count, cfg.extract_batch_size):
-        end = min(start + cfg.extract_batch_size, count)
-        batch = data.Split(test.images[start:end], test.labels[start:end])
-        probs = None
+        batch = data.Split(test.images[start:start + cfg.extract_batch_size][:count - start],
+                           test.labels[start:start + cfg.extract_batch_size][:count - start])
+        probs = [0.0] * len(batch.images)
         for scale in cfg.test_scales:  # each scale resized from the stored image, as mmseg's MultiScaleFlipAug
             scaled = input_size(cfg, patch, scale)
             images, _, stored = next(data.pairs(batch, scaled, len(batch.images), 0, cfg.reduce_zero_label))
-            probs = probs or [np.zeros((*y.shape, len(names))) for y in stored]
             for flip in (False, True) if cfg.test_flip else (False,):
-                x = normalise(images[:, :, ::-1] if flip else images)
-                logits = np.asarray(logits_fn(variables, features_fn(params, x)), np.float64)
-                for i, y in enumerate(stored):
-                    up = resize_logits(logits[i], *resize_matrices((logits.shape[1:3], scaled, y.shape)))
-                    p = np.exp(up - up.max(-1, keepdims=True))
-                    p /= p.sum(-1, keepdims=True)
-                    probs[i] += p[:, ::-1] if flip else p
+                logits = logits_fn(variables, features_fn(params, normalise(images[:, :, ::-1] if flip else images)))
+                logits = np.asarray(logits, np.float64)
+                probs = [p + probabilities(logits[i:i + 1], scaled, y.shape, flip)[0]
+                         for i, (p, y) in enumerate(zip(probs, stored))]
         for p, y in zip(probs, stored):
             confusion += confusion_matrix(p.argmax(-1), y, len(names))
     metrics = iou_metrics(confusion)
