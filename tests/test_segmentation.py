@@ -223,3 +223,14 @@ def test_a_resnet_or_a_missing_folder_is_one_line():
         segmentation.patch_features_fn(ml_collections.ConfigDict({"model": {"name": "resnet"}}), 1)
     with pytest.raises(UserError, match="needs a segmentation folder"):
         segmentation.evaluate(ml_collections.ConfigDict({"data_dir": ""}), None, None, None)
+
+
+def test_labels_beyond_the_classes_name_reduce_zero_label(tmp_path):
+    write_folder(tmp_path, {"train": 2, "test": 1}, size=(8, 8))
+    (tmp_path / "classes.txt").write_text("a\nb\n")  # labels hold 0..2
+    config = ml_collections.ConfigDict({"model": {"patch_size": 4}, "augment": {"mean": [0.5] * 3, "std": [0.25] * 3}})
+    cfg = ml_collections.ConfigDict({"data_dir": str(tmp_path), "num_classes": 0, "train_split": "train",
+                                     "test_split": "test", "reduce_zero_label": False, "image_size": (8, 8),
+                                     "extract_batch_size": 2, "max_train_images": 0})
+    with pytest.raises(UserError, match="labels go up to 2 but there are 2 classes.*reduce_zero_label=True"):
+        segmentation.evaluate(cfg, config, segmentation.pixel_features_fn(4), None)

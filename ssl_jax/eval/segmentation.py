@@ -224,6 +224,11 @@ def evaluate(cfg, config, features_fn, params, seed: int = 0, printer=print) -> 
     batches = [(np.asarray(features_fn(params, normalise(x))), y) for x, y, _ in
                data.pairs(train, size, cfg.extract_batch_size, cfg.max_train_images, cfg.reduce_zero_label)]
     features, labels = np.concatenate([b[0] for b in batches]), np.concatenate([b[1] for b in batches])
+    if np.any(labels[labels != data.VOID] >= len(names)):
+        top = labels[labels != data.VOID].max()
+        raise UserError(f"{cfg.data_dir}/{cfg.train_split}: labels go up to {top} but there are {len(names)} "
+                        f"classes (0..{len(names) - 1}, 255 = void); labels 1..C with 0 = other need "
+                        f"--protocol.segmentation.reduce_zero_label=True")
     printer(f"segmentation: {len(features)} train features {features.shape[1:]} ({time.time() - start:.1f}s)")
     start = time.time()
     head, variables, losses = train_head(cfg, features, labels, len(names), seed)
