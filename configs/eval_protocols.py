@@ -5,7 +5,8 @@
     --protocol=configs/eval_protocols.py:smoke     seconds (tests, notebooks in CI)
 
 Sections: `knn` (DINO's eval_knn.py), `linear_dino` (DINO's eval_linear.py), `linear_mae`
-(MAE's main_linprobe.py) and `finetune` (MAE's main_finetune.py). Images are preprocessed
+(MAE's main_linprobe.py), `finetune` (MAE's main_finetune.py) and `segmentation` (DINOv2's
+linear segmentation probe, `ssl_jax/eval/segmentation.py`). Images are preprocessed
 as the run's own `config.eval` says (resize + centre crop, its normalisation); training
 crops use `config.eval.crop` as their size. Override any field with
 `--protocol.linear_dino.epochs=10`.
@@ -89,8 +90,38 @@ def imagenet() -> ml_collections.ConfigDict:
         "lr": 5e-4, "lr_reference_batch": 256,  # --blr 5e-4
         "min_lr": 1e-6, "warmup_epochs": 5, "weight_decay": 0.05,  # --min_lr, --warmup_epochs, --weight_decay
         "b1": 0.9, "b2": 0.999, "eps": 1e-8})  # torch.optim.AdamW defaults
+    c.segmentation = segmentation()
     c.seed = 0
     return c
+
+
+def segmentation() -> ml_collections.ConfigDict:
+    """DINOv2's "linear" semantic segmentation on ADE20k: facebookresearch/dinov2's BNHead
+    (dinov2/eval/segmentation/models/decode_heads/linear_head.py) with the released mmseg config
+    dinov2_vitb14_ade20k_linear_config.py (dl.fbaipublicfiles.com/dinov2/dinov2_vitb14/, linked
+    from the dinov2 README; values below by its field names). "+ms" (the _ms_config.py):
+    n_last_blocks=4, test_scales=(1.0, 1.32, 1.73, 2.28, 3.0), test_flip=True."""
+    return ml_collections.ConfigDict({
+        "data_dir": "",  # a folder (ssl_jax/data/segmentation.py's layout); --dataset sets it
+        "train_split": "train",  # data.train: images/training
+        "test_split": "validation",  # data.test: images/validation (ADE20k's 2000 validation images)
+        "num_classes": 0,  # 0: DATA_DIR/classes.txt's count (num_classes = 150)
+        "reduce_zero_label": True,  # LoadAnnotations(reduce_zero_label=True): 0 = "other" is void
+        # crop_size = (512, 512). Deliberate: every image is resized to this size (rounded down to the
+        # patch size), instead of Resize(img_scale=(2048, 512), ratio_range=(0.5, 2.0)) + RandomCrop +
+        # flip + PhotoMetricDistortion for training and keep-ratio short side 512 + slide 512/341 for test
+        "image_size": (512, 512),
+        "n_last_blocks": 1,  # backbone out_indices [8, 9, 10, 11], decode_head in_index=[3]: the last block
+        "test_scales": (1.0,),  # MultiScaleFlipAug img_ratios=1.0
+        "test_flip": False,  # MultiScaleFlipAug flip=False
+        "batch_size": 16,  # data.samples_per_gpu=2 x gpu_ids range(0, 8)
+        "steps": 40000,  # runner IterBasedRunner max_iters=40000
+        "lr": 1e-3, "weight_decay": 1e-4, "b1": 0.9, "b2": 0.999,  # optimizer AdamW(lr=0.001, weight_decay=0.0001)
+        "warmup_steps": 1500, "warmup_ratio": 1e-6,  # lr_config warmup="linear", warmup_iters=1500, warmup_ratio=1e-06
+        "power": 1.0, "min_lr": 0.0,  # lr_config policy="poly", power=1.0, min_lr=0.0, by_epoch=False
+        "init_std": 0.01,  # mmseg BaseDecodeHead.init_weights: normal_init(conv_seg, mean=0, std=0.01)
+        "extract_batch_size": 32,  # images per frozen-backbone call (no effect on the numbers)
+        "max_train_images": 0, "max_test_images": 0})  # 0: the whole split (smoke: a few)
 
 
 def cifar10() -> ml_collections.ConfigDict:
@@ -106,6 +137,14 @@ def cifar10() -> ml_collections.ConfigDict:
     c.finetune.batch_size = 128
     c.finetune.epochs = 1
     c.finetune.optim.warmup_epochs = 0
+    # CamVid (SegNet's 11 classes, 367 train / 233 test at 240 x 180) on 2 CPU cores: a 12 x 16 token
+    # grid with the :cifar10 ViT's 8 px patches, the reference's batch, lr and warm-up fraction over
+    # 1000 steps (44 passes over the train split)
+    c.segmentation.test_split = "test"
+    c.segmentation.reduce_zero_label = False  # CamVid's labels are 0..10 with 255 = void already
+    c.segmentation.image_size = (96, 128)
+    c.segmentation.steps = 1000
+    c.segmentation.warmup_steps = 38  # 1500 / 40000 of the steps
     return c
 
 
@@ -124,6 +163,14 @@ def smoke() -> ml_collections.ConfigDict:
     c.finetune.batch_size = 16
     c.finetune.epochs = 1
     c.finetune.steps_per_epoch = 2
+    c.segmentation.image_size = (48, 64)
+    c.segmentation.steps = 10
+    c.segmentation.warmup_steps = 2
+    c.segmentation.batch_size = 4
+    c.segmentation.max_train_images = 8
+    c.segmentation.max_test_images = 4
+    c.segmentation.test_scales = (1.0, 1.5)  # exercises the "+ms" test path
+    c.segmentation.test_flip = True
     return c
 
 

@@ -14,9 +14,13 @@ python -m ssl_jax.evaluate --checkpoint=<workdir | WORKDIR/checkpoints/<step> | 
                   (DIR/train/<class>/... and DIR/test/<class>/... (or val/), or one folder of
                   <class>/ sub-folders split 80 / 20 within each class: `use_folder`), or a
                   tfds name (its classes and test split, 'test' or else 'validation', from
-                  tfds' metadata); results go to eval_<step>_<folder's or dataset's name>.json
+                  tfds' metadata); results go to eval_<step>_<folder's or dataset's name>.json.
+                  With --eval=segmentation: a segmentation folder, DIR/<split>/images/ +
+                  DIR/<split>/labels/ (CamVid, ADE20k; `ssl_jax/data/segmentation.py`)
     --eval        comma-separated: knn, linear_dino, linear_mae, finetune (`linear` = both probes),
-                  classifier (a semi-supervised run's own class prototypes: Suave, Daino)
+                  classifier (a semi-supervised run's own class prototypes: Suave, Daino),
+                  segmentation (DINOv2's linear probe on frozen patch tokens: mIoU, pixel
+                  accuracy, per-class IoU; `ssl_jax/eval/segmentation.py`)
     --protocol    configs/eval_protocols.py[:cifar10|:smoke] (default: ':cifar10' for CIFAR-10,
                   the papers' ImageNet protocols otherwise); --protocol.x.y=... overrides
 
@@ -41,7 +45,7 @@ import jax
 
 from ssl_jax import paths
 
-EVALS = ("knn", "linear_dino", "linear_mae", "finetune", "classifier")
+EVALS = ("knn", "linear_dino", "linear_mae", "finetune", "classifier", "segmentation")
 ALIASES = {"linear": ("linear_dino", "linear_mae")}
 
 
@@ -160,6 +164,15 @@ def run_classifier(frozen, protocol) -> dict[str, float]:
     return {f"classifier_{k}": v for k, v in top_k_accuracy(logits, labels).items()}
 
 
+def run_segmentation(frozen, protocol) -> dict[str, float]:
+    """DINOv2's linear segmentation probe on protocol.segmentation.data_dir (`ssl_jax/eval/segmentation.py`)."""
+    from ssl_jax.eval import segmentation
+
+    cfg, config = protocol.segmentation, frozen.config
+    return segmentation.evaluate(cfg, config, segmentation.patch_features_fn(config, cfg.n_last_blocks),
+                                 frozen.run.method.eval_variables(frozen.state), protocol.seed)
+
+
 FOLDER_TEST_SPLITS = ("test", "val", "validation")  # a folder's test split: the first of these sub-folders
 HELD_OUT_PERCENT = 20  # without one: the last 20 % of each class's sorted images are the test split
 
@@ -273,21 +286,31 @@ def evaluate_checkpoint(checkpoint: str, evals=("knn",), step: int | None = None
     from ssl_jax.eval.frozen import load_config, restore
     from ssl_jax.init_from import CHECKPOINT_SUFFIXES, workdir_and_step
 
+    from ssl_jax.data.segmentation import is_segmentation_folder
+
     start = time.time()
+    dense = bool(dataset) and is_segmentation_folder(dataset)  # a segmentation folder serves --eval=segmentation
+    if dense and set(evals) != {"segmentation"}:
+        others = ", ".join(e for e in evals if e != "segmentation")
+        raise UserError(f"--dataset={dataset} is a segmentation folder (<split>/images/, <split>/labels/): it "
+                        f"serves --eval=segmentation only; evaluate {others} on a labelled image folder or a tfds name")
+    with_dataset = (lambda c: use_dataset(c, dataset)) if dataset and not dense else (lambda c: c)  # noqa: E731
     if run := workdir_and_step(checkpoint):
         run_dir, run_step = run
         config = load_config(run_dir) if config is None else config
-        config = use_dataset(config, dataset) if dataset else config
-        frozen = restore(run_dir, run_step if step is None else step, config)
+        frozen = restore(run_dir, run_step if step is None else step, with_dataset(config))
     elif checkpoint.endswith(CHECKPOINT_SUFFIXES) and paths.resolve(checkpoint).is_file():
         if config is None or not workdir:
             raise UserError(f"--checkpoint={checkpoint} is a weights file: pass --config=<a config whose model "
                             f"matches it> and --workdir=<where results go>")
-        frozen = weights_frozen(checkpoint, use_dataset(config, dataset) if dataset else config, workdir, printer)
+        frozen = weights_frozen(checkpoint, with_dataset(config), workdir, printer)
     else:
         raise UserError(f"--checkpoint={checkpoint} is neither a run directory (with config.json), a checkpoint "
                         f"step nor a {' / '.join(CHECKPOINT_SUFFIXES)} file")
     printer(f"restored {checkpoint} step {frozen.step} ({time.time() - start:.1f}s)")
+    if dense:
+        protocol = default_protocol(frozen.config) if protocol is None else protocol
+        protocol.segmentation.data_dir = absolute(dataset)
     return evaluate_frozen(frozen, evals, protocol, printer, suffix=dataset_suffix(dataset) if dataset else "")
 
 
@@ -298,7 +321,7 @@ def evaluate_frozen(frozen, evals=("knn",), protocol=None, printer=print, suffix
     from ssl_jax.guards.logger import MetricLogger
 
     protocol = default_protocol(frozen.config) if protocol is None else protocol
-    runners = {"knn": run_knn, "finetune": run_finetune, "classifier": run_classifier,
+    runners = {"knn": run_knn, "finetune": run_finetune, "classifier": run_classifier, "segmentation": run_segmentation,
                "linear_dino": lambda f, p: run_linear(f, p, "linear_dino"),
                "linear_mae": lambda f, p: run_linear(f, p, "linear_mae")}
     results, rows = {}, []

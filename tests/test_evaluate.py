@@ -57,6 +57,29 @@ def test_evaluate_command_line_runs_every_evaluation(workdir):
     assert no_prototypes.returncode == 1 and "needs a method with class prototypes" in no_prototypes.stderr
 
 
+CAMVID = os.path.join(os.path.dirname(TFDS_DATA_DIR), "camvid")  # shared/data/camvid beside the tfds copy
+
+
+@pytest.mark.skipif(not os.path.isdir(CAMVID), reason=f"CamVid not found at {CAMVID}")
+def test_evaluate_segmentation_on_camvid(workdir):
+    """--eval=segmentation on the real CamVid files (the smoke protocol: 8 train, 4 test images,
+    two test scales and flips), results in eval_2_camvid.json; a segmentation folder serves no
+    other evaluation."""
+    from ssl_jax.evaluate import evaluate_checkpoint, load_protocol, parse_evals
+
+    results = evaluate_checkpoint(workdir, parse_evals("segmentation"), protocol=load_protocol("smoke"),
+                                  dataset=CAMVID, printer=lambda *_: None)
+    with open(os.path.join(workdir, "checkpoints", "eval_2_camvid.json")) as f:
+        saved = json.load(f)
+    assert saved == pytest.approx({"step": 2, **results, "segmentation_seconds": saved["segmentation_seconds"]})
+    assert 0.0 <= saved["segmentation_mIoU"] <= 1.0 and 0.0 <= saved["segmentation_pixel_accuracy"] <= 1.0
+    classes = [k for k in saved if k.startswith("segmentation_IoU_")]
+    assert classes and {k[len("segmentation_IoU_"):] for k in classes} <= {"Sky", "Building", "Pole", "Road",
+        "Pavement", "Tree", "SignSymbol", "Fence", "Car", "Pedestrian", "Bicyclist"}  # noqa: E128
+    with pytest.raises(UserError, match="serves --eval=segmentation only"):
+        evaluate_checkpoint(workdir, ["knn", "segmentation"], dataset=CAMVID)
+
+
 def write_cifar_folder(root, split: str, count: int, out_split: str | None = None) -> None:
     """The first `count` images of CIFAR-10's `split` as ROOT/<out_split>/<label>_<class>/<i>.png (sorted
     class names in label order, as ImageFolder numbers them); out_split None: ROOT/<label>_<class>/."""

@@ -13,14 +13,15 @@ import numpy as np
 from ssl_jax import paths
 
 
-def attention_maps(images: np.ndarray, maps: np.ndarray, title: str = ""):
-    """One row per image: the image, then the [CLS] attention of each head over it.
+def attention_maps(images: np.ndarray, maps: np.ndarray, title: str = "", patch_pca: np.ndarray | None = None):
+    """One row per image: the image, then the [CLS] attention of each head over it, then (with
+    `patch_pca` [B, h, w, 3] in [0, 1], `patch_pca.pca_rgb`) the PCA picture of its patch features.
 
     images [B, H, W, 3] in [0, 1]; maps [B, heads, h, w] (`metrics.cls_attention_maps`),
     each shown at the image's size (nearest) and scaled to its own maximum."""
     num_images, num_heads = maps.shape[:2]
-    fig, axes = plt.subplots(num_images, num_heads + 1, figsize=(1.6 * (num_heads + 1), 1.6 * num_images),
-                             squeeze=False)
+    columns = num_heads + 1 + (patch_pca is not None)
+    fig, axes = plt.subplots(num_images, columns, figsize=(1.6 * columns, 1.6 * num_images), squeeze=False)
     height, width = images.shape[1:3]
     for i in range(num_images):
         axes[i, 0].imshow(np.clip(images[i], 0, 1))
@@ -29,6 +30,10 @@ def attention_maps(images: np.ndarray, maps: np.ndarray, title: str = ""):
                                   extent=(0, width, height, 0), interpolation="nearest")
             if i == 0:
                 axes[i, h + 1].set_title(f"head {h}", fontsize=8)
+        if patch_pca is not None:
+            axes[i, -1].imshow(patch_pca[i], extent=(0, width, height, 0), interpolation="nearest")
+            if i == 0:
+                axes[i, -1].set_title("patch PCA", fontsize=8)
     for ax in axes.ravel():
         ax.axis("off")
     fig.suptitle(title or "[CLS] attention of the last block, per head", fontsize=9)

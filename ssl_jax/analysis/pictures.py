@@ -4,7 +4,8 @@
         [--image_files=a.jpg,b.png]
 
 writes attention_maps.png ([CLS] attention per head of the last block, DINO's
-visualisation), attention_distance.png, fourier.png and cka.png (Park et al. 2023's three
+visualisation, and a last column of DINOv2's PCA picture of the normed patch tokens,
+`patch_pca.py`), attention_distance.png, fourier.png and cka.png (Park et al. 2023's three
 analyses, `metrics.py`), training_curves.png (from WORKDIR/metrics/metrics.jsonl) and, for
 an MAE run, mae_reconstructions.png (original / masked / reconstruction).
 Images: the first --images of the run's eval test split, or --image_files, preprocessed
@@ -17,6 +18,7 @@ import numpy as np
 
 from ssl_jax import paths
 from ssl_jax.analysis import figures, metrics
+from ssl_jax.analysis.patch_pca import pca_rgb
 from ssl_jax.analysis.reconstruction import mae_reconstructions
 from ssl_jax.eval.frozen import vit_module, vit_outputs
 from ssl_jax.methods.mae import MAE
@@ -57,6 +59,15 @@ def analyse_outputs(module, outputs: tuple) -> dict[str, np.ndarray]:
             "cka": metrics.cka_matrix(tokens)}
 
 
+def patch_tokens(frozen, inputs: np.ndarray) -> np.ndarray:
+    """The frozen ViT's normed last-block patch tokens on inputs [B, H, W, 3], as a grid [B, h, w, D]."""
+    module = vit_module(frozen.config)
+    tokens = jax.jit(lambda p, x: module.apply({"params": p}, x, method="tokens"))(
+        frozen.run.method.eval_variables(frozen.state), inputs)
+    grid = (inputs.shape[1] // module.patch_size, inputs.shape[2] // module.patch_size)
+    return np.asarray(tokens[:, module.num_prefix_tokens:]).reshape(len(inputs), *grid, -1)
+
+
 def write_pictures(frozen, out_dir: str, count: int = 8, files=()) -> list[str]:
     """Writes the PNG files for one checkpoint into out_dir (local or a URL); returns their paths."""
     out = paths.resolve(out_dir)
@@ -68,7 +79,8 @@ def write_pictures(frozen, out_dir: str, count: int = 8, files=()) -> list[str]:
             "fourier": figures.fourier({name: results["fourier"]}),
             "cka": figures.cka({name: results["cka"]})}
     if results["attention_maps"] is not None:
-        made["attention_maps"] = figures.attention_maps(display, results["attention_maps"], name)
+        made["attention_maps"] = figures.attention_maps(display, results["attention_maps"], name,
+                                                        pca_rgb(patch_tokens(frozen, inputs)))
     if isinstance(frozen.run.method, MAE):
         panels = mae_reconstructions(frozen.run.method, frozen.state.params, inputs, frozen.config.augment.mean,
                                      frozen.config.augment.std)
