@@ -106,7 +106,11 @@ def segmentation() -> ml_collections.ConfigDict:
         "train_split": "train",  # data.train: images/training
         "test_split": "validation",  # data.test: images/validation (ADE20k's 2000 validation images)
         "num_classes": 0,  # 0: DATA_DIR/classes.txt's count (num_classes = 150)
-        "reduce_zero_label": True,  # LoadAnnotations(reduce_zero_label=True): 0 = "other" is void
+        # The reference's LoadAnnotations(reduce_zero_label=True) is ADE20k's label encoding (0 = "other" is
+        # void, class c is stored as c + 1), not a recipe choice: set True for ADE20k's PNGs. False reads
+        # labels 0..C-1 with 255 = void (CamVid); a folder whose labels exceed its C classes is refused
+        # in one line naming this switch, so neither encoding is silently misread.
+        "reduce_zero_label": False,
         # crop_size = (512, 512). Deliberate: every image is resized to this size (rounded down to the
         # patch size), instead of Resize(img_scale=(2048, 512), ratio_range=(0.5, 2.0)) + RandomCrop +
         # flip + PhotoMetricDistortion for training and keep-ratio short side 512 + slide 512/341 for test
@@ -141,7 +145,6 @@ def cifar10() -> ml_collections.ConfigDict:
     # grid with the :cifar10 ViT's 8 px patches, the reference's batch, lr and warm-up fraction over
     # 1000 steps (44 passes over the train split)
     c.segmentation.test_split = "test"
-    c.segmentation.reduce_zero_label = False  # CamVid's labels are 0..10 with 255 = void already
     c.segmentation.image_size = (96, 128)
     c.segmentation.steps = 1000
     c.segmentation.warmup_steps = 38  # 1500 / 40000 of the steps
