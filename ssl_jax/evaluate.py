@@ -167,10 +167,13 @@ def run_classifier(frozen, protocol) -> dict[str, float]:
 def run_segmentation(frozen, protocol) -> dict[str, float]:
     """DINOv2's linear segmentation probe on protocol.segmentation.data_dir (`ssl_jax/eval/segmentation.py`)."""
     from ssl_jax.eval import segmentation
+    from ssl_jax.eval.frozen import vit_module
 
     cfg, config = protocol.segmentation, frozen.config
-    return segmentation.evaluate(cfg, config, segmentation.patch_features_fn(config, cfg.n_last_blocks),
-                                 frozen.run.method.eval_variables(frozen.state), protocol.seed)
+    module = vit_module(config)
+    return segmentation.evaluate(cfg, segmentation.patch_features_fn(module, cfg.n_last_blocks),
+                                 frozen.run.method.eval_variables(frozen.state), module.patch_size,
+                                 config.augment.mean, config.augment.std, protocol.seed)
 
 
 FOLDER_TEST_SPLITS = ("test", "val", "validation")  # a folder's test split: the first of these sub-folders

@@ -155,7 +155,8 @@ def test_evaluate_leaves_the_frozen_backbone_untouched_and_differentiates_only_t
     cfg.update({"data_dir": str(tmp_path), "num_classes": 0, "train_split": "train", "test_split": "test",
                 "reduce_zero_label": False, "image_size": (12, 16), "test_scales": (1.0,), "test_flip": False,
                 "extract_batch_size": 3, "max_train_images": 0, "max_test_images": 0})
-    results = segmentation.evaluate(cfg, config, features_fn, params, printer=lambda *_: None)
+    results = segmentation.evaluate(cfg, features_fn, params, config.model.patch_size, config.augment.mean,
+                                   config.augment.std, printer=lambda *_: None)
     np.testing.assert_array_equal(np.asarray(params["kernel"]), before)
     assert 0.0 <= results["segmentation_mIoU"] <= 1.0 and set(results) >= {"segmentation_IoU_a"}
 
@@ -219,10 +220,12 @@ def test_pca_picture_keeps_the_smaller_side_of_the_first_component():
 
 
 def test_a_resnet_or_a_missing_folder_is_one_line():
-    with pytest.raises(UserError, match="reads ViT patch tokens"):
-        segmentation.patch_features_fn(ml_collections.ConfigDict({"model": {"name": "resnet"}}), 1)
+    from ssl_jax.eval.frozen import vit_module
+
+    with pytest.raises(UserError, match="reads a ViT's tokens.*'resnet'"):
+        vit_module(ml_collections.ConfigDict({"model": {"name": "resnet"}}))
     with pytest.raises(UserError, match="needs a segmentation folder"):
-        segmentation.evaluate(ml_collections.ConfigDict({"data_dir": ""}), None, None, None)
+        segmentation.evaluate(ml_collections.ConfigDict({"data_dir": ""}), None, None, 4, (0.5,) * 3, (0.25,) * 3)
 
 
 def test_labels_beyond_the_classes_name_reduce_zero_label(tmp_path):
@@ -233,4 +236,5 @@ def test_labels_beyond_the_classes_name_reduce_zero_label(tmp_path):
                                      "test_split": "test", "reduce_zero_label": False, "image_size": (8, 8),
                                      "extract_batch_size": 2, "max_train_images": 0})
     with pytest.raises(UserError, match="labels go up to 2 but there are 2 classes.*reduce_zero_label=True"):
-        segmentation.evaluate(cfg, config, segmentation.pixel_features_fn(4), None)
+        segmentation.evaluate(cfg, segmentation.pixel_features_fn(4), None, config.model.patch_size,
+                              config.augment.mean, config.augment.std)

@@ -52,7 +52,8 @@ def restore(workdir: str, step: int | None = None, config=None) -> Frozen:
 def vit_module(config) -> nn.Module:
     """The run's ViT without drop-path (evaluation), or a clear error for other backbones."""
     if config.model.name != "vit":
-        raise ValueError(f"this analysis needs a ViT backbone; the run uses config.model.name={config.model.name!r}")
+        raise UserError(f"this evaluation reads a ViT's tokens; the run's backbone is config.model.name="
+                        f"{config.model.name!r}")
     return build_backbone(config.model, with_drop_path=False, **backbone_kwargs(config))
 
 

@@ -156,17 +156,11 @@ def train_head(cfg, features: np.ndarray, labels: np.ndarray, num_classes: int, 
     return head, variables, np.asarray(losses)
 
 
-def patch_features_fn(config, n_last_blocks: int):
-    """features(params, images [B, H, W, 3]) -> [B, H/p, W/p, n * D]: the final LayerNorm on each of
-    the last n blocks' patch tokens (DINOv2's `get_intermediate_layers(n, reshape=True)`, norm=True),
-    concatenated over blocks (BNHead's resize_concat at one resolution). ViTs only."""
-    from ssl_jax.eval.frozen import vit_module
-
-    if config.model.name != "vit":
-        raise UserError(f"--eval=segmentation reads ViT patch tokens; this run's backbone is "
-                        f"{config.model.name!r}")
-    module = vit_module(config)
-
+def patch_features_fn(module, n_last_blocks: int):
+    """features(params, images [B, H, W, 3]) -> [B, H/p, W/p, n * D] of a VisionTransformer `module`:
+    the final LayerNorm on each of the last n blocks' patch tokens (DINOv2's
+    `get_intermediate_layers(n, reshape=True)`, norm=True), concatenated over blocks (BNHead's
+    resize_concat at one resolution)."""
     def features(params, images):
         layers = module.apply({"params": params}, images, n_last_blocks, method="intermediate_layers")
         grid = (images.shape[1] // module.patch_size, images.shape[2] // module.patch_size)
@@ -203,9 +197,11 @@ def input_size(cfg, patch_size: int, scale: float = 1.0) -> tuple[int, int]:
     return tuple(max(patch_size, int(round(s * scale / patch_size)) * patch_size) for s in cfg.image_size)
 
 
-def evaluate(cfg, config, features_fn, params, seed: int = 0, printer=print) -> dict[str, float]:
+def evaluate(cfg, features_fn, params, patch_size: int, mean, std, seed: int = 0,
+             printer=print) -> dict[str, float]:
     """The protocol `cfg` (configs/eval_protocols.py `segmentation`) on the folder cfg.data_dir with
-    features_fn(params, images [B, H, W, 3] normalised as the run's `config.augment`) -> [B, h, w, F]
+    features_fn(params, images [B, H, W, 3] normalised by `mean`, `std` (the backbone's own, per channel
+    of [0, 1] pixels)) -> [B, h, w, F]; input sizes are multiples of `patch_size`
     (`patch_features_fn`, or `pixel_features_fn` for the raw-pixel baseline): frozen features of the
     train split -> BNHead -> streamed test split, scored at each label's stored size. Returns
     segmentation_{mIoU, pixel_accuracy, IoU_<class>, final_loss}."""
@@ -215,9 +211,9 @@ def evaluate(cfg, config, features_fn, params, seed: int = 0, printer=print) -> 
     names = data.class_names(cfg.data_dir, cfg.num_classes)
     train, test = data.list_split(cfg.data_dir, cfg.train_split), data.list_split(cfg.data_dir, cfg.test_split)
     features_fn = jax.jit(features_fn)
-    patch = config.model.patch_size
-    mean, std = np.asarray(config.augment.mean, np.float32), np.asarray(config.augment.std, np.float32)
-    normalise = lambda images: (images.astype(np.float32) / 255.0 - mean) / std  # noqa: E731 (the run's own)
+    patch = patch_size
+    mean, std = np.asarray(mean, np.float32), np.asarray(std, np.float32)
+    normalise = lambda images: (images.astype(np.float32) / 255.0 - mean) / std  # noqa: E731 (the backbone's own)
 
     start = time.time()
     size = input_size(cfg, patch)

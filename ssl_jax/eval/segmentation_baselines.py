@@ -22,6 +22,7 @@ flags.mark_flags_as_required(["config", "dataset"])
 def main(argv):
     from ssl_jax import train
     from ssl_jax.eval import segmentation
+    from ssl_jax.eval.frozen import vit_module
     from ssl_jax.evaluate import absolute, default_protocol
 
     del argv
@@ -32,11 +33,12 @@ def main(argv):
     cfg.data_dir = absolute(_DATASET.value)
     run = train.setup(config, steps_per_epoch=1)  # nothing is trained: the training split is not read
     baselines = {"raw pixels": (segmentation.pixel_features_fn(config.model.patch_size), None),
-                 "random init": (segmentation.patch_features_fn(config, cfg.n_last_blocks),
+                 "random init": (segmentation.patch_features_fn(vit_module(config), cfg.n_last_blocks),
                                  run.method.eval_variables(train.create_state(config, run)))}
     for name, (features_fn, params) in baselines.items():
         start = time.time()
-        results = segmentation.evaluate(cfg, config, features_fn, params, protocol.seed)
+        results = segmentation.evaluate(cfg, features_fn, params, config.model.patch_size, config.augment.mean,
+                                        config.augment.std, protocol.seed)
         print(f"{name:12s} mIoU={100 * results['segmentation_mIoU']:.2f}% "
               f"pixel accuracy={100 * results['segmentation_pixel_accuracy']:.2f}% ({time.time() - start:.1f}s)",
               flush=True)
