@@ -188,7 +188,8 @@ def test_notebook_executes(workdir, notebook, tmp_path):
         exported = str(tmp_path / "dino.safetensors")
         export(workdir, exported)
         env.update({"SSL_JAX_NOTEBOOK_SOURCES": f"{workdir},{exported}", "SSL_JAX_NOTEBOOK_PROTOCOL": "smoke",
-                    "SSL_JAX_NOTEBOOK_SPLITS": "train[:200],test[:100]", "SSL_JAX_NOTEBOOK_EVALS": "knn,linear"})
+                    "SSL_JAX_NOTEBOOK_SPLITS": "train[:200],test[:100]", "SSL_JAX_NOTEBOOK_EVALS": "knn,linear",
+                    "SSL_JAX_NOTEBOOK_SEGMENTATION": CAMVID})
     old = {k: os.environ.get(k) for k in env}
     os.environ.update(env)  # the kernel inherits this process's environment
     try:
@@ -202,7 +203,7 @@ def test_notebook_executes(workdir, notebook, tmp_path):
     if notebook == "ablation_frozen_checkpoints.ipynb":  # the run and its export: the same numbers
         table = [o["data"]["text/markdown"] for c in nb.cells if c.cell_type == "code" for o in c.outputs
                  if "text/markdown" in o.get("data", {})][0].splitlines()
-        assert "knn_top1@20" in table[0] and "linear_top1" in table[0]
+        assert "knn_top1@20" in table[0] and "linear_top1" in table[0] and "segmentation_mIoU" in table[0]
         assert table[2].startswith("| dino |") and table[3].replace("dino.safetensors", "dino", 1) == table[2]
     else:
         assert {"attention_maps.png", "attention_distance.png", "fourier.png", "cka.png",
