@@ -83,6 +83,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval.crop = 224
     c.eval.knn_k = (20,)  # eval_knn.py --nb_knn also reports 10, 100, 200.
     c.eval.knn_temperature = 0.07  # eval_knn.py --temperature
+    # A segmentation folder (`<split>/images/`, `<split>/labels/`, e.g. CamVid): every evaluation also runs
+    # the linear segmentation probe (`--eval=segmentation`) with configs/eval_protocols.py:<segmentation_protocol>.
+    c.eval.segmentation_dir = ""
+    c.eval.segmentation_protocol = "cifar10"
 
     c.checkpoint = ml_collections.ConfigDict()
     c.checkpoint.every_steps = 1000

@@ -166,14 +166,18 @@ def run_classifier(frozen, protocol) -> dict[str, float]:
 
 def run_segmentation(frozen, protocol) -> dict[str, float]:
     """DINOv2's linear segmentation probe on protocol.segmentation.data_dir (`ssl_jax/eval/segmentation.py`)."""
+    return segmentation_probe(frozen.config, frozen.run.method.eval_variables(frozen.state), protocol)
+
+
+def segmentation_probe(config, backbone_params, protocol, printer=print) -> dict[str, float]:
+    """The linear segmentation probe on the run's ViT with `backbone_params` (also run during training
+    when `config.eval.segmentation_dir` is set)."""
     from ssl_jax.eval import segmentation
     from ssl_jax.eval.frozen import vit_module
 
-    cfg, config = protocol.segmentation, frozen.config
-    module = vit_module(config)
-    return segmentation.evaluate(cfg, segmentation.patch_features_fn(module, cfg.n_last_blocks),
-                                 frozen.run.method.eval_variables(frozen.state), module.patch_size,
-                                 config.augment.mean, config.augment.std, protocol.seed)
+    cfg, module = protocol.segmentation, vit_module(config)
+    return segmentation.evaluate(cfg, segmentation.patch_features_fn(module, cfg.n_last_blocks), backbone_params,
+                                 module.patch_size, config.augment.mean, config.augment.std, protocol.seed, printer)
 
 
 FOLDER_TEST_SPLITS = ("test", "val", "validation")  # a folder's test split: the first of these sub-folders

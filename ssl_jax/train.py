@@ -197,11 +197,20 @@ def step_flops(compiled) -> float:
 
 
 def evaluate(config, run: Run, state: TrainState, logger: MetricLogger, step: int) -> dict:
-    """kNN on the eval dataset's splits (`config.eval.dataset`, default the training dataset), logged and printed."""
+    """kNN on the eval dataset's splits (`config.eval.dataset`, default the training dataset), and the linear
+    segmentation probe when `config.eval.segmentation_dir` is set; logged and printed."""
     from ssl_jax.eval.knn_eval import evaluate_knn  # imports tensorflow
 
     start = time.time()
-    results = evaluate_knn(config, run.method, gathered(state, run.mesh), run.mesh)
+    state = gathered(state, run.mesh)
+    results = evaluate_knn(config, run.method, state, run.mesh)
+    if config.eval.get("segmentation_dir"):
+        from ssl_jax.evaluate import load_protocol, segmentation_probe
+
+        protocol = load_protocol(config.eval.segmentation_protocol)
+        protocol.segmentation.data_dir = config.eval.segmentation_dir
+        probe = segmentation_probe(config, run.method.eval_variables(state), protocol, printer=lambda *_: None)
+        results.update({k: probe[k] for k in ("segmentation_mIoU", "segmentation_pixel_accuracy")})
     logger.write(step, results, prefix="eval")
     log_line(f"eval step {step}: " + " ".join(f"{k}={100 * v:.2f}%" for k, v in results.items())
              + f" ({time.time() - start:.0f}s)")

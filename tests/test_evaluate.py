@@ -22,11 +22,13 @@ EVALUATE = "ssl_jax.evaluate"
 
 @pytest.fixture(scope="module")
 def workdir(tfds_data_dir, tmp_path_factory):
-    """A tiny DINO run of 2 steps (checkpoint at step 2, kNN at the end), trained in this process."""
+    """A tiny DINO run of 2 steps (checkpoint at step 2, kNN and the CamVid segmentation probe at the
+    end), trained in this process."""
     from ssl_jax import train
 
     config = make_smoke_config(num_epochs=1)
     config.steps_per_epoch = 2
+    config.eval.segmentation_dir, config.eval.segmentation_protocol = CAMVID, "smoke"
     path = str(tmp_path_factory.mktemp("frozen_run") / "dino")
     train.train_and_evaluate(config, path)
     return path
@@ -47,6 +49,7 @@ def test_evaluate_command_line_runs_every_evaluation(workdir):
     with open(os.path.join(workdir, "metrics", "metrics.jsonl")) as f:
         trained = [r for r in map(json.loads, f) if r["split"] == "eval"][0]
     assert saved["knn_top1@20"] == pytest.approx(trained["knn_top1@20"], abs=1e-9)
+    assert 0.0 < trained["segmentation_mIoU"] <= 1.0 and 0.0 < trained["segmentation_pixel_accuracy"] <= 1.0
     cached = os.listdir(os.path.join(workdir, "eval_cache", "2"))
     # kNN features of both splits; the DINO probe's (avgpool) of both (trained on cached features);
     # the MAE probe's ([CLS] only) of the test split (trained on augmented images)

@@ -238,3 +238,26 @@ def test_labels_beyond_the_classes_name_reduce_zero_label(tmp_path):
     with pytest.raises(UserError, match="labels go up to 2 but there are 2 classes.*reduce_zero_label=True"):
         segmentation.evaluate(cfg, segmentation.pixel_features_fn(4), None, config.model.patch_size,
                               config.augment.mean, config.augment.std)
+
+
+def test_segmentation_during_training_is_checked_before_it_starts(tmp_path):
+    """config.eval.segmentation_dir (the probe at every evaluation) is refused in one line for a ResNet,
+    a missing folder or an unknown protocol preset, by the config check that runs before training."""
+    import runpy
+
+    from conftest import REPO
+    from ssl_jax.guards.config_check import validate
+
+    config = runpy.run_path(f"{REPO}/configs/dino_small.py")["get_config"]("smoke")
+    config.eval.segmentation_dir = str(tmp_path)
+    validate(config)
+    config.eval.segmentation_protocol = "nope"
+    with pytest.raises(UserError, match="unknown preset 'nope'"):
+        validate(config)
+    config.eval.segmentation_dir = str(tmp_path / "missing")
+    with pytest.raises(UserError, match="eval.segmentation_dir=.* is not a folder"):
+        validate(config)
+    resnet = runpy.run_path(f"{REPO}/configs/simclr_resnet50.py")["get_config"]("smoke")
+    resnet.eval.segmentation_dir = str(tmp_path)
+    with pytest.raises(UserError, match="needs a ViT backbone"):
+        validate(resnet)

@@ -104,6 +104,8 @@ def check_names(config) -> None:
     for name, section in config.method.items():  # the projector / predictor MLPs (heads.projection_mlp)
         if isinstance(section, ml_collections.ConfigDict) and "init" in section:
             check_known(config, f"method.{name}.init", LINEAR_INITS)
+    if config.eval.get("segmentation_dir"):
+        check_segmentation(config)
     name = config.dataset.name
     if name != "folder":
         import tensorflow_datasets as tfds
@@ -128,6 +130,19 @@ def check_teacher(config) -> None:
     elif momentum is not None:
         raise UserError(f"config.optim.teacher_momentum={momentum} is set, but method {method!r} has no EMA "
                         "teacher; remove it from the config file")
+
+
+def check_segmentation(config) -> None:
+    """config.eval.segmentation_dir: a ViT, an existing folder, a known protocol preset (not after training)."""
+    from ssl_jax import paths
+    from ssl_jax.evaluate import load_protocol
+
+    directory = config.eval.segmentation_dir
+    if config.model.name != "vit":
+        fail("eval.segmentation_dir", directory, "needs a ViT backbone (the probe reads patch tokens)", "''")
+    if not paths.resolve(directory).is_dir():
+        fail("eval.segmentation_dir", directory, "is not a folder", "a folder with <split>/images/ and <split>/labels/")
+    load_protocol(config.eval.segmentation_protocol)  # an unknown preset is one line now
 
 
 def validate(config) -> None:
