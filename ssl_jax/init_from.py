@@ -161,3 +161,27 @@ def initialize(config, state, log=print, required: str = ""):
                         f"{'; '.join(fatal[:4])}{' ...' if len(fatal) > 4 else ''}; {hint}")
     return state.replace(params=params, model_state=model_state, teacher=teacher)
 
+
+
+def initialize_teacher(config, state, log=print):
+    """`state` with `config.teacher_init_from`'s arrays as its frozen teacher
+    (`ssl_jax.methods.frozen_teacher`): the source's EMA teacher where it has one (DINO's evaluated
+    network), else its params, and its BatchNorm statistics. Every teacher array must load (a
+    frozen teacher is never trained); source arrays the teacher has no place for are left out."""
+    path = os.fspath(config.teacher_init_from)
+    if not isinstance(state.teacher, dict) or set(state.teacher) != {"params", "model_state"}:
+        raise UserError(f"teacher_init_from={path}: method {config.method.name!r} has no frozen teacher "
+                        "(config.teacher); use --config.init_from to start the network itself from weights")
+    source = read_source(path)
+    notes, misses = [], []
+    params = merge(state.teacher["params"], source.params if source.teacher is None else source.teacher, notes,
+                   misses, "teacher/params/")
+    model_state = merge(state.teacher["model_state"], source.model_state, notes, misses, "teacher/model_state/")
+    total = len(flat(state.teacher))
+    log("\n".join([f"teacher_init_from {path} ({source.kind}): loaded {total - len(misses)} of {total} frozen "
+                   "teacher arrays"] + [f"  {note}" for note in notes]))
+    if misses:
+        raise UserError(f"teacher_init_from={path}: {len(misses)} of {total} teacher arrays not loaded: "
+                        f"{'; '.join(misses[:4])}{' ...' if len(misses) > 4 else ''}; does config.teacher "
+                        "(and the method's teacher head) describe the source's model?")
+    return state.replace(teacher={"params": params, "model_state": model_state})
