@@ -60,7 +60,8 @@ def imagenet_config() -> ml_collections.ConfigDict:
         "warmup_lr": 1e-6 * 512 / 1024, "warmup_epochs": 5, "warmup_style": "fraction",  # --warmup-epochs 5
         "min_lr": 1e-5,  # --min-lr 1e-5 (not batch-scaled)
         "weight_decay": 0.05, "weight_decay_end": 0.05,  # --weight-decay 0.05, constant; not on 1-D / biases ...
-        "no_decay_patterns": (r"backbone/(pos_embed|cls_token|register_tokens)$",),  # ... nor no_weight_decay()
+        # ... nor timm's VisionTransformer.no_weight_decay() = {pos_embed, cls_token}: dist_token (3-D) decays
+        "no_decay_patterns": (r"backbone/(pos_embed|cls_token)$",),
     })
     # timm create_transform(224, is_training, --color-jitter 0.4, bicubic): RandomResizedCrop(scale (0.08, 1)),
     # flip; ColorJitter 0.4 stands in for --aa rand-m9-mstd0.5-inc1 (deliberate, module docstring).
@@ -87,7 +88,7 @@ def cifar10_config() -> ml_collections.ConfigDict:
     c.model.init = "deit"
     c.teacher = base.resnet_model(18, cifar_stem=True)
     c.optim.weight_decay = c.optim.weight_decay_end = 0.05  # --weight-decay 0.05, constant
-    c.optim.no_decay_patterns = (r"backbone/(pos_embed|cls_token|register_tokens)$",)
+    c.optim.no_decay_patterns = (r"backbone/(pos_embed|cls_token)$",)
     c.augment = base.single_view_augment(size=32, scale=(0.08, 1.0), flip_prob=0.5)
     c.augment.mean, c.augment.std = base.CIFAR10_MEAN, base.CIFAR10_STD
     return c
