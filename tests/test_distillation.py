@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from configs import attention_transfer_vit_large, deit_small
+from configs import attention_transfer_vit_large, deit_small, unic_vit_base
 from conftest import run_smoke_preset, smoke_params
 from ssl_jax import export, init_from, sharding, train
 from ssl_jax.core.batch import example_batch
@@ -26,7 +26,10 @@ PLACEHOLDER = "set-by-the-test"  # teacher_init_from: the method only checks tha
 
 def _config(module, preset="smoke", **overrides):
     config = module.get_config(preset)
-    config.teacher_init_from = PLACEHOLDER
+    if isinstance(config.teacher_init_from, str):
+        config.teacher_init_from = PLACEHOLDER
+    else:  # several teachers (UNIC)
+        config.teacher_init_from = {name: PLACEHOLDER for name in config.teacher_init_from}
     for field, value in overrides.items():
         target = config
         *parents, leaf = field.split(".")
@@ -103,13 +106,13 @@ def test_frozen_resnet_teacher_is_not_optimised_and_stays_bit_identical():
     assert all(jax.tree.leaves(moved["head_dist"]))
 
 
-def _tiny_vit_file(tmp_path, config, seed=0):
-    """A fresh ViT of config.teacher's shape written in timm's names (ssl_jax.export), as a user's
-    converted official checkpoint would be; returns (path, its ssl_jax params)."""
-    backbone = frozen_teacher.teacher_network(config, "test").modules["backbone"]
+def _tiny_vit_file(tmp_path, config, seed=0, name=""):
+    """A fresh ViT of config.teacher's (config.teacher[name]'s) shape written in timm's names
+    (ssl_jax.export), as a user's converted official checkpoint would be; returns (path, its params)."""
+    backbone = frozen_teacher.teacher_network(config, "test", name=name).modules["backbone"]
     size = config.augment.global_crops.size
     params = backbone.init(jax.random.key(seed), jnp.zeros((1, size, size, 3)))["params"]
-    path = str(tmp_path / "teacher.safetensors")
+    path = str(tmp_path / f"teacher{name}.safetensors")
     export.save_atomically(export.timm_state_dict(jax.device_get(params)), path, {})
     return path, params
 
@@ -236,16 +239,88 @@ def test_attention_distillation_loss_in_the_method():
     assert not np.allclose(unmasked[2], student_attention[2], atol=1e-6)  # the masks do change block 3's input
 
 
+# ---- UNIC ----
+
+def np_unic(outputs, raw, stats, uniform, momentum, lam_cos, lam_sl1, drop_prob, eps=1e-6):
+    """naver/unic get_teacher_output (utils.standard_normalize), losses.loss_per_teacher and
+    teacher_dropping.aggregate_losses in float64, with the dropping draws `uniform` [T, B] (random.random())."""
+    names = sorted(outputs)
+    per_teacher, new_stats = [], {}
+    for n in names:
+        losses, new_stats[n] = [], {}
+        for t in ("cls", "patch"):
+            x = np.asarray(raw[n][t], np.float64)
+            mean_ema, std_ema = (np.asarray(stats[n][t][k], np.float64) for k in ("mean", "std"))
+            dims = tuple(range(x.ndim - 1))
+            mean, std = x.mean(dims), x.std(dims, ddof=1) + eps  # torch .std(): unbiased
+            target = (x - mean_ema) / (std_ema + eps)
+            new_stats[n][t] = {"mean": mean_ema * (1 - momentum) + mean * momentum,
+                               "std": std_ema * (1 - momentum) + std * momentum}
+            s = np.asarray(outputs[n][t], np.float64)
+            cos = np.sum(s * target, -1) / np.maximum(np.linalg.norm(s, axis=-1) * np.linalg.norm(target, axis=-1), 1e-8)
+            d = np.abs(s - target)
+            sl1 = np.where(d < 1, 0.5 * d * d, d - 0.5).mean(-1)
+            loss = lam_cos * (1 - cos) + lam_sl1 * sl1
+            losses.append(loss.mean(1) if loss.ndim == 2 else loss)
+        per_teacher.append(np.mean(losses, 0))
+    per_teacher = np.stack(per_teacher)  # [T, B]
+    coeffs = np.ones_like(per_teacher)
+    for b in range(per_teacher.shape[1]):
+        top = np.argmax(per_teacher[:, b])
+        for i in range(len(names)):
+            if i != top and uniform[i, b] < drop_prob:
+                coeffs[i, b] = 0
+    coeffs /= coeffs.sum()
+    return np.sum(coeffs * per_teacher), new_stats
+
+
+def test_unic_loss_matches_numpy_reference():
+    """Standardisation by the EMA statistics, their update, the cosine + smooth-L1 loss and teacher
+    dropping against naver/unic in float64, at step 2 of 6 (momentum 0.75 of the cosine 1 -> 0.001)
+    with non-trivial statistics and a drop probability of 0.7."""
+    config = _config(unic_vit_base, **{"method.teacher_drop_prob": 0.7, "method.lam_cos": 0.3})
+    method = build_method(config, 3)
+    batch = _batch(config)
+    variables = _init(method, batch)
+    rng = np.random.default_rng(0)
+    stats = jax.tree.map(lambda x: jnp.asarray(x * 1.5 + rng.normal(size=x.shape) * 0.1, jnp.float32),
+                         variables.method_state)  # means ~ N(0, 0.1), stds ~ 1.5
+    key, step = jax.random.key(5), 2
+    loss, out = method.loss(variables.params, variables.teacher, stats, None, batch, key, step)
+
+    drop_rng, path_rng = jax.random.split(key)
+    images = batch["views"]["global"][:, 0]
+    outputs = method.student(variables.params, images, path_rng)
+    raw = {}
+    for n in method.names:
+        backbone = method.teachers[n].modules["backbone"]
+        tokens = np.asarray(backbone.apply({"params": variables.teacher[n]["params"]["backbone"]}, images,
+                                           method="tokens"))
+        raw[n] = {"cls": tokens[:, 0], "patch": tokens[:, backbone.num_prefix_tokens:]}
+    uniform = np.asarray(jax.random.uniform(drop_rng, (len(method.names), images.shape[0])))
+    momentum = 0.001 + 0.5 * (1 - 0.001) * (1 + np.cos(np.pi * step / 6))  # utils.cosine_scheduler, 6 steps
+    expected, expected_stats = np_unic(outputs, raw, stats, uniform, momentum, 0.3, 0.5, 0.7)
+    np.testing.assert_allclose(float(loss), expected, rtol=2e-5)
+    jax.tree.map(lambda a, e: np.testing.assert_allclose(a, e, rtol=2e-5, atol=1e-6), out.method_state,
+                 expected_stats)
+    assert sorted(out.metrics) == ["coeff_a", "coeff_b", "loss_a", "loss_b", "tnorm_momentum"]
+
+
 # ---- `:smoke` presets from the command line ----
 
-@pytest.mark.parametrize("config_name", smoke_params(["deit_small", "attention_transfer_vit_large"]))
+@pytest.mark.parametrize("config_name", smoke_params(["deit_small", "attention_transfer_vit_large", "unic_vit_base"]))
 def test_smoke_preset_end_to_end(config_name, tfds_data_dir, tmp_path):
     """`python -m ssl_jax.main --config=configs/<paper>.py:smoke --config.teacher_init_from=T`: DeiT's
-    teacher is first trained by its `:smoke_teacher` preset (a ResNet classifier, 6 steps), attention
-    transfer's is a fresh tiny ViT written in timm's names."""
+    teacher is first trained by its `:smoke_teacher` preset (a ResNet classifier, 6 steps); attention
+    transfer's and UNIC's two are fresh tiny ViTs written in timm's names."""
     if config_name == "deit_small":
         teacher = tmp_path / "teacher"
         run_smoke_preset(config_name, teacher, preset="smoke_teacher")
+        flags = [f"--config.teacher_init_from={teacher}"]
+    elif config_name == "unic_vit_base":  # two teachers of widths 16 and 24
+        config = _config(unic_vit_base)
+        flags = [f"--config.teacher_init_from.{n}={_tiny_vit_file(tmp_path, config, i, n)[0]}"
+                 for i, n in enumerate(("a", "b"))]
     else:
-        teacher, _ = _tiny_vit_file(tmp_path, _config(attention_transfer_vit_large))
-    run_smoke_preset(config_name, tmp_path / config_name, f"--config.teacher_init_from={teacher}")
+        flags = [f"--config.teacher_init_from={_tiny_vit_file(tmp_path, _config(attention_transfer_vit_large))[0]}"]
+    run_smoke_preset(config_name, tmp_path / config_name, *flags)

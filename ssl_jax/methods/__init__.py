@@ -21,6 +21,7 @@ from ssl_jax.methods.simsiam import SimSiam
 from ssl_jax.methods.sit import SiT
 from ssl_jax.methods.suave import Suave
 from ssl_jax.methods.swav import SwAV
+from ssl_jax.methods.unic import UNIC
 
 METHODS = {"dino": DINO, "simclr": SimCLR, "byol": BYOL, "mocov3": MoCoV3, "simsiam": SimSiam, "ibot": IBOT,
            "dinov2": DINOv2}
@@ -34,7 +35,7 @@ METHODS.update({"swav": SwAV, "rotation": Rotation, "mp3": MP3,
                 "sit": SiT})
 
 # Distillation from frozen teachers (ssl_jax/methods/frozen_teacher.py).
-METHODS.update({"deit": DeiT, "attention_transfer": AttentionTransfer})
+METHODS.update({"deit": DeiT, "attention_transfer": AttentionTransfer, "unic": UNIC})
 
 
 def build_method(config, steps_per_epoch: int):

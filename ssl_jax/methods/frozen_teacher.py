@@ -3,7 +3,8 @@ never trains (DeiT, attention transfer). No method class, only the pieces they s
 
 The teacher is `config.teacher` (a `model` section: ViT or ResNet, as `config.model`) followed by
 the method's heads, a `Network` whose weights live in `TrainState.teacher` as
-{"params": {module: ...}, "model_state": {module: batch_stats}}: the step hands them to the loss
+{"params": {module: ...}, "model_state": {module: batch_stats}} (several teachers, UNIC: {name: that},
+`config.teacher` and `config.teacher_init_from` then map names to sections and weights): the step hands them to the loss
 as a plain input (no gradient, no optimiser state) and, the method declaring `ema_teacher = False`,
 never updates them; FSDP rules shard `teacher/params/...` like the student's parameters. The
 weights come from `config.teacher_init_from` (an ssl_jax workdir or checkpoint step: its EMA
@@ -21,14 +22,17 @@ from ssl_jax.models.backbones import backbone_kwargs, build_backbone
 from ssl_jax.models.network import Network
 
 
-def teacher_network(config, method: str, heads: dict | None = None, drop_path_rate: float = 0.0) -> Network:
-    """The frozen teacher: config.teacher's backbone (a ViT with `drop_path_rate`, which only a
-    method that shares the student's drop-path masks sets), then `heads` {name: module}. One
-    clear line when the run names no teacher weights."""
-    if "teacher" not in config or not config.get("teacher_init_from"):
+def teacher_network(config, method: str, heads: dict | None = None, drop_path_rate: float = 0.0,
+                    name: str = "") -> Network:
+    """The frozen teacher: config.teacher's backbone (config.teacher[name] of a method with several
+    teachers; a ViT with `drop_path_rate`, which only a method that shares the student's drop-path
+    masks sets), then `heads` {name: module}. One clear line when the run names no teacher weights."""
+    weights = config.get("teacher_init_from")
+    if "teacher" not in config or not (weights[name] if name and weights else weights):
+        flag = f"teacher_init_from.{name}" if name else "teacher_init_from"
         raise UserError(f"{method} distils a frozen teacher: set config.teacher (its model section) and "
-                        "--config.teacher_init_from=<ssl_jax workdir | checkpoint file>")
-    model_cfg = config.teacher.copy_and_resolve_references()
+                        f"--config.{flag}=<ssl_jax workdir | checkpoint file>")
+    model_cfg = (config.teacher[name] if name else config.teacher).copy_and_resolve_references()
     if model_cfg.name == "vit":
         model_cfg.drop_path_rate = drop_path_rate
     backbone = build_backbone(model_cfg, **backbone_kwargs(config))
