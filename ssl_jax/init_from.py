@@ -161,3 +161,41 @@ def initialize(config, state, log=print, required: str = ""):
                         f"{'; '.join(fatal[:4])}{' ...' if len(fatal) > 4 else ''}; {hint}")
     return state.replace(params=params, model_state=model_state, teacher=teacher)
 
+
+
+def initialize_teacher(config, state, log=print):
+    """`state` with `config.teacher_init_from`'s arrays as its frozen teacher
+    (`ssl_jax.methods.frozen_teacher`): a path, or {name: path} for a method with several
+    teachers (`state.teacher` = {name: teacher}). From each source its EMA teacher where it has
+    one (DINO's evaluated network), else its params, and its BatchNorm statistics. Every teacher
+    array must load (a frozen teacher is never trained); source arrays the teacher has no place
+    for are left out."""
+    spec = config.teacher_init_from
+    if isinstance(spec, str):
+        return state.replace(teacher=load_teacher(config, spec, state.teacher, "teacher/", log))
+    if not isinstance(state.teacher, dict) or set(state.teacher) != set(spec.keys()):
+        raise UserError(f"teacher_init_from names {sorted(spec.keys())}; method {config.method.name!r} has teachers "
+                        f"{sorted(state.teacher or ())}")
+    return state.replace(teacher={name: load_teacher(config, path, state.teacher[name], f"teacher/{name}/", log)
+                                  for name, path in spec.items()})
+
+
+def load_teacher(config, path: str, teacher, name: str, log=print) -> dict:
+    """One frozen teacher {"params", "model_state"} with the arrays of `path` (`initialize_teacher`)."""
+    path = os.fspath(path)
+    if not isinstance(teacher, dict) or set(teacher) != {"params", "model_state"}:
+        raise UserError(f"teacher_init_from={path}: method {config.method.name!r} has no frozen teacher "
+                        "(config.teacher); use --config.init_from to start the network itself from weights")
+    source = read_source(path)
+    notes, misses = [], []
+    params = merge(teacher["params"], source.params if source.teacher is None else source.teacher, notes,
+                   misses, f"{name}params/")
+    model_state = merge(teacher["model_state"], source.model_state, notes, misses, f"{name}model_state/")
+    total = len(flat(teacher))
+    log("\n".join([f"teacher_init_from {path} ({source.kind}): loaded {total - len(misses)} of {total} frozen "
+                   f"{name.rstrip('/')} arrays"] + [f"  {note}" for note in notes]))
+    if misses:
+        raise UserError(f"teacher_init_from={path}: {len(misses)} of {total} teacher arrays not loaded: "
+                        f"{'; '.join(misses[:4])}{' ...' if len(misses) > 4 else ''}; does config.teacher "
+                        "(and the method's teacher head) describe the source's model?")
+    return {"params": params, "model_state": model_state}

@@ -155,6 +155,10 @@ def restore_or_create(config, run: Run, checkpointer: Checkpointer, step: int | 
         from ssl_jax import init_from
 
         state = init_from.initialize(config, state, log_line)
+    if config.get("teacher_init_from"):  # a frozen teacher's weights (ssl_jax/methods/frozen_teacher.py)
+        from ssl_jax import init_from
+
+        state = init_from.initialize_teacher(config, state, log_line)
     return state
 
 

@@ -174,12 +174,12 @@ LONGEST_MODULES = ("test_reliability.py", "test_distributed.py", "test_evaluate.
 # tests/test_smoke_presets.py checks that none is left out or marked slow.
 
 
-def run_smoke_preset(config_name: str, workdir) -> dict:
-    """Runs `python -m ssl_jax.main --config=configs/CONFIG_NAME.py:smoke` on CIFAR-10 (small eval
+def run_smoke_preset(config_name: str, workdir, *args: str, preset: str = "smoke") -> dict:
+    """Runs `python -m ssl_jax.main --config=configs/CONFIG_NAME.py:smoke ARGS` on CIFAR-10 (small eval
     splits) and checks what every method's run must do: exit 0, finite losses for all 6 steps, a
     checkpoint of step 6 and a kNN accuracy above chance. Returns the last eval record."""
-    result = run_config(os.path.join(REPO, "configs", f"{config_name}.py") + ":smoke", workdir,
-                        "--config.eval.train_split=train[:400]", "--config.eval.test_split=test[:200]")
+    result = run_config(os.path.join(REPO, "configs", f"{config_name}.py") + f":{preset}", workdir,
+                        "--config.eval.train_split=train[:400]", "--config.eval.test_split=test[:200]", *args)
     assert result.returncode == 0, result.stderr[-3000:]
     with open(os.path.join(workdir, "metrics", "metrics.jsonl")) as f:
         records = [json.loads(line) for line in f]

@@ -33,6 +33,9 @@ SMOKE_TESTS = {
     "ijepa_small": "test_mim.py::test_smoke_preset_end_to_end[ijepa]",
     "ibot_small": "test_ibot_dinov2.py::test_smoke_preset_end_to_end[ibot]",
     "dinov2_small": "test_ibot_dinov2.py::test_smoke_preset_end_to_end[dinov2]",
+    "deit_small": "test_distillation.py::test_smoke_preset_end_to_end[deit_small]",
+    "attention_transfer_vit_large": "test_distillation.py::test_smoke_preset_end_to_end[attention_transfer_vit_large]",
+    "unic_vit_base": "test_distillation.py::test_smoke_preset_end_to_end[unic_vit_base]",
     # conftest.TINY_OVERRIDES shrink it further (compile time); the tiny run is the same program.
     "dino_small": "test_train.py::test_smoke_main_end_to_end",
 }

@@ -94,3 +94,18 @@ def random_erasing(rng: jax.Array, images: jax.Array, prob: float, scale: tuple[
            & (cols >= left[:, None, None]) & (cols < (left + w)[:, None, None]) & erase[:, None, None])
     noise = jax.random.normal(noise_rng, images.shape, images.dtype)
     return jnp.where(box[..., None], noise, images)
+
+
+def supervised_batch(rng: jax.Array, images: jax.Array, labels: jax.Array, num_classes: int, cfg) -> tuple[jax.Array, jax.Array]:
+    """The training batch of DeiT / MAE fine-tuning (timm's transform and `Mixup`): random erasing
+    per image with probability `cfg.reprob`, then Mixup/CutMix over the batch with label-smoothed
+    targets. images [B, H, W, C], labels [B] -> (images, targets [B, num_classes]). `cfg` has
+    reprob, label_smoothing, mixup, cutmix, mixup_switch_prob, mixup_prob."""
+    erase_rng, mix_rng = jax.random.split(rng)
+    if cfg.reprob:
+        images = random_erasing(erase_rng, images, cfg.reprob)
+    targets = smoothed_one_hot(labels, num_classes, cfg.label_smoothing)
+    if cfg.mixup or cfg.cutmix:
+        images, targets = mixup_cutmix(mix_rng, images, targets, mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix,
+                                       switch_prob=cfg.mixup_switch_prob, prob=cfg.mixup_prob)
+    return images, targets

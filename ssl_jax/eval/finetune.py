@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from ssl_jax.core.batch_augment import mixup_cutmix, random_erasing, smoothed_one_hot, soft_cross_entropy
+from ssl_jax.core.batch_augment import soft_cross_entropy, supervised_batch
 from ssl_jax.models.backbones import backbone_kwargs, build_backbone
 from ssl_jax.optim import LAYER0_PATTERNS, cosine_schedule, lr_multipliers
 from ssl_jax.sharding import batch_sharding, replicated
@@ -98,17 +98,9 @@ class FineTuner:
         return self.head.apply({"params": params["head"]}, pooled).astype(jnp.float32)
 
     def batch_augment(self, images, labels, rng) -> tuple[jax.Array, jax.Array]:
-        """MAE's training-time batch: random erasing per image (in timm's transform, after
-        normalisation), then Mixup/CutMix over the batch with label-smoothed targets [B, C]."""
-        cfg = self.cfg
-        erase_rng, mix_rng = jax.random.split(rng)
-        if cfg.reprob:
-            images = random_erasing(erase_rng, images, cfg.reprob)
-        targets = smoothed_one_hot(labels, self.num_classes, cfg.label_smoothing)
-        if cfg.mixup or cfg.cutmix:
-            images, targets = mixup_cutmix(mix_rng, images, targets, mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix,
-                                           switch_prob=cfg.mixup_switch_prob, prob=cfg.mixup_prob)
-        return images, targets
+        """MAE's training-time batch (`batch_augment.supervised_batch`): random erasing, then
+        Mixup/CutMix with label-smoothed targets [B, C]."""
+        return supervised_batch(rng, images, labels, self.num_classes, self.cfg)
 
     def train(self, batches: Iterator[dict], steps_per_epoch: int, mesh) -> tuple[dict, list[float]]:
         """Trains cfg.epochs x steps_per_epoch steps on `batches` (global, sharded); returns

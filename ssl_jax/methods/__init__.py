@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 from ssl_jax.errors import UserError
+from ssl_jax.methods.attention_transfer import AttentionTransfer
 from ssl_jax.methods.byol import BYOL
 from ssl_jax.methods.daino import Daino
+from ssl_jax.methods.deit import DeiT
 from ssl_jax.methods.dino import DINO
 from ssl_jax.methods.dinov2 import DINOv2
 from ssl_jax.methods.ibot import IBOT
@@ -19,6 +21,7 @@ from ssl_jax.methods.simsiam import SimSiam
 from ssl_jax.methods.sit import SiT
 from ssl_jax.methods.suave import Suave
 from ssl_jax.methods.swav import SwAV
+from ssl_jax.methods.unic import UNIC
 
 METHODS = {"dino": DINO, "simclr": SimCLR, "byol": BYOL, "mocov3": MoCoV3, "simsiam": SimSiam, "ibot": IBOT,
            "dinov2": DINOv2}
@@ -30,6 +33,9 @@ METHODS.update({"mae": MAE, "simmim": SimMIM, "ijepa": IJEPA})
 METHODS.update({"swav": SwAV, "rotation": Rotation, "mp3": MP3,
                 "instance": InstanceDiscrimination, "suave": Suave, "daino": Daino,
                 "sit": SiT})
+
+# Distillation from frozen teachers (ssl_jax/methods/frozen_teacher.py).
+METHODS.update({"deit": DeiT, "attention_transfer": AttentionTransfer, "unic": UNIC})
 
 
 def build_method(config, steps_per_epoch: int):

@@ -206,12 +206,13 @@ def projection_mlp(mlp_cfg, dtype: jnp.dtype = jnp.float32) -> ProjectionMLP:
 class LinearHead(nn.Module):
     """One linear layer x [B, D] -> logits [B, num_outputs]: the pretext classifiers (rotation,
     joint label x rotation, instance discrimination). `train` is accepted so it chains in a
-    `Network`."""
+    `Network`. `kernel_init` names its kernel's LINEAR_INITS entry (DeiT's classifiers: 'normal_0.02'); the bias is 0."""
 
     num_outputs: int
     dtype: jnp.dtype = jnp.float32
+    kernel_init: str = "torch"
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         del train
-        return nn.Dense(self.num_outputs, kernel_init=LINEAR_INITS["torch"], dtype=self.dtype, name="linear")(x)
+        return nn.Dense(self.num_outputs, kernel_init=LINEAR_INITS[self.kernel_init], dtype=self.dtype, name="linear")(x)

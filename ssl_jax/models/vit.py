@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import flax.linen as nn
 import jax
@@ -93,6 +93,9 @@ VIT_INITS = {
     "dinov2": ViTInit(cls_token=nn.initializers.normal(1e-6)),
     # Sara-Ahmed/SiT vision_transformer_SiT.py: timm's init, rot_token trunc_normal(.02) (our register).
     "sit": ViTInit(register_tokens=trunc_normal),
+    # facebookresearch/deit models.py DistilledVisionTransformer: timm's init, dist_token trunc_normal(.02)
+    # (the distillation token is register 0).
+    "deit": ViTInit(register_tokens=trunc_normal),
     # facebookresearch/mae models_mae.py `initialize_weights`, `_init_weights`.
     "mae": ViTInit(linear=xavier_uniform, qkv=xavier_uniform, patch_kernel=xavier_uniform,
                    cls_token=nn.initializers.normal(0.02), sincos_width_first=True),
@@ -206,6 +209,8 @@ class Attention(nn.Module):
     `queries` Q > 0: only the first Q tokens are queries, so the output is [B, Q, D] while
     all N tokens stay keys and values (0: every token is a query, Q = N).
     `init_scheme` names the `VIT_INITS` entry; `layer` (1-based) scales `proj` where it rescales by depth.
+    `attention` [B, H, Q, N] (optional): weights used in place of softmax(q k^T) (attention copy,
+    Li et al. 2024: the values mixed by another network's attention).
     """
 
     num_heads: int
@@ -214,8 +219,8 @@ class Attention(nn.Module):
     layer: int = 1
 
     @nn.compact
-    def __call__(self, x: jax.Array, kv_mask: Optional[jax.Array] = None,
-                 queries: int = 0) -> tuple[jax.Array, jax.Array]:
+    def __call__(self, x: jax.Array, kv_mask: Optional[jax.Array] = None, queries: int = 0,
+                 attention: Optional[jax.Array] = None) -> tuple[jax.Array, jax.Array]:
         batch, tokens, dim = x.shape
         if dim % self.num_heads:
             raise UserError(f"embed_dim {dim} is not a multiple of num_heads={self.num_heads} (config.model)")
@@ -232,7 +237,8 @@ class Attention(nn.Module):
         logits = jnp.einsum("bhqd,bhkd->bhqk", q * head_dim**-0.5, k)
         if kv_mask is not None:
             logits = jnp.where(kv_mask[:, None, None, :], logits, jnp.finfo(logits.dtype).min)
-        attn = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(v.dtype)
+        attn = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(v.dtype) if attention is None \
+            else attention.astype(v.dtype)
         out = jnp.einsum("bhqk,bhkd->bhqd", attn, v).transpose(0, 2, 1, 3).reshape(batch, q.shape[2], dim)
         return nn.Dense(dim, kernel_init=residual_init(init, self.layer), dtype=self.dtype, name="proj")(out), attn
 
@@ -272,11 +278,11 @@ class Block(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, deterministic: bool, kv_mask: Optional[jax.Array] = None,
-                 queries: int = 0) -> tuple[jax.Array, jax.Array]:
+                 queries: int = 0, attention: Optional[jax.Array] = None) -> tuple[jax.Array, jax.Array]:
         dim = x.shape[-1]
         norm1 = nn.LayerNorm(1e-6, dtype=self.dtype, name="norm1")
         y, attn = Attention(self.num_heads, self.dtype, self.init_scheme, self.layer, name="attn")(
-            norm1(x), kv_mask, queries)
+            norm1(x), kv_mask, queries, attention)
         if self.layerscale:
             y = LayerScale(self.layerscale, name="ls1")(y)
         if queries:
@@ -429,10 +435,12 @@ class VisionTransformer(nn.Module):
         outputs, _ = self._blocks(self._prepend(self.embed(images))[0], train=False)
         return [self.norm(x) for x in outputs[-n:]]
 
-    def block_outputs(self, images: jax.Array, train: bool = False) -> tuple[jax.Array, jax.Array]:
+    def block_outputs(self, images: jax.Array, train: bool = False,
+                      attention: Sequence[jax.Array] = ()) -> tuple[jax.Array, jax.Array]:
         """images [B, H, W, 3] -> (every block's output tokens [L, B, P + N, D] before the final
-        norm, every block's attention weights [L, B, H, P + N, P + N]), for analyses."""
-        outputs, attention = self._blocks(self._prepend(self.embed(images))[0], train)
+        norm, every block's attention weights [L, B, H, P + N, P + N]), for analyses and attention
+        transfer: the first L' blocks use the given weights `attention` [L', B, H, P + N, P + N]."""
+        outputs, attention = self._blocks(self._prepend(self.embed(images))[0], train, attention=attention)
         return jnp.stack(outputs), jnp.stack(attention)
 
     def _prepend(self, tokens: jax.Array, kv_mask: Optional[jax.Array] = None):
@@ -453,16 +461,18 @@ class VisionTransformer(nn.Module):
             kv_mask = jnp.concatenate([jnp.ones((batch, self.num_prefix_tokens), bool), kv_mask], axis=1)
         return jnp.concatenate(prefix + [tokens], axis=1), kv_mask
 
-    def _blocks(self, x: jax.Array, train: bool, kv_mask: Optional[jax.Array] = None,
-                cls_only: bool = False) -> tuple[list[jax.Array], list[jax.Array]]:
+    def _blocks(self, x: jax.Array, train: bool, kv_mask: Optional[jax.Array] = None, cls_only: bool = False,
+                attention: Sequence[jax.Array] = ()) -> tuple[list[jax.Array], list[jax.Array]]:
         """The blocks on x [B, T, D] -> (each block's output, each block's attention weights);
-        with `cls_only` the last block computes the first token's output alone, [B, 1, D]."""
-        outputs, attention = [], []
+        with `cls_only` the last block computes the first token's output alone, [B, 1, D]; block i
+        < len(attention) uses attention[i] [B, H, T, T] as its weights."""
+        outputs, weights = [], []
         for i, block in enumerate(self.blocks):
-            x, attn = block(x, not train, kv_mask, 1 if cls_only and i == self.depth - 1 else 0)
+            x, attn = block(x, not train, kv_mask, 1 if cls_only and i == self.depth - 1 else 0,
+                            attention[i] if i < len(attention) else None)
             outputs.append(x)
-            attention.append(attn)
-        return outputs, attention
+            weights.append(attn)
+        return outputs, weights
 
 
 def vit(size: str, *, img_size: int, patch_size: int, drop_path_rate: float = 0.0,
