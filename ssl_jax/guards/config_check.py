@@ -105,7 +105,7 @@ def check_names(config) -> None:
         if isinstance(section, ml_collections.ConfigDict) and "init" in section:
             check_known(config, f"method.{name}.init", LINEAR_INITS)
     name = config.dataset.name
-    if name != "folder":
+    if name not in ("folder", "image_text"):
         import tensorflow_datasets as tfds
 
         try:
