@@ -71,3 +71,174 @@ def test_siglip_chunked_equals_full_matrix_on_8_devices():
                                                                   np.asarray(ztxt, np.float64), 10.0, -3.0), rtol=1e-5)
     for got, want in zip(chunked[1], full[1]):
         np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-4, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- tokenizer
+
+CAPTIONS = ["A dog runs on the grass .", "Two children play in the snow .", "a man rides a red bike",
+            "A black dog jumps over a log .", "People walk down a busy street ."] * 20
+
+
+def test_tokenizer_round_trip_layout_and_workdir(tmp_path):
+    """Trained on captions: encode -> decode gives the (case-folded) text back; [BOS] pieces [EOS] PAD...;
+    a cut keeps EOS last; sticky EOS pads with EOS; for_run stores the model in the workdir and reads it back."""
+    import ml_collections
+
+    from ssl_jax.text import tokenizer as tok
+
+    text_cfg = ml_collections.ConfigDict({"tokenizer": "", "vocab_size": 64})
+    first = tok.for_run(text_cfg, str(tmp_path), lambda: CAPTIONS)
+    assert (tmp_path / tok.FILE_NAME).exists()
+    ids = first.encode(CAPTIONS[:3], 32)
+    assert ids.shape == (3, 32) and ids.dtype == np.int32
+    assert first.decode(ids) == [c.lower() for c in CAPTIONS[:3]]
+    length = int(np.sum(ids[0] != tok.PAD))
+    assert ids[0, 0] == tok.BOS and ids[0, length - 1] == tok.EOS and np.all(ids[0, length:] == tok.PAD)
+    cut = first.encode(CAPTIONS[:1], 4)
+    assert cut[0, 0] == tok.BOS and cut[0, -1] == tok.EOS
+    sticky = first.encode(CAPTIONS[:1], 32, sticky_eos=True)
+    assert np.all(sticky[0, length - 1:] == tok.EOS)
+    again = tok.for_run(text_cfg, str(tmp_path))  # no captions needed: read from the workdir
+    np.testing.assert_array_equal(again.encode(CAPTIONS[:3], 32), ids)
+
+
+# ----------------------------------------------------------------------------- text tower
+
+def _tower(style, pool):
+    from ssl_jax.models.text import TextTower
+
+    return TextTower(vocab_size=64, max_len=8, width=32, depth=1, heads=2, out_dim=16, style=style, pool=pool)
+
+
+def test_clip_text_tower_is_causal_and_pools_at_eot():
+    """CLIP's tower reads the EOT token (the last non-PAD one), whose state sees only the tokens up to it
+    (the causal mask): with PAD after EOT it equals the tower on the sequence cut after EOT, pooled at its
+    last position. Without the mask the PADs would be attended to and the outputs would differ."""
+    ids = jnp.asarray([[2, 10, 11, 12, 3, 0, 0, 0], [2, 13, 3, 0, 0, 0, 0, 0]], jnp.int32)
+    clip, last = _tower("clip", "eot"), _tower("clip", "last")
+    params = clip.init(jax.random.key(0), ids)
+    out = clip.apply(params, ids)
+    np.testing.assert_allclose(out[0], last.apply(params, ids[:1, :5])[0], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(out[1], last.apply(params, ids[1:, :3])[0], rtol=1e-5, atol=1e-6)
+    assert not np.allclose(out[0], clip.apply(params, ids.at[0, 2].set(30))[0])  # an earlier token matters
+
+
+# ----------------------------------------------------------------------------- evaluation metrics
+
+def test_retrieval_recall_matches_brute_force():
+    """R@K both ways against a per-query sort in numpy (5 captions per image, ties impossible)."""
+    from ssl_jax.eval.retrieval import recall_at_k
+
+    rng = np.random.default_rng(3)
+    images = _normalised(rng, 30, 6)
+    owner = np.repeat(np.arange(30), 5)
+    texts = _normalised(rng, 150, 6) + 0.8 * images[owner]  # correlated, so recalls are far from 0 and 1
+    texts /= np.linalg.norm(texts, axis=1, keepdims=True)
+    got = recall_at_k(images, texts, owner)
+    sims = images @ texts.T
+    for k in (1, 5, 10):
+        i2t = np.mean([np.any(owner[np.argsort(-sims[i])[:k]] == i) for i in range(30)])
+        t2i = np.mean([owner[j] in np.argsort(-sims[:, j])[:k] for j in range(150)])
+        assert got[f"i2t_r@{k}"] == pytest.approx(i2t) and got[f"t2i_r@{k}"] == pytest.approx(t2i)
+    assert 0 < got["i2t_r@1"] < 1 and 0 < got["t2i_r@1"] < 1
+
+
+def test_zero_shot_follows_clip_notebook():
+    """`zeroshot_classifier` of openai/CLIP's prompt-engineering notebook: normalise each prompt embedding,
+    average over templates, normalise; predict argmax of image @ weights."""
+    from ssl_jax.eval import zero_shot
+
+    assert len(zero_shot.CIFAR10_TEMPLATES) == 18 and len(zero_shot.CIFAR10_CLASSES) == 10
+    rng = np.random.default_rng(4)
+    prompts = rng.standard_normal((10, 18, 8)) * rng.uniform(0.5, 3, (10, 18, 1))  # unnormalised, unequal norms
+    weights = []
+    for c in range(10):
+        e = prompts[c] / np.linalg.norm(prompts[c], axis=-1, keepdims=True)
+        e = e.mean(axis=0)
+        weights.append(e / np.linalg.norm(e))
+    weights = np.stack(weights)
+    np.testing.assert_allclose(zero_shot.class_embeddings(prompts), weights, rtol=1e-12)
+    images = _normalised(rng, 50, 8)
+    labels = rng.integers(0, 10, 50)
+    want = np.mean(np.argmax(100.0 * images @ weights.T, axis=1) == labels)
+    assert zero_shot.zero_shot_accuracy(images, weights, labels) == pytest.approx(want)
+
+
+# ----------------------------------------------------------------------------- data
+
+def _write_pairs(root, count=6):
+    """`count` 16 px JPEGs with 2-3 captions each, as img2dataset files and as two webdataset shards."""
+    import io
+    import tarfile
+
+    import tensorflow as tf
+
+    (root / "files" / "train").mkdir(parents=True)
+    (root / "tars" / "train").mkdir(parents=True)
+    members = []
+    for i in range(count):
+        image = tf.io.encode_jpeg(tf.fill([16, 16, 3], tf.constant(i * 40, tf.uint8))).numpy()
+        captions = "".join(f"caption {i} number {j}\n" for j in range(2 + i % 2)).encode()
+        key = f"{i:09d}"
+        (root / "files" / "train" / f"{key}.jpg").write_bytes(image)
+        (root / "files" / "train" / f"{key}.txt").write_bytes(captions)
+        members.append((key, image, captions))
+    for shard, part in enumerate((members[:count // 2], members[count // 2:])):
+        with tarfile.open(root / "tars" / "train" / f"{shard:05d}.tar", "w") as tar:
+            for key, image, captions in part:
+                for name, data in ((f"{key}.jpg", image), (f"{key}.txt", captions)):
+                    info = tarfile.TarInfo(name)
+                    info.size = len(data)
+                    tar.addfile(info, io.BytesIO(data))
+
+
+def _data_config(data_dir):
+    from ssl_jax import config_image_text as it
+
+    c = it.use_smoke_image_text(__import__("configs.clip_vit_b32", fromlist=["x"]).flickr8k_config())
+    c.dataset.data_dir = str(data_dir)
+    c.dataset.train_split = "train"
+    c.batch_size = 2
+    c.augment.global_crops.size = 8
+    c.text.max_len = 24
+    c.text.tokenizer = ""
+    c.text.vocab_size = 64
+    return c
+
+
+def test_image_text_batches_files_and_tars_same_deterministic_and_resumable(tmp_path):
+    """Files and tar shards give the same batches; a batch depends on (seed, step) only (a run started at
+    step 2 sees the uninterrupted run's batch 2); each image's caption is one of its own, drawn anew each epoch."""
+    from ssl_jax.data import image_text
+    from ssl_jax.text import tokenizer as tok
+
+    _write_pairs(tmp_path)
+    files, tars = _data_config(tmp_path / "files"), _data_config(tmp_path / "tars")
+    first = [next(it) for it in [image_text.train_batches(files, 0, 3, 2, str(tmp_path / "w1"))] for _ in range(6)]
+    from_tars = image_text.train_batches(tars, 0, 3, 2, str(tmp_path / "w1"))
+    resumed = image_text.train_batches(files, 2, 3, 2, str(tmp_path / "w1"))
+    np.testing.assert_array_equal(next(resumed)["text"], first[2]["text"])
+    tokenizer = tok.for_run(files.text, str(tmp_path / "w1"))
+    drawn = {}
+    for step, batch in enumerate(first):
+        assert batch["views"]["global"].shape == (2, 1, 8, 8, 3) and batch["text"].shape == (2, 24)
+        other = next(from_tars)
+        np.testing.assert_array_equal(other["text"], batch["text"])
+        np.testing.assert_allclose(other["views"]["global"], batch["views"]["global"])
+        for view, text in zip(batch["views"]["global"], tokenizer.decode(batch["text"])):
+            # Image i is a flat grey of value 40 i: recover i from the normalised view.
+            grey = (float(np.mean(view[0, ..., 0])) * files.augment.std[0] + files.augment.mean[0]) * 255
+            image = round(grey / 40)
+            assert text in {f"caption {image} number {j}" for j in range(2 + image % 2)}
+            drawn.setdefault(image, []).append(text)
+    assert sorted(drawn) == list(range(6))  # each epoch visits every image once
+    assert any(len(set(texts)) > 1 for texts in drawn.values())  # captions drawn anew each epoch
+
+
+def test_coco_captions_features_map_to_pairs():
+    """tfds coco_captions' example dict (image bytes, captions/text) -> (image, captions)."""
+    from ssl_jax.data.image_text import coco_example
+
+    example = {"image": b"jpegbytes", "captions": {"text": np.asarray([b"a cat .", b"two dogs"], object),
+                                                   "id": np.asarray([1, 2])}, "objects": {}}
+    assert coco_example(example) == (b"jpegbytes", ("a cat .", "two dogs"))
