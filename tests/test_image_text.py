@@ -242,3 +242,35 @@ def test_coco_captions_features_map_to_pairs():
     example = {"image": b"jpegbytes", "captions": {"text": np.asarray([b"a cat .", b"two dogs"], object),
                                                    "id": np.asarray([1, 2])}, "objects": {}}
     assert coco_example(example) == (b"jpegbytes", ("a cat .", "two dogs"))
+
+
+# ----------------------------------------------------------------------------- LiT's locked tower
+
+def test_lit_locked_tower_gets_no_gradient_no_optimiser_state_and_never_changes():
+    """One real train step of LiT (8 devices): the image tower lives outside params (so no gradient can
+    reach it and the optimiser holds nothing for it) and is bit-identical after the step; the text tower
+    and the temperature moved."""
+    import importlib
+
+    from ssl_jax import train, tree_paths
+    from ssl_jax.core.batch import example_batch
+
+    config = importlib.import_module("configs.lit_vit_b16").get_config("smoke")
+    config.text.vocab_size = 64
+    config.optim.warmup_epochs = 0  # a nonzero learning rate at step 0
+    run = train.setup(config, steps_per_epoch=1)
+    state = train.create_state(config, run)
+    assert "backbone" not in state.params and set(state.teacher) == {"backbone"}
+    opt_leaves = [tree_paths.path_name(p) for p, _ in jax.tree_util.tree_leaves_with_path(state.opt_state)]
+    assert opt_leaves and not any("backbone" in name for name in opt_leaves)
+    batch = example_batch(config.augment, config.batch_size, jax.random.key(1))
+    batch["text"] = np.asarray(jax.random.randint(jax.random.key(2), (config.batch_size, config.text.max_len), 2, 64),
+                               np.int32)
+    before = jax.tree.map(np.asarray, (state.teacher, state.params))
+    new_state, metrics = train.jit_step(config, run)(state, batch)
+    assert float(metrics["nonfinite"]) == 0
+    jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, new_state.teacher), before[0])
+    assert not np.allclose(np.asarray(new_state.params["t"]), before[1]["t"])
+    changed = jax.tree.leaves(jax.tree.map(lambda a, b: not np.allclose(np.asarray(a), b), new_state.params["text"],
+                                           before[1]["text"]))
+    assert any(changed)
