@@ -23,8 +23,7 @@ def imagenet_config() -> ml_collections.ConfigDict:
     c = base.base_config()
     c.batch_size = 4096  # lit_coco.py batch_size = 4096
     c.num_epochs = 173  # lit_coco.py total_steps 5_000 x 4096 / 118,287 COCO train images
-    c.dataset = ml_collections.ConfigDict({"name": "image_text", "data_dir": "", "tfds_name": "coco_captions",
-                                           "train_split": "train", "shuffle_buffer": 0})  # lit_coco.py dataset
+    it.use_image_text_data(c, tfds_name="coco_captions")  # lit_coco.py dataset
     c.init_from = ""  # lit_coco.py model_init: the image tower's weights (required: see the docstring)
     c.init_from_strict = False  # the text tower starts fresh ...
     c.init_from_required = "teacher/backbone/"  # ... the locked image tower must load

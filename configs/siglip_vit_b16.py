@@ -23,8 +23,7 @@ def imagenet_config() -> ml_collections.ConfigDict:
     c = base.base_config()
     c.batch_size = 32768  # paper Section 4: batch size 32k
     c.num_epochs = 1  # WebLI is not public: set the epochs of your data (the paper counts examples seen)
-    c.dataset = ml_collections.ConfigDict({"name": "image_text", "data_dir": "", "tfds_name": "",
-                                           "train_split": "train", "shuffle_buffer": 0})
+    it.use_image_text_data(c)
     c.model = base.vit_model("base", patch_size=16, img_size=224, init="mae")  # B/16; big_vision vit: xavier Dense
     c.text = it.text_section(  # text_transformer.py: B width 768, 12 layers, 12 heads; pool_type "last" (default)
         style="siglip", pool="last", vocab_size=32_000,  # text_transformer.py vocab_size=32_000 (c4_en sentencepiece)

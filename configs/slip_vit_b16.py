@@ -20,8 +20,7 @@ def imagenet_config() -> ml_collections.ConfigDict:
     c = base.base_config()
     c.batch_size = 4096  # README: ViT-B 64 GPUs x --batch-size 64
     c.num_epochs = 25  # --epochs 25
-    c.dataset = ml_collections.ConfigDict({"name": "image_text", "data_dir": "", "tfds_name": "",
-                                           "train_split": "train", "shuffle_buffer": 0})
+    it.use_image_text_data(c)
     c.model = base.vit_model("base", patch_size=16, img_size=224, init="dino")  # models.py: timm vit_base_patch16_224
     c.text = it.text_section(  # models.py SLIP_VITB16: context 77, vocab 49408, width 512, 12 layers, 8 heads
         style="clip", pool="eot", vocab_size=49408, max_len=77, width=512, depth=12, heads=8)

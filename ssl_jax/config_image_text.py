@@ -31,6 +31,16 @@ def text_section(*, style: str, pool: str, vocab_size: int, max_len: int, width:
                                       "depth": depth, "heads": heads})
 
 
+def use_image_text_data(c: ml_collections.ConfigDict, *, data_dir: str = "",
+                        tfds_name: str = "") -> ml_collections.ConfigDict:
+    """config.dataset for image-caption pairs: a folder of img2dataset files or tar shards under data_dir,
+    or the tfds dataset tfds_name (`ssl_jax/data/image_text.py`, which shuffles the whole split's indices
+    each epoch: shuffle_buffer is not read)."""
+    c.dataset.update({"name": "image_text", "data_dir": data_dir, "train_split": "train", "download": False})
+    c.dataset.tfds_name = tfds_name
+    return c
+
+
 def image_text_augment(*, size: int, scale: tuple[float, float], mean, std, views: int = 1,
                        flip_prob: float = 0.0) -> ml_collections.ConfigDict:
     """`views` random-resized crops (bicubic) with an optional flip, no colour, normalised with mean/std."""
@@ -52,8 +62,7 @@ def use_flickr8k(c: ml_collections.ConfigDict, *, image_views: int = 1) -> ml_co
     text tower of width 128 and a 4k-piece tokenizer; kNN and zero-shot on CIFAR-10 (tfds), retrieval on
     Flickr8k's test split. 10 epochs of 93 steps at batch 64. Returns `c`."""
     config_base.use_cifar10(c)
-    c.dataset = ml_collections.ConfigDict({"name": "image_text", "data_dir": FLICKR8K_DIR, "tfds_name": "",
-                                           "train_split": "train", "shuffle_buffer": 6000})
+    use_image_text_data(c, data_dir=FLICKR8K_DIR)
     c.eval.dataset.name = "cifar10"
     c.eval.dataset.num_classes = 10
     c.eval.resize = c.eval.crop = 64

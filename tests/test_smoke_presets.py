@@ -33,6 +33,10 @@ SMOKE_TESTS = {
     "ijepa_small": "test_mim.py::test_smoke_preset_end_to_end[ijepa]",
     "ibot_small": "test_ibot_dinov2.py::test_smoke_preset_end_to_end[ibot]",
     "dinov2_small": "test_ibot_dinov2.py::test_smoke_preset_end_to_end[dinov2]",
+    "clip_vit_b32": "test_image_text.py::test_smoke_preset_end_to_end[clip_vit_b32]",
+    "siglip_vit_b16": "test_image_text.py::test_smoke_preset_end_to_end[siglip_vit_b16]",
+    "slip_vit_b16": "test_image_text.py::test_smoke_preset_end_to_end[slip_vit_b16]",
+    "lit_vit_b16": "test_image_text.py::test_smoke_preset_end_to_end[lit_vit_b16]",
     # conftest.TINY_OVERRIDES shrink it further (compile time); the tiny run is the same program.
     "dino_small": "test_train.py::test_smoke_main_end_to_end",
 }
