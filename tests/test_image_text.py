@@ -316,3 +316,68 @@ def test_smoke_preset_end_to_end(name, tfds_data_dir, flickr8k_dir, tmp_path):
         results = evaluate_checkpoint(str(workdir), ["zeroshot", "retrieval"])
         assert 0.0 <= results["zeroshot_top1"] <= 1.0
         assert 0.0 < results["i2t_r@10"] <= 1.0 and 0.0 < results["t2i_r@10"] <= 1.0
+
+
+# ----------------------------------------------------------------------------- method composition
+
+def simclr_loss_ref(q_a, q_b, tau):
+    """facebookresearch/SLIP losses.py `SIMCLRLoss.forward`, float64: normalised q_a, q_b; logits_aa and
+    logits_bb with the diagonal pushed to -1e9; (CE([ab, aa]) + CE([ba, bb])) / 2."""
+    q_a = q_a / np.linalg.norm(q_a, axis=1, keepdims=True)
+    q_b = q_b / np.linalg.norm(q_b, axis=1, keepdims=True)
+    mask = np.eye(len(q_a)) * 1e9
+    aa, bb = q_a @ q_a.T / tau - mask, q_b @ q_b.T / tau - mask
+    ab, ba = q_a @ q_b.T / tau, q_b @ q_a.T / tau
+
+    def ce(logits):
+        logits = logits - logits.max(axis=1, keepdims=True)
+        logp = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+        return -np.mean(logp[np.arange(len(logits)), np.arange(len(logits))])
+    return (ce(np.concatenate([ab, aa], 1)) + ce(np.concatenate([ba, bb], 1))) / 2
+
+
+def test_slip_loss_is_clip_plus_scaled_simclr_on_the_right_views():
+    """SLIP's loss from its smoke preset's method: CLIP's loss on view 0 and the caption (logit scale
+    exp(log(1/0.07))), plus ssl_scale x SLIP's SIMCLRLoss on the MLP outputs of views 1 and 2, against
+    float64 transcriptions fed with the towers' own outputs; ssl_scale and the temperature are read
+    from the config, so another value would not match."""
+    import importlib
+
+    from ssl_jax.core.batch import example_batch
+    from ssl_jax.methods.slip import SLIP
+
+    config = importlib.import_module("configs.slip_vit_b16").get_config("smoke")
+    config.method.ssl_scale = 0.7  # not 1, so a dropped or misplaced weight shows
+    method = SLIP(config, 1)
+    batch = example_batch(config.augment, 8, jax.random.key(5))
+    batch["text"] = np.asarray(jax.random.randint(jax.random.key(6), (8, config.text.max_len), 2, 200), np.int32)
+    variables = method.init(jax.random.key(7), batch)
+    params, stats = variables.params, variables.model_state
+
+    @jax.jit
+    def loss_and_embeddings(params, stats):
+        loss, out = method.loss(params, None, None, stats, batch, jax.random.key(8), 0)
+        towers, views = method.towers, batch["views"]["global"]
+        h, state = [], stats["ssl_mlp"]
+        for v in (1, 2):  # one view at a time through the MLP's BatchNorm, as SLIP's image_mlp
+            out_v, updated = method.ssl_mlp.apply(
+                {"params": params["ssl_mlp"], "batch_stats": state},
+                towers.image_features(params["backbone"], views[:, v]), train=True, mutable=["batch_stats"])
+            h.append(out_v)
+            state = updated["batch_stats"]
+        return (loss, out.metrics["logit_scale"], towers.embed_images(params, views[:, 0]),
+                towers.embed_texts(params, batch["text"]), *h)
+
+    loss, scale, zimg, ztxt, h1, h2 = (np.asarray(x, np.float64) for x in loss_and_embeddings(params, stats))
+    h = [h1, h2]
+    want = clip_loss_ref(zimg, ztxt, 1 / 0.07) + 0.7 * simclr_loss_ref(h[0], h[1], config.method.ssl_temperature)
+    np.testing.assert_allclose(float(loss), want, rtol=2e-5)
+    np.testing.assert_allclose(float(scale), 1 / 0.07, rtol=1e-6)
+
+
+def test_logit_scale_is_capped_at_the_configured_maximum():
+    """CLIP's and SLIP's scale: exp(s) below the cap, exactly the cap above it (paper: at most 100)."""
+    from ssl_jax.methods.clip import clipped_scale
+
+    assert float(clipped_scale(jnp.float32(np.log(14.0)), 100.0)) == pytest.approx(14.0, rel=1e-6)
+    assert float(clipped_scale(jnp.float32(6.0), 100.0)) == pytest.approx(100.0, rel=1e-6)
