@@ -251,14 +251,18 @@ def test_coco_captions_features_map_to_pairs():
 
 # ----------------------------------------------------------------------------- LiT's locked tower
 
-def test_lit_locked_tower_gets_no_gradient_no_optimiser_state_and_never_changes():
-    """One real train step of LiT (8 devices): the image tower lives outside params (so no gradient can
-    reach it and the optimiser holds nothing for it) and is bit-identical after the step; the text tower
-    and the temperature moved."""
+def test_lit_locked_tower_gets_no_gradient_no_optimiser_state_and_never_changes(monkeypatch):
+    """LiT (8 devices): config.init_from loads the locked tower, and a source without it is an error
+    (`init_from_required`); one real train step: the image tower lives outside params (so no gradient
+    can reach it and the optimiser holds nothing for it) and is bit-identical after the step; the text
+    tower and the temperature moved."""
     import importlib
 
-    from ssl_jax import train, tree_paths
+    from flax import traverse_util
+
+    from ssl_jax import init_from, train, tree_paths
     from ssl_jax.core.batch import example_batch
+    from ssl_jax.errors import UserError
 
     config = importlib.import_module("configs.lit_vit_b16").get_config("smoke")
     config.text.vocab_size = 64
@@ -266,6 +270,20 @@ def test_lit_locked_tower_gets_no_gradient_no_optimiser_state_and_never_changes(
     run = train.setup(config, steps_per_epoch=1)
     state = train.create_state(config, run)
     assert "backbone" not in state.params and set(state.teacher) == {"backbone"}
+    pretrained = {f"backbone/{k}": np.asarray(v) + 1.0 for k, v in
+                  traverse_util.flatten_dict(jax.device_get(state.teacher["backbone"]), sep="/").items()}
+    config.init_from = "pretrained.pth"
+    for source, fails in (({}, True), (pretrained, False)):  # initialize expects a fresh state: the failing call first
+        monkeypatch.setattr(init_from, "read_source", lambda path, source=source: init_from.Source(
+            source, None, {}, {}, {}, "test"))
+        if fails:
+            with pytest.raises(UserError, match="teacher/backbone/"):
+                init_from.initialize(config, state, log=lambda *_: None)
+        else:
+            state = init_from.initialize(config, state, log=lambda *_: None)
+            loaded = traverse_util.flatten_dict(jax.device_get(state.teacher["backbone"]), sep="/")
+            for k, v in loaded.items():
+                np.testing.assert_array_equal(v, pretrained[f"backbone/{k}"])
     opt_leaves = [tree_paths.path_name(p) for p, _ in jax.tree_util.tree_leaves_with_path(state.opt_state)]
     assert opt_leaves and not any("backbone" in name for name in opt_leaves)
     batch = example_batch(config.augment, config.batch_size, jax.random.key(1))

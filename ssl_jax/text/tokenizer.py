@@ -16,6 +16,7 @@ from __future__ import annotations
 import io
 from typing import Iterable
 
+import jax
 import numpy as np
 import sentencepiece as spm
 
@@ -90,9 +91,10 @@ def for_run(text_cfg, workdir: str | None, captions=None) -> Tokenizer:
         elif captions is None:
             raise UserError(f"no {FILE_NAME} in {workdir}: train the run first or set --config.text.tokenizer")
         else:
-            tokenizer = train(captions(), text_cfg.vocab_size)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(tokenizer.model_proto)
+            tokenizer = train(captions(), text_cfg.vocab_size)  # every process trains the same model
+            if jax.process_index() == 0:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_bytes(tokenizer.model_proto)
     if tokenizer.vocab_size > text_cfg.vocab_size:
         raise UserError(f"the tokenizer has {tokenizer.vocab_size} pieces, more than config.text.vocab_size="
                         f"{text_cfg.vocab_size}; raise it")
