@@ -23,7 +23,8 @@ def imagenet_config() -> ml_collections.ConfigDict:
     c.batch_size = 32768  # paper Table 19: minibatch size 32,768
     c.num_epochs = 32  # paper Section 2.5: "train all models for 32 epochs"
     it.use_image_text_data(c)
-    c.model = base.vit_model("base", patch_size=32, img_size=224, init="mae")  # ViT-B/32; model.py VisionTransformer
+    # ViT-B/32 (model.py VisionTransformer); xavier-initialised attention as torch.nn.MultiheadAttention's
+    c.model = base.vit_model("base", patch_size=32, img_size=224, init="mae")
     c.text = it.text_section(  # model.py build_model for ViT-B/32: context 77, vocab 49408, width 512, 8 heads, 12 layers
         style="clip", pool="eot", vocab_size=49408, max_len=77, width=512, depth=12, heads=8)
     c.method = ml_collections.ConfigDict()

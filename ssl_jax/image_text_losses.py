@@ -40,7 +40,8 @@ def siglip_loss(zimg: jax.Array, ztxt: jax.Array, t: jax.Array, b: jax.Array) ->
 def siglip_loss_chunked(zimg: jax.Array, ztxt: jax.Array, t: jax.Array, b: jax.Array, mesh: Mesh) -> jax.Array:
     """`siglip_loss` as the paper's chunked implementation (SigLIP, Section 3.3 and Figure 1): each device
     holds its B/n images and texts; it adds its images' loss against its own texts (the positives on
-    the diagonal), then n - 1 times receives the previous device's text block round the ring (`jax.lax.ppermute` under `shard_map`). A device only
+    the diagonal), then n - 1 times receives the previous device's text block round the ring
+    (`jax.lax.ppermute` under `shard_map`) and adds the loss against it (all negatives). A device only
     ever holds [B/n, B/n] logits.
     zimg, ztxt: [B, D] sharded over every axis of `mesh` (the step's batch sharding)."""
     axes = tuple(mesh.axis_names)
