@@ -128,6 +128,25 @@ def test_clip_text_tower_is_causal_and_pools_at_eot():
     assert not np.allclose(out[0], clip.apply(params, ids.at[0, 2].set(30))[0])  # an earlier token matters
 
 
+def test_siglip_text_tower_is_bidirectional_clip_causal():
+    """Every position's final state (ln_final's output): SigLIP's (no mask) at position 1 changes when the
+    token at position 5 does, CLIP's (causal) does not; 'last' and 'map' pooling give [B, out_dim]."""
+    ids = jnp.asarray([[2, 10, 11, 12, 13, 14, 3, 3]], jnp.int32)
+    later = ids.at[0, 5].set(20)
+
+    def states(tower, params, x):
+        _, found = tower.apply(params, x, capture_intermediates=lambda m, _: m.name == "ln_final",
+                               mutable=["intermediates"])
+        return np.asarray(found["intermediates"]["ln_final"]["__call__"][0])
+
+    for style, pool, sees_later in (("siglip", "last", True), ("siglip", "map", True), ("clip", "eot", False)):
+        tower = _tower(style, pool)
+        params = tower.init(jax.random.key(0), ids)
+        assert tower.apply(params, ids).shape == (1, 16)
+        changed = not np.allclose(states(tower, params, ids)[0, 1], states(tower, params, later)[0, 1])
+        assert changed == sees_later, (style, pool)
+
+
 # ----------------------------------------------------------------------------- evaluation metrics
 
 def test_retrieval_recall_matches_brute_force():
