@@ -20,7 +20,8 @@ python -m ssl_jax.evaluate --checkpoint=<workdir | WORKDIR/checkpoints/<step> | 
     --eval        comma-separated: knn, linear_dino, linear_mae, finetune (`linear` = both probes),
                   classifier (a semi-supervised run's own class prototypes: Suave, Daino),
                   segmentation (DINOv2's linear probe on frozen patch tokens: mIoU, pixel
-                  accuracy, per-class IoU; `ssl_jax/eval/segmentation.py`)
+                  accuracy, per-class IoU; `ssl_jax/eval/segmentation.py`),
+                  zeroshot, retrieval (image-text runs: `ssl_jax/eval/image_text_eval.py`)
     --protocol    configs/eval_protocols.py[:cifar10|:smoke] (default: ':cifar10' for CIFAR-10,
                   the papers' ImageNet protocols otherwise); --protocol.x.y=... overrides
 
@@ -45,7 +46,7 @@ import jax
 
 from ssl_jax import paths
 
-EVALS = ("knn", "linear_dino", "linear_mae", "finetune", "classifier", "segmentation")
+EVALS = ("knn", "linear_dino", "linear_mae", "finetune", "classifier", "segmentation", "zeroshot", "retrieval")
 ALIASES = {"linear": ("linear_dino", "linear_mae")}
 
 
@@ -325,10 +326,12 @@ def evaluate_frozen(frozen, evals=("knn",), protocol=None, printer=print, suffix
     """Runs `evals` on a restored checkpoint (`ssl_jax.eval.frozen.restore`); prints a table,
     logs to metrics.jsonl and merges the results into checkpoints/eval_<step><suffix>.json.
     `protocol` defaults to `default_protocol(frozen.config)`."""
+    from ssl_jax.eval.image_text_eval import run_retrieval, run_zero_shot
     from ssl_jax.guards.logger import MetricLogger
 
     protocol = default_protocol(frozen.config) if protocol is None else protocol
     runners = {"knn": run_knn, "finetune": run_finetune, "classifier": run_classifier, "segmentation": run_segmentation,
+               "zeroshot": run_zero_shot, "retrieval": run_retrieval,
                "linear_dino": lambda f, p: run_linear(f, p, "linear_dino"),
                "linear_mae": lambda f, p: run_linear(f, p, "linear_mae")}
     results, rows = {}, []

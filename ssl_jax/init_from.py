@@ -153,7 +153,8 @@ def initialize(config, state, log=print, required: str = ""):
     lines += [f"  skipped {key}: {why}" for key, why in {**source.skipped, **unused}.items()]
     log("\n".join(lines))
     strict = config.get("init_from_strict", True)
-    fatal = misses if strict else [m for m in misses if required and m.startswith(required)]
+    required = required or config.get("init_from_required", "")  # e.g. LiT's locked tower, "teacher/backbone/"
+    fatal = misses if strict else [m for m in misses + teacher_misses if required and m.startswith(required)]
     if fatal:
         hint = ("--config.init_from_strict=False keeps their fresh initialisation" if len(fatal) == len(misses)
                 else f"the {required} arrays must load: is it the right model?")

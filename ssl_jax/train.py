@@ -21,7 +21,7 @@ import jax
 import numpy as np
 
 from ssl_jax import paths, sharding
-from ssl_jax.core.batch import batch_fields, example_batch, view_shapes
+from ssl_jax.core.batch import batch_field_names, example_batch, field_shape, view_shapes
 from ssl_jax.core.state import TrainState
 from ssl_jax.core.step import jit_train_steps
 from ssl_jax.errors import UserError, one_line
@@ -245,7 +245,7 @@ def train_and_evaluate(config, workdir: str, *, allow_config_change: bool = Fals
         start_step = int(state.step)
         from ssl_jax.data import pipeline  # tensorflow: after the checks above, which need none
 
-        batches = pipeline.train_batches(config, start_step, run.steps_per_epoch, run.local_batch)
+        batches = pipeline.train_batches(config, start_step, run.steps_per_epoch, run.local_batch, workdir)
         knn_off = pipeline.knn_off_reason(config)  # fails now on a bad eval dataset, not after training
         record_start(config, workdir, run, start_step, changes, knn_off)
         if sigterm.received and jax.process_count() == 1:
@@ -323,7 +323,8 @@ def abstract_batch(config, steps_per_call: int = 1) -> dict:
     [B, ...], or [steps_per_call, B, ...] when stacked."""
     lead, size = ((steps_per_call,) if steps_per_call > 1 else ()), config.batch_size
     views = {k: jax.ShapeDtypeStruct(lead + s, np.float32) for k, s in view_shapes(config.augment, size).items()}
-    return {"views": views, **{f: jax.ShapeDtypeStruct(lead + (size,), np.int32) for f in batch_fields(config.dataset)}}
+    return {"views": views, **{f: jax.ShapeDtypeStruct(lead + (size,) + field_shape(config, f), np.int32)
+                               for f in batch_field_names(config)}}
 
 
 def compile_steps(config, run: Run, state: TrainState, sizes) -> dict:

@@ -36,6 +36,10 @@ SMOKE_TESTS = {
     "deit_small": "test_distillation.py::test_smoke_preset_end_to_end[deit_small]",
     "attention_transfer_vit_large": "test_distillation.py::test_smoke_preset_end_to_end[attention_transfer_vit_large]",
     "unic_vit_base": "test_distillation.py::test_smoke_preset_end_to_end[unic_vit_base]",
+    "clip_vit_b32": "test_image_text.py::test_smoke_preset_end_to_end[clip_vit_b32]",
+    "siglip_vit_b16": "test_image_text.py::test_smoke_preset_end_to_end[siglip_vit_b16]",
+    "slip_vit_b16": "test_image_text.py::test_smoke_preset_end_to_end[slip_vit_b16]",
+    "lit_vit_b16": "test_image_text.py::test_smoke_preset_end_to_end[lit_vit_b16]",
     # conftest.TINY_OVERRIDES shrink it further (compile time); the tiny run is the same program.
     "dino_small": "test_train.py::test_smoke_main_end_to_end",
 }

@@ -2,6 +2,7 @@
 
     batch = {"views": {"global": [B, G, S, S, 3], "local": [B, L, s, s, 3]},
              "label": [B] int32, "index": [B] int32}     # only the fields config.dataset.fields names
+    (image-caption data, config.dataset.name = "image_text", adds "text": [B, config.text.max_len] int32)
 
 Views are float32, normalised with config.augment.mean/std. The optional fields are for the
 methods that need more than images: "label" the class (-1 where the image is outside the
@@ -29,6 +30,16 @@ def batch_fields(dataset_cfg) -> tuple[str, ...]:
     if unknown:
         raise UserError(f"unknown config.dataset.fields {unknown}; choose among {BATCH_FIELDS}")
     return fields
+
+
+def field_shape(config, field: str) -> tuple[int, ...]:
+    """A batch field's shape after [B]: "text" is [L] token ids (config.text.max_len), the others scalars."""
+    return (config.text.max_len,) if field == "text" else ()
+
+
+def batch_field_names(config) -> tuple[str, ...]:
+    """config.dataset.fields, plus "text" for image-caption data."""
+    return batch_fields(config.dataset) + (("text",) if config.dataset.name == "image_text" else ())
 
 
 def view_shapes(augment_cfg, batch_size: int) -> dict[str, tuple[int, ...]]:

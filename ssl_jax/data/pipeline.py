@@ -84,6 +84,10 @@ def get_builder(dataset_cfg):
 
 def num_examples(dataset_cfg, split: str, builder=None) -> int:
     """Number of examples in a split (all processes together); a clear error for an unknown split."""
+    if dataset_cfg.name == "image_text":
+        from ssl_jax.data import image_text
+
+        return image_text.num_examples(dataset_cfg, split)
     builder = builder or get_builder(dataset_cfg)
     if isinstance(builder, folder.Folder):
         return builder.num_examples(split)
@@ -184,13 +188,19 @@ def labelled_only(dataset_cfg) -> bool:
     return True
 
 
-def train_batches(config, start_step: int, steps_per_epoch: int, local_batch: int) -> Iterator[dict]:
+def train_batches(config, start_step: int, steps_per_epoch: int, local_batch: int,
+                  workdir: str | None = None) -> Iterator[dict]:
     """Yields per-process batches {'views': {'global': [b, G, S, S, 3], 'local': [b, L, s, s, 3]}}, plus
-    'label' / 'index' [b] int32 when config.dataset.fields names them (`ssl_jax.core.batch`).
+    'label' / 'index' [b] int32 when config.dataset.fields names them (`ssl_jax.core.batch`); image-caption
+    data (`ssl_jax.data.image_text`, its tokenizer kept in `workdir`) adds 'text' [b, L] int32.
 
     The batch for step i depends only on (config.seed, i): see the module docstring.
     """
     dataset_cfg = config.dataset
+    if dataset_cfg.name == "image_text":
+        from ssl_jax.data import image_text
+
+        return image_text.train_batches(config, start_step, steps_per_epoch, local_batch, workdir)
     builder = get_builder(dataset_cfg)
     check_split(dataset_cfg, dataset_cfg.train_split, config.batch_size, "dataset.train_split", builder)
     base = _process_split(builder, dataset_cfg.train_split, dataset_cfg.image_key, encoded=True)

@@ -107,7 +107,7 @@ def check_names(config) -> None:
     if config.eval.get("segmentation_dir"):
         check_segmentation(config)
     name = config.dataset.name
-    if name != "folder":
+    if name not in ("folder", "image_text"):
         import tensorflow_datasets as tfds
 
         try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 from ssl_jax.errors import UserError
 from ssl_jax.methods.attention_transfer import AttentionTransfer
 from ssl_jax.methods.byol import BYOL
+from ssl_jax.methods.clip import CLIP
 from ssl_jax.methods.daino import Daino
 from ssl_jax.methods.deit import DeiT
 from ssl_jax.methods.dino import DINO
@@ -11,14 +12,17 @@ from ssl_jax.methods.dinov2 import DINOv2
 from ssl_jax.methods.ibot import IBOT
 from ssl_jax.methods.ijepa import IJEPA
 from ssl_jax.methods.instance import InstanceDiscrimination
+from ssl_jax.methods.lit import LiT
 from ssl_jax.methods.mae import MAE
 from ssl_jax.methods.mocov3 import MoCoV3
 from ssl_jax.methods.mp3 import MP3
 from ssl_jax.methods.simmim import SimMIM
 from ssl_jax.methods.simclr import SimCLR
 from ssl_jax.methods.rotation import Rotation
+from ssl_jax.methods.siglip import SigLIP
 from ssl_jax.methods.simsiam import SimSiam
 from ssl_jax.methods.sit import SiT
+from ssl_jax.methods.slip import SLIP
 from ssl_jax.methods.suave import Suave
 from ssl_jax.methods.swav import SwAV
 from ssl_jax.methods.unic import UNIC
@@ -36,6 +40,8 @@ METHODS.update({"swav": SwAV, "rotation": Rotation, "mp3": MP3,
 
 # Distillation from frozen teachers (ssl_jax/methods/frozen_teacher.py).
 METHODS.update({"deit": DeiT, "attention_transfer": AttentionTransfer, "unic": UNIC})
+# Language supervision: image-caption batches (ssl_jax/data/image_text.py), two towers (methods/image_text.py).
+METHODS.update({"clip": CLIP, "siglip": SigLIP, "slip": SLIP, "lit": LiT})
 
 
 def build_method(config, steps_per_epoch: int):

@@ -1,0 +1,1 @@
+"""Text for the image-text methods: the SentencePiece tokenizer (imports no tensorflow)."""
