@@ -89,7 +89,7 @@ class FineTuner:
     def logits(self, params, images, train: bool = False, rng=None) -> jax.Array:
         """images [B, S, S, 3] -> logits [B, num_classes]; dropout before the head when training with
         `cfg.dropout` (Noisy Student's noise, self-training's student)."""
-        dropout = self.cfg.get("dropout", 0.0) if train else 0.0
+        dropout = self.cfg.dropout if train else 0.0
         if dropout:
             rng, dropout_rng = jax.random.split(rng)
         rngs = {"drop_path": rng} if train else None
