@@ -2,7 +2,8 @@
 the ingredients; the greedy soup is model-soups main.py's loop (transcribed below in float64) and
 never keeps an ingredient that does not raise the held-out accuracy; ingredients round-trip through
 safetensors on gs://; the command line soups two fine-tuned copies of a tiny DINO run trained in
-this process, on the real CIFAR-10 files, and a second call reuses the saved ingredients."""
+this process, on the real CIFAR-10 files, a second call reuses the saved ingredients, and
+notebooks/model_soups.ipynb plots the result."""
 from __future__ import annotations
 
 import json
@@ -57,20 +58,21 @@ def reference_greedy(ingredients, accuracies, evaluate):
 
 
 def test_greedy_soup_never_adds_an_ingredient_that_does_not_raise_held_out_accuracy():
-    """One weight w; held-out accuracy falls with |w - 1.2| in steps of 0.01. Ingredient w=5 is
-    individually second best but would drag the soup away: it must stay out; w=1.4 brings the soup
-    to 1.2 and must go in; w=1.2 then ties the soup (accuracy unchanged): main.py's strict > leaves it out."""
+    """One weight w; held-out accuracy falls with |w - 1.2| in steps of 0.01. Ingredient w=1.9 is
+    individually second best, but the soup with it scores 0.75, below the best ingredient's own 0.95:
+    it must stay out; w=1.4 brings the soup to 1.2 and must go in; w=1.2 then ties the soup (accuracy
+    unchanged): main.py's strict > leaves it out."""
     def accuracy(params):
         return 1.0 - np.floor(100 * abs(float(params["w"]) - 1.2)) / 100
 
-    ingredients = [{"w": np.float32(w)} for w in (1.0, 5.0, 1.4, 0.0, 1.2)]
+    ingredients = [{"w": np.float32(w)} for w in (1.0, 1.9, 1.4, 0.0, 1.2)]
     held_out = [0.95, 0.9, 0.8, 0.5, 0.4]  # as measured on their own (deliberately not accuracy(w))
     greedy = soups.greedy_soup(ingredients, held_out, accuracy)
     want_chosen, want_soup = reference_greedy(ingredients, held_out, accuracy)
     assert greedy.chosen == want_chosen == [0, 2]
     assert float(greedy.params["w"]) == pytest.approx(float(want_soup["w"]), abs=1e-7)
     assert greedy.held_out_accuracy == accuracy(want_soup) == 1.0
-    assert greedy.tried == [0.95, accuracy({"w": 3.0}), 1.0, accuracy({"w": 0.8}), 1.0]
+    assert greedy.tried == [0.95, accuracy({"w": 1.45}), 1.0, accuracy({"w": 0.8}), 1.0]
 
 
 def test_grid_settings_and_their_types():
@@ -155,3 +157,19 @@ def test_soup_command_line_end_to_end(run, tmp_path):
     assert json.loads((soup_dir / "soup.json").read_text()) == results
     other = main_process.run(args[:-2] + ["--fit_split=train[:300]", "--held_out_split=train[400:500]"], "ssl_jax.soup")
     assert other.returncode == 1 and "was fine-tuned with other settings" in other.stderr
+    # the notebook plots soup.json (seconds: no model is loaded)
+    import nbclient
+    import nbformat
+
+    nb = nbformat.read(os.path.join(REPO, "notebooks", "model_soups.ipynb"), as_version=4)
+    os.environ["SSL_JAX_NOTEBOOK_SOUP"] = str(soup_dir)  # the kernel inherits this process's environment
+    try:
+        nbclient.NotebookClient(nb, timeout=300, kernel_name="python3",
+                                resources={"metadata": {"path": os.path.join(REPO, "notebooks")}}).execute()
+    finally:
+        del os.environ["SSL_JAX_NOTEBOOK_SOUP"]
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+    assert any("image/png" in o.get("data", {}) for o in outputs)
+    assert (soup_dir / "model_soups.png").stat().st_size > 0
+    table = [o["data"]["text/markdown"] for o in outputs if "text/markdown" in o.get("data", {})][0]
+    assert table == soups.format_table(results)

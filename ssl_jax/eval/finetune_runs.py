@@ -6,6 +6,7 @@ and self-training (`eval/self_training.py`) share (imports tensorflow).
 """
 from __future__ import annotations
 
+import jax
 import numpy as np
 
 from ssl_jax.data import pipeline
@@ -25,9 +26,10 @@ def fine_tune(frozen, cfg, seed: int, split: str, labels: np.ndarray | None = No
     An epoch is cfg.steps_per_epoch steps, or one pass over the images (each copy) it trains on."""
     config, mesh = frozen.config, frozen.run.mesh
     backbone = frozen.run.method.eval_variables(frozen.state) if backbone is None else backbone
-    tuner = FineTuner(config, cfg, backbone, pipeline.eval_num_classes(config), seed)
+    # host copies: training donates its parameters, and the checkpoint's arrays serve the next run too
+    tuner = FineTuner(config, cfg, jax.tree.map(np.array, backbone), pipeline.eval_num_classes(config), seed)
     if params is not None:
-        tuner.params = params
+        tuner.params = jax.tree.map(np.array, params)
     count = pipeline.num_examples(pipeline.eval_dataset(config), split) if labels is None else int((labels >= 0).sum())
     steps = cfg.steps_per_epoch or count // cfg.batch_size
     if steps < 1:

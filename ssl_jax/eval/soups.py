@@ -107,7 +107,7 @@ def apply_setting(protocol, setting: dict[str, str]):
         *path, field = field.split(".")
         for part in path:
             parent = parent.get(part) if hasattr(parent, "get") else None
-        if parent is None or field not in parent or isinstance(parent[field], (tuple, list, dict)):
+        if parent is None or field not in parent or not isinstance(parent[field], (bool, int, float, str)):
             raise UserError(f"--grid name {name!r} is not a number, string or switch of the protocol's finetune "
                             f"section (fields: seed, {', '.join(sorted(k for k in cfg if k != 'optim'))}, "
                             f"{', '.join(sorted(cfg.optim))})")
