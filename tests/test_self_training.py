@@ -97,7 +97,9 @@ def test_self_training_command_line_end_to_end(run, tmp_path):
     results = json.loads((tmp_path / "self_training.json").read_text())
     assert results["labelled_images"] + results["unlabelled_images"] == 500
     assert 20 <= results["labelled_images"] <= 80
-    assert results["pseudo_labels"] == results["pseudo_labelled_images"] == 200  # 20 per class, top_p 1
+    # top_p 1: each image under its teacher's top class at most once; at most 20 per class (fewer where the
+    # barely trained teacher ranks a class first for fewer images)
+    assert 0 < results["pseudo_labels"] == results["pseudo_labelled_images"] <= 10 * 20
     for key in ("teacher_test_top1", "student_test_top1", "student_finetuned_test_top1", "pseudo_label_accuracy"):
         assert 0.0 <= results[key] <= 1.0
     assert f"| teacher: labelled images only (supervised baseline) | {100 * results['teacher_test_top1']:.2f} % |" \

@@ -43,4 +43,6 @@ def fine_tune(frozen, cfg, seed: int, split: str, labels: np.ndarray | None = No
 
 def split_logits(frozen, tuner: FineTuner, params, split: str) -> tuple[np.ndarray, np.ndarray]:
     """Logits [N, num_classes] of `params` and labels [N] on every image of `split`, in the split's order."""
-    return extract_features(frozen.config, lambda p, images: tuner.logits(p, images), params, split, frozen.run.mesh)
+    # one function per tuner, so that jax compiles its forward pass once for every params and split
+    predict = tuner.__dict__.setdefault("_predict", lambda p, images: tuner.logits(p, images))
+    return extract_features(frozen.config, predict, params, split, frozen.run.mesh)
