@@ -187,6 +187,7 @@ def cook(frozen, protocol, grid: list[tuple[str, list[str]]], soup_dir: str, fit
             printer(f"fine-tuned {name}: final loss {losses[-1]:.4f} -> {path}")
         ingredients.append(params)
         rows.append({"name": name, "setting": setting})
+    uniform = uniform_soup(ingredients)  # also checks that they share one architecture, so one forward pass
     if tuner is None:  # every ingredient reloaded: a tuner only for its forward pass
         from ssl_jax.data import pipeline
         from ssl_jax.eval.finetune import FineTuner
@@ -203,7 +204,6 @@ def cook(frozen, protocol, grid: list[tuple[str, list[str]]], soup_dir: str, fit
         _, row["held_out_top1"], _ = scores(params, held_out_split)
         logits, row["test_top1"], test_labels = scores(params, test_split)
         test_logits.append(logits)
-    uniform = uniform_soup(ingredients)
     greedy = greedy_soup(ingredients, [r["held_out_top1"] for r in rows], lambda p: scores(p, held_out_split)[1])
     best = max(rows, key=lambda r: r["held_out_top1"])  # chosen on held-out images, as the soups are
     results = {
