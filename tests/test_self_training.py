@@ -104,3 +104,26 @@ def test_self_training_command_line_end_to_end(run, tmp_path):
         assert 0.0 <= results[key] <= 1.0
     assert f"| teacher: labelled images only (supervised baseline) | {100 * results['teacher_test_top1']:.2f} % |" \
         in proc.stdout
+
+
+def test_student_dropout_drops_the_pooled_feature_before_the_head():
+    """FineTuner's `dropout` (Noisy Student's): at rate 1 every pooled feature is dropped in training, so
+    the logits are the head's bias; at rate 0 (drop path off too) training logits are the evaluation ones."""
+    import jax
+
+    from ssl_jax.eval import finetune
+    from ssl_jax.evaluate import load_protocol
+    from ssl_jax.models.backbones import backbone_kwargs, build_backbone
+
+    config = make_smoke_config()
+    images = jax.random.normal(jax.random.key(1), (2, config.model.img_size, config.model.img_size, 3))
+    backbone = build_backbone(config.model, with_drop_path=False, **backbone_kwargs(config))
+    params = backbone.init(jax.random.key(0), images)["params"]
+    for rate in (1.0, 0.0):
+        cfg = load_protocol("smoke").finetune
+        cfg.update({"dropout": rate, "drop_path": 0.0})
+        tuner = finetune.FineTuner(config, cfg, params, num_classes=10)
+        tuner.params["head"]["bias"] = np.arange(10, dtype=np.float32)
+        trained = tuner.logits(tuner.params, images, train=True, rng=jax.random.key(2))
+        want = np.broadcast_to(np.arange(10), (2, 10)) if rate else tuner.logits(tuner.params, images)
+        np.testing.assert_allclose(trained, want, rtol=1e-6, atol=1e-6)
