@@ -73,6 +73,7 @@ def imagenet() -> ml_collections.ConfigDict:
     c.finetune.epochs = 100  # --epochs (ViT-B)
     c.finetune.layer_decay = 0.65  # --layer_decay (ViT-B; 0.75 for ViT-L)
     c.finetune.drop_path = 0.1  # --drop_path (ViT-B)
+    c.finetune.dropout = 0.0  # models_vit.py: timm's VisionTransformer drop_rate 0, no dropout before the head
     c.finetune.label_smoothing = 0.1  # --smoothing (in the mixed targets: timm mixup_target)
     c.finetune.reprob = 0.25  # --reprob 0.25: timm RandomErasing(mode='pixel', max_count=1) per image
     c.finetune.mixup = 0.8  # --mixup 0.8: Beta(0.8, 0.8) ...

@@ -130,22 +130,12 @@ def run_linear(frozen, protocol, name: str) -> dict[str, float]:
 
 def run_finetune(frozen, protocol) -> dict[str, float]:
     """Fine-tunes a copy of the whole ViT (`ssl_jax/eval/finetune.py`), then top-1/top-5."""
-    from ssl_jax.data import pipeline
-    from ssl_jax.eval.features import extract_features
-    from ssl_jax.eval.finetune import FineTuner
+    from ssl_jax.eval.finetune_runs import fine_tune, split_logits
     from ssl_jax.eval.linear import top_k_accuracy
-    from ssl_jax.eval.supervised_data import augmented_batches
 
-    cfg, config, mesh = protocol.finetune, frozen.config, frozen.run.mesh
-    tuner = FineTuner(config, cfg, frozen.run.method.eval_variables(frozen.state), pipeline.eval_num_classes(config),
-                      protocol.seed)
-    steps = (cfg.steps_per_epoch
-             or pipeline.num_examples(pipeline.eval_dataset(config), config.eval.train_split) // cfg.batch_size)
-    batches = augmented_batches(config, config.eval.train_split, cfg.batch_size, cfg.crop_scale, protocol.seed, mesh,
-                                rand_augment=cfg.randaugment)
-    params, losses = tuner.train(batches, steps, mesh)
-    logits, labels = extract_features(config, lambda p, images: tuner.logits(p, images), params,
-                                      config.eval.test_split, mesh)
+    config = frozen.config
+    tuner, params, losses = fine_tune(frozen, protocol.finetune, protocol.seed, config.eval.train_split)
+    logits, labels = split_logits(frozen, tuner, params, config.eval.test_split)
     return {**{f"finetune_{k}": v for k, v in top_k_accuracy(logits, labels).items()}, "finetune_final_loss": losses[-1]}
 
 

@@ -87,7 +87,11 @@ class FineTuner:
         self.seed = seed
 
     def logits(self, params, images, train: bool = False, rng=None) -> jax.Array:
-        """images [B, S, S, 3] -> logits [B, num_classes]."""
+        """images [B, S, S, 3] -> logits [B, num_classes]; dropout before the head when training with
+        `cfg.dropout` (Noisy Student's noise, self-training's student)."""
+        dropout = self.cfg.dropout if train else 0.0
+        if dropout:
+            rng, dropout_rng = jax.random.split(rng)
         rngs = {"drop_path": rng} if train else None
         if self.global_pool:  # models_vit.py forward_features: x[:, 1:].mean(1), then fc_norm
             tokens = self.backbone.apply({"params": params["backbone"]}, images, train, method="block_outputs",
@@ -95,6 +99,8 @@ class FineTuner:
             pooled = self.fc_norm.apply({"params": params["fc_norm"]}, tokens[:, self.num_prefix:].mean(axis=1))
         else:
             pooled = self.backbone.apply({"params": params["backbone"]}, images, train=train, rngs=rngs)
+        if dropout:
+            pooled = nn.Dropout(dropout, deterministic=False).apply({}, pooled, rngs={"dropout": dropout_rng})
         return self.head.apply({"params": params["head"]}, pooled).astype(jnp.float32)
 
     def batch_augment(self, images, labels, rng) -> tuple[jax.Array, jax.Array]:

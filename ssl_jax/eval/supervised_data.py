@@ -18,20 +18,33 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from ssl_jax import sharding
-from ssl_jax.data import augment, pipeline, randaugment
+from ssl_jax.data import augment, folder, pipeline, randaugment
 
 
 def augmented_batches(config, split: str, global_batch: int, scale: tuple[float, float], seed: int,
-                      mesh, rand_augment: str = "") -> Iterator[dict]:
+                      mesh, rand_augment: str = "", labels: np.ndarray | None = None) -> Iterator[dict]:
     """Endless global batches {'image' [B, crop, crop, 3], 'label' [B]} of `split`, sharded on the mesh;
-    `rand_augment`: a timm RandAugment string ('' for none)."""
+    `rand_augment`: a timm RandAugment string ('' for none). `labels` [N, P] (N: the split's size, in
+    its order) replaces the split's labels: image i is trained on once with each label labels[i, j] >= 0
+    (-1: none), so a subset, or an image under several labels (self-training's pseudo-labels)."""
     ra_spec = randaugment.parse(rand_augment) if rand_augment else None
     # timm transforms_imagenet_train: img_mean=tuple([min(255, round(255 * x)) for x in mean]) fills geometric ops
     fill = tuple(min(255, round(255 * x)) for x in config.augment.mean)
     dataset_cfg = pipeline.eval_dataset(config)
     local_batch = sharding.check_global_batch(global_batch, mesh, field="protocol batch_size")
     builder = pipeline.get_builder(dataset_cfg)
-    base = pipeline._process_split(builder, split, dataset_cfg.image_key)  # this process's shard, decoded, fixed order
+    # this process's shard in a fixed order, still encoded (decoded after the images not trained on are left out)
+    base = pipeline._process_split(builder, split, dataset_cfg.image_key, encoded=True)
+    read = pipeline._reader(builder)
+    if labels is not None:
+        table = tf.constant(labels, tf.int32)
+
+        def copies(ex):
+            row = tf.gather(table, ex[pipeline.INDEX_KEY])
+            chosen = tf.boolean_mask(row, row >= 0)
+            return tf.data.Dataset.from_tensor_slices(chosen).map(lambda label: {**ex, dataset_cfg.label_key: label})
+
+        base = pipeline._with_split_index(base, builder, split).flat_map(copies)
     mean, std = tf.constant(config.augment.mean), tf.constant(config.augment.std)
     size = config.eval.crop
 
@@ -44,7 +57,7 @@ def augmented_batches(config, split: str, global_batch: int, scale: tuple[float,
             tf.stack([tf.constant(seed, tf.int64), tf.constant(jax.process_index(), tf.int64)]), epoch_and_index[0])
         crop_seed, flip_seed, ra_seed = tf.unstack(tf.random.experimental.stateless_split(
             tf.random.experimental.stateless_fold_in(key, epoch_and_index[1]), 3))
-        image = tf.image.convert_image_dtype(ex[dataset_cfg.image_key], tf.float32)
+        image = tf.image.convert_image_dtype(folder.decode(read(ex[dataset_cfg.image_key])), tf.float32)
         image = augment.random_resized_crop(image, crop_seed, size=size, scale=tuple(scale))
         image = tf.image.stateless_random_flip_left_right(image, flip_seed)
         if ra_spec is not None:
