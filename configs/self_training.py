@@ -24,7 +24,7 @@ def imagenet() -> ml_collections.ConfigDict:
     # from the run's seed), 10 %: the semi-supervised ImageNet benchmark of SimCLR and Suave.
     c.labelled_fraction = 0.1
     c.top_k = 16_000  # Yalniz et al. Sec. 4.1: K = 16k images per class by default ...
-    c.top_p = 10  # ... with P = 10 classes kept per image
+    c.top_p = 10  # ... with P = 10 classes kept per image (recalled from the paper, not re-checked: docs/FIDELITY.md)
     # Yalniz et al. Sec. 3.1: the student is trained from scratch on the pseudo-labelled images;
     # noisystudent main.py: --init_model=False (the student is not initialised from the teacher).
     # 'pretrained': the checkpoint's backbone instead.
