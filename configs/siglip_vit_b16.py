@@ -66,8 +66,5 @@ def smoke_config() -> ml_collections.ConfigDict:
 
 
 def get_config(preset: str = "") -> ml_collections.ConfigDict:
-    """'' or 'imagenet' (the paper's recipe), 'flickr8k' (a CPU hour; also under 'cifar10', the CPU preset's
-    name in every config: it trains on Flickr8k and evaluates kNN and zero-shot on CIFAR-10), 'smoke' (seconds)."""
-    presets = {"imagenet": imagenet_config, "flickr8k": flickr8k_config, "cifar10": flickr8k_config,
-               "smoke": smoke_config}
-    return base.select_preset(presets, preset, __file__)
+    """'' or 'imagenet', 'flickr8k' (= 'cifar10'), 'smoke': `config_image_text.select_preset`."""
+    return it.select_preset(preset, imagenet_config, flickr8k_config, smoke_config, __file__)

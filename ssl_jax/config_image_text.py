@@ -91,3 +91,12 @@ def use_smoke_image_text(c: ml_collections.ConfigDict) -> ml_collections.ConfigD
     c.method.embed_dim = 32
     c.augment.global_crops.size = 32
     return c
+
+
+def select_preset(preset: str, imagenet_config, flickr8k_config, smoke_config, config_file: str):
+    """An image-text config's presets: '' or 'imagenet' (the paper's recipe), 'flickr8k' (a CPU hour; also
+    under 'cifar10', the CPU preset's name in every config: it trains on Flickr8k and evaluates kNN and
+    zero-shot on CIFAR-10), 'smoke' (seconds)."""
+    presets = {"imagenet": imagenet_config, "flickr8k": flickr8k_config, "cifar10": flickr8k_config,
+               "smoke": smoke_config}
+    return config_base.select_preset(presets, preset, config_file)

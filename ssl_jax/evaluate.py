@@ -45,6 +45,7 @@ import time
 import jax
 
 from ssl_jax import paths
+from ssl_jax.errors import UserError
 
 EVALS = ("knn", "linear_dino", "linear_mae", "finetune", "classifier", "segmentation", "zeroshot", "retrieval")
 ALIASES = {"linear": ("linear_dino", "linear_mae")}
@@ -57,11 +58,11 @@ def parse_evals(spec: str) -> list[str]:
         expanded = ALIASES.get(name, (name,))
         for n in expanded:
             if n not in EVALS:
-                raise ValueError(f"unknown evaluation {name!r} in --eval; choose from {', '.join(EVALS + tuple(ALIASES))}")
+                raise UserError(f"unknown evaluation {name!r} in --eval; choose from {', '.join(EVALS + tuple(ALIASES))}")
             if n not in names:
                 names.append(n)
     if not names:
-        raise ValueError("--eval is empty; pass e.g. --eval=knn,linear")
+        raise UserError("--eval is empty; pass e.g. --eval=knn,linear")
     return names
 
 
@@ -148,7 +149,7 @@ def run_classifier(frozen, protocol) -> dict[str, float]:
     del protocol
     config, method = frozen.config, frozen.run.method
     if not hasattr(method, "class_logits"):
-        raise ValueError(f"--eval=classifier needs a method with class prototypes (suave, daino); this run's "
+        raise UserError(f"--eval=classifier needs a method with class prototypes (suave, daino); this run's "
                          f"method is {config.method.name!r}: use knn or linear")
     logits, labels = extract_features(config, method.class_logits, frozen.state, config.eval.test_split,
                                       frozen.run.mesh)
@@ -184,7 +185,6 @@ def use_dataset(config, dataset: str):
     import tensorflow_datasets as tfds
 
     from ssl_jax.data import pipeline
-    from ssl_jax.errors import UserError
     from ssl_jax.errors import one_line
 
     if tf.io.gfile.isdir(dataset):
@@ -220,7 +220,6 @@ def use_folder(config, directory: str):
     import tensorflow as tf
 
     from ssl_jax.data import folder
-    from ssl_jax.errors import UserError
 
     directory = absolute(directory)
     found = [s for s in ("train",) + FOLDER_TEST_SPLITS if tf.io.gfile.isdir(f"{directory}/{s}")]
@@ -280,7 +279,6 @@ def evaluate_checkpoint(checkpoint: str, evals=("knn",), step: int | None = None
                         dataset: str | None = None, workdir: str | None = None, printer=print) -> dict:
     """Evaluates a run (workdir or checkpoint step) or a weights file (with `config` and
     `workdir`) on its own dataset or on `dataset` (an image folder or a tfds name: `use_dataset`)."""
-    from ssl_jax.errors import UserError
     from ssl_jax.eval.frozen import load_config, restore
     from ssl_jax.init_from import CHECKPOINT_SUFFIXES, workdir_and_step
 
@@ -359,7 +357,6 @@ def format_table(rows) -> str:
 def main(argv):
     from absl import logging
 
-    from ssl_jax.errors import UserError
 
     del argv
     logging.set_verbosity(logging.WARNING)
@@ -369,7 +366,7 @@ def main(argv):
             raise UserError("pass --checkpoint=<workdir | checkpoint step | weights file> (or --workdir)")
         evaluate_checkpoint(checkpoint, parse_evals(EVAL.value), STEP.value, PROTOCOL.value, CONFIG.value,
                             DATASET.value, WORKDIR.value)
-    except (UserError, ValueError, FileNotFoundError) as e:
+    except (UserError, FileNotFoundError) as e:  # anything else is a bug and keeps its traceback
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
 

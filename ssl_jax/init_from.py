@@ -71,6 +71,17 @@ def restore_run(path: str):
     return restore(workdir, step, config)
 
 
+def restore_tool_run(checkpoint: str | None, workdir: str | None, workdir_holds: str):
+    """`restore_run` of a command-line tool's --checkpoint, after checking it and --workdir (where
+    the tool writes `workdir_holds`): one line each when missing or not a run."""
+    if not checkpoint or not workdir_and_step(checkpoint):
+        raise UserError(f"--checkpoint={checkpoint}: pass a run directory (with config.json) or one of its "
+                        f"checkpoints/<step> directories")
+    if not workdir:
+        raise UserError(f"pass --workdir=<directory for {workdir_holds}>")
+    return restore_run(checkpoint)
+
+
 def read_source(path: str) -> Source:
     """The arrays of `path` (module docstring) under ssl_jax's names."""
     if workdir_and_step(path):

@@ -26,16 +26,11 @@ def main(argv):
     try:
         from ssl_jax.eval.self_training import self_train
         from ssl_jax.evaluate import default_protocol
-        from ssl_jax.init_from import restore_run, workdir_and_step
+        from ssl_jax.init_from import restore_tool_run
 
-        if not CHECKPOINT.value or not workdir_and_step(CHECKPOINT.value):
-            raise UserError(f"--checkpoint={CHECKPOINT.value}: pass a run directory (with config.json) or one of its "
-                            f"checkpoints/<step> directories")
-        if not WORKDIR.value:
-            raise UserError("pass --workdir=<directory for self_training.json>")
-        frozen = restore_run(CHECKPOINT.value)
+        frozen = restore_tool_run(CHECKPOINT.value, WORKDIR.value, "self_training.json")
         self_train(frozen, PROTOCOL.value or default_protocol(frozen.config), CONFIG.value, WORKDIR.value)
-    except (UserError, ValueError, FileNotFoundError) as e:
+    except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
 

@@ -47,19 +47,14 @@ def main(argv):
     try:
         from ssl_jax.eval import soups
         from ssl_jax.evaluate import default_protocol
-        from ssl_jax.init_from import restore_run, workdir_and_step
+        from ssl_jax.init_from import restore_tool_run
 
-        if not CHECKPOINT.value or not workdir_and_step(CHECKPOINT.value):
-            raise UserError(f"--checkpoint={CHECKPOINT.value}: pass a run directory (with config.json) or one of its "
-                            f"checkpoints/<step> directories")
-        if not WORKDIR.value:
-            raise UserError("pass --workdir=<directory for the ingredients and soup.json>")
         grid = soups.parse_grid(GRID.value or [])
-        frozen = restore_run(CHECKPOINT.value)
+        frozen = restore_tool_run(CHECKPOINT.value, WORKDIR.value, "the ingredients and soup.json")
         protocol = PROTOCOL.value or default_protocol(frozen.config)
         fit, held_out = splits(frozen.config.eval.train_split, HELD_OUT.value, FIT_SPLIT.value, HELD_OUT_SPLIT.value)
         soups.cook(frozen, protocol, grid, WORKDIR.value, fit, held_out)
-    except (UserError, ValueError, FileNotFoundError) as e:
+    except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
 

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import optax
 
 from ssl_jax.core.batch_augment import soft_cross_entropy, supervised_batch
+from ssl_jax.errors import UserError
 from ssl_jax.models.backbones import backbone_kwargs, build_backbone
 from ssl_jax.optim import LAYER0_PATTERNS, cosine_schedule, lr_multipliers
 from ssl_jax.sharding import batch_sharding, replicated
@@ -61,7 +62,7 @@ class FineTuner:
 
     def __init__(self, config, cfg, backbone_params, num_classes: int, seed: int = 0):
         if config.model.name != "vit":
-            raise ValueError("fine-tuning with layer-wise lr decay needs a ViT (config.model.name='vit'), "
+            raise UserError("fine-tuning with layer-wise lr decay needs a ViT (config.model.name='vit'), "
                              f"got {config.model.name!r}")
         model_cfg = config.model.copy_and_resolve_references()
         model_cfg.drop_path_rate = cfg.drop_path
