@@ -208,8 +208,9 @@ def test_imports_and_config_check_leave_the_backend_uninitialised():
         "for path in sorted(glob.glob('configs/*.py')):\n"
         "    name = os.path.basename(path)[:-3]\n"
         "    module = importlib.import_module(f'configs.{name}')\n"
-        "    if name != 'eval_protocols':\n"
-        "        config_check.validate(module.get_config('smoke'))\n"
+        "    config = module.get_config('smoke')\n"
+        "    if 'method' in config:\n"  # a training config (eval_protocols.py, self_training.py: tools)
+        "        config_check.validate(config)\n"
         "assert not xla_bridge._backends, 'the XLA backend was initialised'\n")
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
