@@ -37,7 +37,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from ssl_jax import sharding, train
-from ssl_jax.core.batch import example_batch
+from ssl_jax.core.batch import batch_field_names, example_batch, field_shape
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file and preset.", lock_config=True)
 _STEPS = flags.DEFINE_integer("steps", 10, "Timed steps (after one warm-up step).")
@@ -118,6 +118,8 @@ def jax_contender(label: str, config, count_flops: bool = True) -> tuple[Contend
     state = train.create_state(config, run)
     per_call = config.get("steps_per_call", 1)
     local = example_batch(config.augment, config.batch_size, jax.random.key(1))
+    for field in batch_field_names(config):  # labels, indices, token ids: ones (a valid class, image, token)
+        local[field] = np.ones((config.batch_size,) + field_shape(config, field), np.int32)
     batch = (sharding.to_global_batch(local, run.mesh) if per_call == 1
              else sharding.to_global_batches([local] * per_call, run.mesh))
     start = time.perf_counter()
