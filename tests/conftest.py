@@ -198,7 +198,7 @@ def smoke_params(names) -> list:
 
 
 def pytest_configure(config):
-    config.addinivalue_line("markers", "slow: left out of CI's test command (`-m 'not slow'`); no test is today")
+    config.addinivalue_line("markers", "slow: left out of CI's test command (`-m 'not slow'`): the 2-process SimCLR run, the soup and self-training command lines, the compiled-program comparison")
     # pytest-xdist queues `--dist loadfile`'s modules by their number of tests, most first, which puts
     # the long modules with few tests (test_distributed, test_train) last; since 3.8 its option
     # `--no-loadscope-reorder` keeps the collection order (`pytest_collection_modifyitems` below).

@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from benchmarks.profile_step import hlo_instructions, operation_key
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -73,6 +75,7 @@ def test_step_time_table_with_a_steps_per_call_variant():
     assert _within_rounding(float(ratio.group(1)), lambda m: m / ms[base_label], ms[variant_label])
 
 
+@pytest.mark.slow  # the suite's 15-minute CI budget: run with -m slow
 def test_compiled_program_is_the_same_for_the_same_step_and_differs_for_another(tmp_path):
     """benchmarks/compiled_program.py: two writes of one config's step are byte-identical (what a
     refactor is compared by), a changed hyper-parameter changes both files, and the source

@@ -187,6 +187,7 @@ def test_one_process_checkpoint_resumes_in_two_processes(dino_runs):
     _assert_losses_equal(resumed, dino_runs["losses"], range(4, 7))
 
 
+@pytest.mark.slow  # the suite's 15-minute CI budget: run with -m slow
 def test_two_process_simclr_equals_one_process(tfds_data_dir, tmp_path):
     """SimCLR (BatchNorm over the global batch, negatives from both processes): every step's
     loss of the 2-process smoke run equals the one-device reference's on the same global batches."""

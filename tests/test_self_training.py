@@ -87,6 +87,7 @@ def run(tfds_data_dir, tmp_path_factory):
     return path
 
 
+@pytest.mark.slow  # the suite's 15-minute CI budget: run with -m slow
 def test_self_training_command_line_end_to_end(run, tmp_path):
     """10 % of train[:500] labelled (the run's seed draws them), top-20 per class of the rest."""
     proc = main_process.run([f"--checkpoint={run}", f"--workdir={tmp_path}",

@@ -129,6 +129,7 @@ def run(tfds_data_dir, tmp_path_factory):
     return path
 
 
+@pytest.mark.slow  # the suite's 15-minute CI budget: run with -m slow
 def test_soup_command_line_end_to_end(run, tmp_path):
     soup_dir = tmp_path / "soup"
     args = [f"--checkpoint={run}", "--grid=lr=1e-3,1e-4", f"--workdir={soup_dir}",
